@@ -1,0 +1,1 @@
+"""cdc stage of Fig (see shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""cold stage of Fig (see shared/DESIGN.md)."""

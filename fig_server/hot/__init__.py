@@ -1,0 +1,1 @@
+"""hot stage of Fig (see shared/DESIGN.md)."""

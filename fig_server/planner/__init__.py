@@ -1,0 +1,1 @@
+"""planner stage of Fig (see shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""protocol stage of Fig (see shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""session stage of Fig (see shared/DESIGN.md)."""
