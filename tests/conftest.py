@@ -22,7 +22,7 @@ def make_data_dir(prefix: str = "fig-test-") -> Path:
     return path
 
 
-def test_config(data_dir: Path, **sections: dict[str, object]) -> FigConfig:
+def make_config(data_dir: Path, **sections: dict[str, object]) -> FigConfig:
     """Fig's defaults pointed at a private data dir, with a Postgres tuned for tests."""
     overrides: dict[str, dict[str, object]] = {
         "server": {"data_dir": str(data_dir), "port": 0},
@@ -38,7 +38,7 @@ def test_config(data_dir: Path, **sections: dict[str, object]) -> FigConfig:
 def hot_pg() -> Iterator[EmbeddedPostgres]:
     """One real PostgreSQL for the whole run, initdb'd in a temp dir."""
     data_dir = make_data_dir()
-    pg = EmbeddedPostgres(test_config(data_dir))
+    pg = EmbeddedPostgres(make_config(data_dir))
     pg.start()
     os.environ.setdefault("PGTZ", "UTC")
     yield pg
