@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,3 +50,89 @@ def hot_pg() -> Iterator[EmbeddedPostgres]:
     os.environ.setdefault("PGTZ", "UTC")
     yield pg
     pg.stop("immediate")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FigProcess:
+    """A `fig serve` child process and how to reach it and its hot Postgres."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    host: str
+    port: int
+    hot_port: int
+    hot_socket_dir: Path
+    env: dict[str, str]
+
+    @property
+    def dsn(self) -> str:
+        return f"host={self.host} port={self.port} user=postgres dbname=postgres"
+
+    @property
+    def hot_dsn(self) -> str:
+        """The embedded Postgres directly, over its Unix socket."""
+        return f"host={self.hot_socket_dir} port={self.hot_port} user=postgres dbname=postgres"
+
+    @property
+    def hot_tcp_dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.hot_port} user=postgres dbname=postgres"
+
+    def log(self) -> str:
+        return (self.data_dir / "fig.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_fig(data_dir: Path | None = None, env: dict[str, str] | None = None,
+              timeout: float = 120.0) -> FigProcess:
+    """Run `fig serve` in a fresh (or given) data dir and wait until it accepts clients."""
+    data_dir = data_dir or make_data_dir()
+    hot_port = free_port()
+    full_env = dict(os.environ)
+    full_env.update({
+        "FIG__SERVER__DATA_DIR": str(data_dir),
+        "FIG__SERVER__PORT": "0",
+        "FIG__HOT__PORT": str(hot_port),
+        "FIG__HOT__LISTEN_ADDRESSES": "127.0.0.1",
+        "FIG__HOT__SETTINGS": ",".join(FAST_PG),
+        "FIG__DEMO__ENABLED": "false",
+        "FIG__CDC__FLUSH_INTERVAL_MS": "200",
+    })
+    full_env.update(env or {})
+    state_file = data_dir / "server.json"
+    state_file.unlink(missing_ok=True)
+    log = (data_dir / "fig.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fig_server.cli", "serve"], env=full_env,
+        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + timeout
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("fig serve did not start:\n"
+                               + (data_dir / "fig.log").read_text(errors="replace")[-3000:])
+        time.sleep(0.05)
+    state = json.loads(state_file.read_text())
+    return FigProcess(process, data_dir, state["host"], state["port"], hot_port,
+                      data_dir / "pg" / "run", full_env)
+
+
+@pytest.fixture(scope="session")
+def fig() -> Iterator[FigProcess]:
+    """One Fig (with its embedded Postgres) shared by the client tests."""
+    server = start_fig()
+    yield server
+    server.stop()
