@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DBT_VENV := .venv-dbt
+DBT_STAMP := $(DBT_VENV)/.installed
 
 .PHONY: serve test lint bench bench-full clean
 
@@ -10,13 +12,18 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q "dbt-postgres~=1.9.0" "dbt-core~=1.9.0"
 	touch $(STAMP)
+
+# dbt pins libraries that conflict with the dev tools, so it lives in a venv of its own.
+$(DBT_STAMP):
+	$(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/pip install -q "dbt-postgres~=1.9.0" "dbt-core~=1.9.0"
+	touch $(DBT_STAMP)
 
 serve: $(STAMP)
 	$(BIN)/fig serve
 
-test: $(STAMP)
+test: $(STAMP) $(DBT_STAMP)
 	$(BIN)/ruff check fig_server tests benchmarks
 	$(BIN)/python -m pytest -q tests
 
@@ -31,4 +38,4 @@ bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run --scale full
 
 clean:
-	rm -rf $(VENV) .fig
+	rm -rf $(VENV) $(DBT_VENV) .fig
