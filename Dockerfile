@@ -1,0 +1,19 @@
+# Fig with its embedded PostgreSQL: `docker build -t fig . && docker run -p 5433:5433 fig`
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-15 postgresql-client-15 \
+    && rm -rf /var/lib/apt/lists/*
+ENV PATH="/usr/lib/postgresql/15/bin:${PATH}"
+
+WORKDIR /opt/fig
+COPY pyproject.toml README.md ./
+COPY fig_server ./fig_server
+COPY conf ./conf
+RUN pip install --no-cache-dir .
+
+ENV FIG__SERVER__HOST=0.0.0.0 \
+    FIG__SERVER__DATA_DIR=/var/lib/fig
+VOLUME /var/lib/fig
+EXPOSE 5433
+CMD ["fig", "serve", "--config", "/opt/fig/conf/fig.toml"]
