@@ -1,0 +1,1 @@
+"""Fig's benchmarks: Fig and its peers on the same data, same machine, same run."""

@@ -1,0 +1,110 @@
+"""Hot path: primary-key lookups through Fig and direct to Postgres over TCP.
+
+pgbench (`-S -M extended`, the select-only built-in script) gives throughput and per-
+transaction latency at several client counts; a psycopg loop gives the latency a Python
+application sees for one prepared primary-key SELECT.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from benchmarks.pgload import ensure_database
+
+PGBENCH_DB = "pgbench"
+
+
+@dataclass
+class PgbenchResult:
+    target: str
+    clients: int
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    transactions: int
+
+
+@dataclass
+class LoopResult:
+    target: str
+    queries: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+
+def find_pgbench(bin_dir: Path | None) -> str | None:
+    if bin_dir is not None and (bin_dir / "pgbench").exists():
+        return str(bin_dir / "pgbench")
+    return shutil.which("pgbench")
+
+
+def pgbench_init(pgbench: str, admin_dsn: str, dsn: str, scale: int) -> None:
+    """A scratch database with pgbench's tables, created once (scale s = s * 100k accounts)."""
+    ensure_database(admin_dsn, PGBENCH_DB)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT to_regclass('pgbench_accounts') IS NOT NULL").fetchone()
+        if row and row[0]:
+            count = conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()
+            if count and count[0] == scale:
+                return
+    subprocess.run([pgbench, "-i", "-q", "-s", str(scale), dsn], check=True,
+                   capture_output=True, text=True)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run_pgbench(pgbench: str, dsn: str, target: str, clients: int,
+                seconds: int) -> PgbenchResult:
+    """One timed pgbench run; latencies from its per-transaction log."""
+    threads = max(1, min(clients, 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(tmp) / "log"
+        out = subprocess.run(
+            [pgbench, "-S", "-M", "extended", "-n", "-c", str(clients), "-j", str(threads),
+             "-T", str(seconds), "-l", f"--log-prefix={prefix}", dsn],
+            capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-500:]}")
+        latencies_us: list[float] = []
+        for log in Path(tmp).glob("log*"):
+            for line in log.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 3:
+                    latencies_us.append(float(parts[2]))
+    tps_match = [line for line in out.stdout.splitlines() if line.startswith("tps")]
+    tps = float(tps_match[0].split("=")[1].split()[0]) if tps_match else float("nan")
+    return PgbenchResult(target, clients, tps, percentile(latencies_us, 0.5) / 1000,
+                         percentile(latencies_us, 0.99) / 1000, len(latencies_us))
+
+
+def run_loop(dsn: str, target: str, queries: int, accounts: int, seed: int = 7) -> LoopResult:
+    """Prepared primary-key SELECTs one after another from a single psycopg connection."""
+    rng = random.Random(seed)
+    keys = [rng.randint(1, accounts) for _ in range(queries + queries // 5)]
+    timings: list[float] = []
+    statement = "SELECT abalance FROM pgbench_accounts WHERE aid = %s"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+        cur = conn.cursor()
+        for index, key in enumerate(keys):
+            started = time.perf_counter()
+            cur.execute(statement, (key,))
+            cur.fetchone()
+            if index >= queries // 5:  # the first fifth warms up and is not counted
+                timings.append((time.perf_counter() - started) * 1000)
+    return LoopResult(target, len(timings), percentile(timings, 0.5),
+                      percentile(timings, 0.99), statistics.fmean(timings))

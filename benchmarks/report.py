@@ -1,0 +1,271 @@
+"""Turn one run's measurements into a printed table, a Markdown report and PNG charts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.hotpath import LoopResult, PgbenchResult
+
+
+@dataclass
+class ColdMeasure:
+    """One system on one query: timed runs (ms), what it read, whether its rows agree."""
+
+    query: str
+    system: str
+    is_fig: bool
+    runs_ms: list[float] = field(default_factory=list)
+    rows: int = 0
+    bytes_read: int | None = None
+    bytes_note: str = ""
+    pruning: dict[str, Any] = field(default_factory=dict)
+    agrees: bool | None = None
+    skipped: str = ""
+    digest: list[tuple[str, ...]] = field(default_factory=list, repr=False)
+
+    @property
+    def median_ms(self) -> float:
+        if not self.runs_ms:
+            return math.nan
+        ordered = sorted(self.runs_ms)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@dataclass
+class RunReport:
+    """Everything one `python -m benchmarks.run` measured, and what it could not."""
+
+    header: dict[str, str]
+    cold: list[ColdMeasure] = field(default_factory=list)
+    pgbench: list[PgbenchResult] = field(default_factory=list)
+    loops: list[LoopResult] = field(default_factory=list)
+    cdc: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    queries: dict[str, str] = field(default_factory=dict)
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
+
+
+def _spread(runs: list[float]) -> str:
+    return f"{_ms(min(runs))}-{_ms(max(runs))}" if runs else "-"
+
+
+def _pruning(p: dict[str, Any]) -> str:
+    if "files_total" not in p:
+        return ""
+    text = (f"files {p['files_kept']}/{p['files_total']}, "
+            f"row groups {p.get('row_groups_kept', '?')}/{p.get('row_groups_total', '?')}")
+    if p.get("bytes_total"):
+        text += f", read {100 * (p.get('bytes_read') or 0) / p['bytes_total']:.2f}% of bytes"
+    if p.get("stopped_early"):
+        text += ", stopped early"
+    return text
+
+
+def cold_rows(report: RunReport) -> list[list[str]]:
+    """Table rows: query, system, median, spread, Fig/peer ratio, bytes, rows, agree, pruning."""
+    rows = []
+    for query in report.queries:
+        measures = [m for m in report.cold if m.query == query]
+        fig = next((m for m in measures if m.is_fig and m.runs_ms), None)
+        for m in measures:
+            if m.skipped:
+                rows.append([query, m.system, "skipped", "", "", "", "", "", m.skipped])
+                continue
+            ratio = "" if fig is None or m is fig else f"{fig.median_ms / m.median_ms:.2f}x"
+            agree = {True: "yes", False: "NO", None: "-"}[m.agrees]
+            rows.append([query, m.system, _ms(m.median_ms), _spread(m.runs_ms), ratio,
+                         _bytes(m.bytes_read), str(m.rows), agree, _pruning(m.pruning)])
+    return rows
+
+
+COLD_HEADER = ["query", "system", "median ms", "min-max ms", "Fig/peer", "bytes read", "rows",
+               "same rows", "Fig pruning"]
+PGBENCH_HEADER = ["target", "clients", "tps", "p50 ms", "p99 ms", "transactions"]
+LOOP_HEADER = ["target", "queries", "p50 ms", "p99 ms", "mean ms"]
+
+
+def pgbench_rows(report: RunReport) -> list[list[str]]:
+    return [[r.target, str(r.clients), f"{r.tps:.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
+             str(r.transactions)] for r in report.pgbench]
+
+
+def loop_rows(report: RunReport) -> list[list[str]]:
+    return [[r.target, str(r.queries), f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}"]
+            for r in report.loops]
+
+
+def hot_summary(report: RunReport) -> list[str]:
+    """The two figures issue 2 asks for: added p50 latency, and 16-client throughput share."""
+    lines = []
+    loops = {r.target: r for r in report.loops}
+    if "fig" in loops and "direct-tcp" in loops:
+        added = loops["fig"].p50_ms - loops["direct-tcp"].p50_ms
+        lines.append(f"Added p50 latency through Fig (psycopg loop, PK SELECT): {added:.3f} ms")
+    bench = {(r.target, r.clients): r for r in report.pgbench}
+    for clients in sorted({r.clients for r in report.pgbench}):
+        fig, direct = bench.get(("fig", clients)), bench.get(("direct-tcp", clients))
+        if fig and direct and direct.tps:
+            lines.append(f"pgbench -S -M extended, {clients} clients: Fig {fig.tps:.0f} tps = "
+                         f"{100 * fig.tps / direct.tps:.0f}% of direct TCP ({direct.tps:.0f})")
+    return lines
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_report(report: RunReport) -> None:
+    for key, value in report.header.items():
+        print(f"{key}: {value}")
+    if report.cold:
+        print("\nCold queries\n" + text_table(COLD_HEADER, cold_rows(report)))
+    if report.pgbench:
+        print("\nHot path: pgbench\n" + text_table(PGBENCH_HEADER, pgbench_rows(report)))
+    if report.loops:
+        print("\nHot path: psycopg loop\n" + text_table(LOOP_HEADER, loop_rows(report)))
+    for line in hot_summary(report):
+        print(line)
+    if report.cdc:
+        print("\nCDC")
+        for key, value in report.cdc.items():
+            print(f"  {key}: {value}")
+    if report.skipped:
+        print("\nSkipped")
+        for what, why in report.skipped:
+            print(f"  {what}: {why}")
+
+
+def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
+    parts = [f"# Fig benchmarks, {report.header.get('date', '')}", ""]
+    parts += [f"- **{key}**: {value}" for key, value in report.header.items()]
+    if report.cold:
+        parts += ["", "## Cold queries", "",
+                  "Median of the timed runs after one untimed warm-up; bytes read come from a "
+                  "separate, untimed run with each system's own instrumentation (Fig: its scan "
+                  "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN "
+                  "ANALYZE bytes_scanned; Postgres: shared+temp buffers touched x 8 KiB). "
+                  "Fig/peer < 1 means Fig is faster. \"same rows\" compares every system's "
+                  "result with the first system that ran.", ""]
+        parts.append(markdown_table(COLD_HEADER, cold_rows(report)))
+        parts += ["", "Queries:", ""]
+        parts += [f"- `{name}`: `{sql}`" for name, sql in report.queries.items()]
+    if report.pgbench or report.loops:
+        parts += ["", "## Hot path", ""]
+        if report.pgbench:
+            parts += [markdown_table(PGBENCH_HEADER, pgbench_rows(report)), ""]
+        if report.loops:
+            parts += [markdown_table(LOOP_HEADER, loop_rows(report)), ""]
+        parts += [f"- {line}" for line in hot_summary(report)]
+    if report.cdc:
+        parts += ["", "## CDC", ""]
+        parts += [f"- {key}: {value}" for key, value in report.cdc.items()]
+    if report.skipped:
+        parts += ["", "## Not measured in this run", ""]
+        parts += [f"- **{what}**: {why}" for what, why in report.skipped]
+    if charts:
+        parts += ["", "## Charts", ""]
+        parts += [f"![{chart.stem}]({chart.name})" for chart in charts]
+    path.write_text("\n".join(parts) + "\n")
+
+
+def _grouped_bars(ax: Any, report: RunReport, value: Any, label: Any, log: bool) -> None:
+    queries = list(report.queries)
+    systems = list(dict.fromkeys(m.system for m in report.cold if not m.skipped))
+    width = 0.8 / max(1, len(systems))
+    colors = plt.get_cmap("tab10")
+    for index, system in enumerate(systems):
+        heights = []
+        for query in queries:
+            found = [m for m in report.cold if m.query == query and m.system == system]
+            number = value(found[0]) if found and not found[0].skipped else None
+            heights.append(number if number else math.nan)
+        xs = [q + (index - (len(systems) - 1) / 2) * width for q in range(len(queries))]
+        bars = ax.bar(xs, heights, width, label=system, color=colors(index))
+        ax.bar_label(bars, labels=[label(h) for h in heights], fontsize=6, padding=1)
+    ax.set_xticks(range(len(queries)), queries)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
+              ncol=min(len(systems), 5), frameon=False)
+
+
+def write_charts(report: RunReport, folder: Path, stem: str) -> list[Path]:
+    charts = []
+    if report.cold:
+        fig, ax = plt.subplots(figsize=(11, 5))
+        _grouped_bars(ax, report, lambda m: m.median_ms,
+                      lambda h: "" if math.isnan(h) else _ms(h), log=True)
+        ax.set_ylabel("median latency, ms (log scale)")
+        ax.set_title(f"Cold queries: latency per system ({report.header.get('data', '')})")
+        fig.tight_layout()
+        charts.append(folder / f"{stem}-cold-latency.png")
+        fig.savefig(charts[-1], dpi=110)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(11, 5))
+        _grouped_bars(ax, report, lambda m: m.bytes_read,
+                      lambda h: "" if math.isnan(h) else _bytes(int(h)), log=True)
+        ax.set_ylabel("bytes read (log scale)")
+        ax.set_title("Cold queries: bytes read per system (Postgres: buffer pages touched x 8 KiB)")
+        fig.tight_layout()
+        charts.append(folder / f"{stem}-cold-bytes.png")
+        fig.savefig(charts[-1], dpi=110)
+        plt.close(fig)
+    if report.pgbench:
+        charts.append(_hot_chart(report, folder / f"{stem}-hot.png"))
+    return charts
+
+
+def _hot_chart(report: RunReport, path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    targets = list(dict.fromkeys(r.target for r in report.pgbench))
+    for target in targets:
+        runs = sorted((r for r in report.pgbench if r.target == target), key=lambda r: r.clients)
+        clients = [r.clients for r in runs]
+        left.plot(clients, [r.tps for r in runs], marker="o", label=target)
+        right.plot(clients, [r.p50_ms for r in runs], marker="o", label=f"{target} p50")
+        right.plot(clients, [r.p99_ms for r in runs], marker="x", linestyle="--",
+                   label=f"{target} p99")
+    left.set(xscale="log", xlabel="clients", ylabel="transactions/s",
+             title="pgbench -S -M extended: throughput")
+    right.set(xscale="log", yscale="log", xlabel="clients", ylabel="latency, ms",
+              title="pgbench: latency")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,294 @@
+"""`python -m benchmarks.run --scale quick|full`: Fig and its peers on the same data, one run.
+
+Prints a table and writes benchmarks/results/<date>.md plus PNG charts. Systems that cannot
+run yet (a Fig stage not landed, a missing library) are listed with the reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from benchmarks.datagen import (
+    SCALES,
+    DataSet,
+    Scale,
+    current_data_files,
+    ensure_iceberg,
+    local_path,
+)
+from benchmarks.fig_process import REPO, FigProcess, start_fig
+from benchmarks.report import ColdMeasure, RunReport, print_report, write_charts, write_markdown
+from benchmarks.systems import (
+    DataFusionSystem,
+    DuckDBSystem,
+    FigColdInProcess,
+    FigPgwire,
+    PostgresSystem,
+    System,
+    find_cold_engine,
+    normalize,
+    probe_fig_pgwire,
+)
+from benchmarks.workloads import Query, cold_queries
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORKLOADS = ("cold", "hot", "cdc")
+POSTGRES_PEER_MAX_ROWS = 20_000_000
+SLOW_WARMUP_S = 2.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="quick")
+    parser.add_argument("--rows", type=int, help="override the scale's row count")
+    parser.add_argument("--days", type=int, help="override the scale's day count")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--only", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per cold query")
+    parser.add_argument("--hot-seconds", type=int, help="seconds per pgbench run")
+    return parser.parse_args(argv)
+
+
+def chosen_scale(args: argparse.Namespace) -> Scale:
+    scale = SCALES[args.scale]
+    if args.rows or args.days:
+        scale = replace(scale, name=f"{scale.name}-reduced", rows=args.rows or scale.rows,
+                        days=args.days or scale.days)
+    return scale
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_header(scale: Scale, seed: int, runs: int) -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    versions = ", ".join(f"{p} {_version(p)}" for p in
+                         ("duckdb", "datafusion", "pyiceberg", "pyarrow", "psycopg"))
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB RAM, "
+                   f"load average at start {load}",
+        "commit": commit or "unknown",
+        "scale": f"{scale.name}: {scale.rows:,} rows over {scale.days} days, seed {seed}",
+        "runs": f"{runs} timed cold runs per query after 1 warm-up (3 when the warm-up "
+                f"took over {SLOW_WARMUP_S:.0f} s)",
+        "versions": versions + f", python {platform.python_version()}",
+    }
+
+
+def needle_user(files: list[tuple[str, int, int]]) -> int:
+    """A user that exists but is rare: the smallest id seen exactly once in the first file."""
+    column = pq.read_table(local_path(files[0][0]), columns=["user_id"])["user_id"]
+    counts = pc.value_counts(column).to_pylist()
+    once = [item["values"] for item in counts if item["counts"] == 1]
+    return int(min(once) if once else counts[0]["values"])
+
+
+def cold_systems(fig: FigProcess, data: DataSet, files: list[str], example: Query,
+                 report: RunReport, with_postgres: bool) -> list[System]:
+    """Every system that can run, Fig first; the others go to report.skipped with why."""
+    systems: list[System] = []
+    reason = probe_fig_pgwire(fig.dsn(), example)
+    if reason is None:
+        systems.append(FigPgwire(fig.dsn()))
+    else:
+        report.skipped.append(("Fig over pgwire (cold)", reason))
+    engine_class, why = find_cold_engine()
+    if engine_class is not None:
+        try:
+            systems.append(FigColdInProcess(engine_class, data.events()))
+        except Exception as error:  # report whatever stops the engine from starting
+            report.skipped.append(("Fig cold engine (in-process)", f"{type(error).__name__}: "
+                                   f"{error}"))
+    else:
+        report.skipped.append(("Fig cold engine (in-process)", why))
+    for name, make in (("DuckDB", lambda: DuckDBSystem(files)),
+                       ("DataFusion", lambda: DataFusionSystem(files, data.root / "df-files"))):
+        try:
+            systems.append(make())
+        except ImportError as error:
+            report.skipped.append((name, f"not importable: {error}"))
+    if with_postgres:
+        systems.append(PostgresSystem(fig.hot_dsn("peer")))
+    return systems
+
+
+def measure(system: System, query: Query, runs: int) -> ColdMeasure:
+    result = ColdMeasure(query.name, system.name, system.is_fig)
+    skip = system.query_skip_reason(query)
+    if skip:
+        result.skipped = skip
+        return result
+    try:
+        started = time.perf_counter()
+        rows = system.run(query)  # warm-up, not counted
+        warmup_s = time.perf_counter() - started
+        for _ in range(min(runs, 3) if warmup_s > SLOW_WARMUP_S else runs):
+            started = time.perf_counter()
+            rows = system.run(query)
+            result.runs_ms.append((time.perf_counter() - started) * 1000)
+        reading = system.reading(query)
+    except Exception as error:  # a failing system is reported, the run goes on
+        text = str(error).strip().splitlines()
+        result.skipped = f"failed: {type(error).__name__}: {(text or [''])[0][:200]}"
+        result.runs_ms = []
+        return result
+    result.rows = len(rows)
+    result.bytes_read, result.bytes_note, result.pruning = (
+        reading.bytes_read, reading.note, reading.pruning)
+    result.digest = normalize(rows)
+    return result
+
+
+def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport) -> None:
+    from benchmarks.pgload import ensure_postgres_peer, load_countries
+    info = ensure_iceberg(data)
+    if info.get("seconds"):
+        print(f"  iceberg table generated in {info['seconds']} s (cached for later runs)")
+    events = data.events()
+    files = current_data_files(events)
+    table_bytes = sum(size for _, size, _ in files)
+    report.header["data"] = (f"{sum(n for _, _, n in files):,} events, {len(files)} data files, "
+                             f"{table_bytes / 1e6:.0f} MB in Iceberg")
+    load_countries(fig.hot_dsn())
+    with_postgres = data.scale.rows <= POSTGRES_PEER_MAX_ROWS
+    if with_postgres:
+        seconds = ensure_postgres_peer(fig.hot_dsn(), fig.hot_dsn("peer"), data)
+        if seconds:
+            print(f"  postgres peer loaded and indexed in {seconds:.0f} s (cached)")
+    else:
+        report.skipped.append(("Postgres, all rows", f"{data.scale.rows:,} rows exceed the "
+                               f"{POSTGRES_PEER_MAX_ROWS:,} loaded within the time budget"))
+    queries = cold_queries(data.example_day(), needle_user(files))
+    report.queries = {q.name: q.sql for q in queries}
+    systems = cold_systems(fig, data, [f for f, _, _ in files], queries[0], report,
+                           with_postgres)
+    try:
+        for query in queries:
+            measures = []
+            for system in systems:
+                print(f"  {query.name}: {system.name}", flush=True)
+                measures.append(measure(system, query, runs))
+            _check_agreement(measures)
+            report.cold.extend(measures)
+    finally:
+        for system in systems:
+            system.close()
+
+
+def _check_agreement(measures: list[ColdMeasure]) -> None:
+    """Compare every system's rows with Postgres's (the oracle), else with the first that ran."""
+    ran = [m for m in measures if not m.skipped]
+    reference = next((m for m in ran if m.system.startswith("Postgres")), ran[0] if ran else None)
+    for m in ran:
+        m.agrees = reference is not None and m.digest == reference.digest
+    for m in ran:
+        m.digest = []
+
+
+def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport) -> None:
+    from benchmarks.hotpath import find_pgbench, pgbench_init, run_loop, run_pgbench
+    from fig_server.hot.embedded import find_bin_dir
+    pgbench = find_pgbench(find_bin_dir(""))
+    pgbench_scale = {"tiny": 1, "full": 50}.get(scale.name.split("-")[0], 10)
+    seconds = seconds or {"tiny": 3, "full": 30}.get(scale.name.split("-")[0], 10)
+    targets = {"fig": fig.dsn("pgbench"), "direct-tcp": fig.hot_tcp_dsn("pgbench")}
+    if pgbench is None:
+        report.skipped.append(("pgbench", "pgbench not found on PATH or in pg_config --bindir"))
+    else:
+        print(f"  pgbench -i -s {pgbench_scale}", flush=True)
+        pgbench_init(pgbench, fig.hot_dsn(), fig.hot_dsn("pgbench"), pgbench_scale)
+        report.header["hot data"] = (f"pgbench scale {pgbench_scale} "
+                                     f"({pgbench_scale * 100_000:,} accounts), {seconds} s per "
+                                     "pgbench run after a 2 s warm-up")
+        for clients in (1, 16, 64):
+            for target, dsn in targets.items():
+                print(f"  pgbench {target} -c {clients}", flush=True)
+                run_pgbench(pgbench, dsn, target, clients, 2)  # warm-up
+                report.pgbench.append(run_pgbench(pgbench, dsn, target, clients, seconds))
+    queries = 1000 if scale.name.startswith("tiny") else 5000
+    for target, dsn in targets.items():
+        print(f"  psycopg loop {target}", flush=True)
+        report.loops.append(run_loop(dsn, target, queries, pgbench_scale * 100_000))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = {w.strip() for w in args.only.split(",") if w.strip()}
+    unknown = only - set(WORKLOADS)
+    if unknown:
+        print(f"unknown workloads: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    scale = chosen_scale(args)
+    data = DataSet(scale, args.seed)
+    report = RunReport(header=machine_header(scale, args.seed, args.runs))
+    data.root.mkdir(parents=True, exist_ok=True)
+    data.root.chmod(0o755)
+    if "cold" in only:
+        print("preparing data", flush=True)
+        ensure_iceberg(data)
+    print("starting fig serve", flush=True)
+    fig = start_fig(data.fig_data_dir)
+    started = time.perf_counter()
+    try:
+        if "cold" in only:
+            print("cold workloads", flush=True)
+            run_cold(fig, data, args.runs, report)
+        if "hot" in only:
+            print("hot path", flush=True)
+            run_hot(fig, scale, args.hot_seconds, report)
+        if "cdc" in only:
+            from benchmarks.cdc import run_cdc
+            print("cdc", flush=True)
+            run_cdc(fig, scale, report)
+    finally:
+        fig.stop()
+    report.header["duration"] = f"{time.perf_counter() - started:.0f} s of workloads"
+    print()
+    print_report(report)
+    write_results(report)
+    return 0
+
+
+def write_results(report: RunReport) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    stem = dt.date.today().isoformat()
+    charts = write_charts(report, RESULTS, stem)
+    markdown = RESULTS / f"{stem}.md"
+    write_markdown(report, markdown, charts)
+    raw = {"header": report.header, "queries": report.queries,
+           "cold": [asdict(m) for m in report.cold],
+           "pgbench": [asdict(r) for r in report.pgbench],
+           "loops": [asdict(r) for r in report.loops], "cdc": report.cdc,
+           "skipped": report.skipped}
+    (RESULTS / f"{stem}.json").write_text(json.dumps(raw, indent=1, default=str))
+    print(f"\nwrote {markdown.relative_to(REPO)} and {len(charts)} charts")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
