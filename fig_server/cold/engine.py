@@ -1,0 +1,317 @@
+"""ColdEngine: plan a SELECT over Iceberg tables, stream pruned work units to workers, stop
+early for top-n, finish aggregates and the rest of the query in the coordinator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import sqlglot
+from datafusion import SessionContext
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from fig_server.cold import worker
+from fig_server.cold.errors import classify_datafusion_error
+from fig_server.cold.executor import Executor, ProcessExecutor, ThreadExecutor
+from fig_server.cold.literals import bind_parameters
+from fig_server.cold.metadata import MetadataCache
+from fig_server.cold.predicates import pruning_filter
+from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
+from fig_server.cold.query import QueryPlan, ScanPart, plan_query
+from fig_server.cold.topn import cannot_beat, domain_value, sort_key
+from fig_server.cold.units import ColdResult, ScanStats, UnitTask, WorkUnit
+from fig_server.errors import FigError, InternalError, QueryCanceled, SqlSyntaxError
+
+_DONE = object()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+class _Control:
+    """Client cancel and statement timeout, checked wherever the query waits."""
+
+    def __init__(self, cancel: threading.Event | None, timeout_s: float | None) -> None:
+        self.cancel = cancel
+        self.deadline = time.monotonic() + timeout_s if timeout_s else None
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise QueryCanceled("canceling statement due to user request")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise QueryCanceled("canceling statement due to statement timeout")
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+
+@dataclass
+class _Prepared:
+    plan: QueryPlan
+    scans: list[ScanSpec]
+    io_properties: list[tuple[tuple[str, str], ...]]
+
+
+class ColdEngine:
+    """The cold query engine; one per server, shared by sessions (thread-safe)."""
+
+    def __init__(self, workers: int = 0, *, executor: Executor | None = None,
+                 use_processes: bool = True, queue_size: int = 0) -> None:
+        count = workers or os.cpu_count() or 1
+        if executor is None:
+            executor = ProcessExecutor(count) if use_processes else ThreadExecutor(count)
+        self.executor = executor
+        self.cache = MetadataCache()
+        self.queue_size = queue_size or 4 * executor.slots
+
+    def query(self, sql: str, tables: Mapping[str, Table], params: list[Any] | None = None,
+              as_of: dt.datetime | None = None, cancel: threading.Event | None = None,
+              timeout_s: float | None = None) -> ColdResult:
+        """Run a Postgres-dialect SELECT over the given Iceberg tables."""
+        control = _Control(cancel, timeout_s)
+        prepared = self._prepare(sql, tables, params, as_of)
+        stats = ScanStats()
+        scanned: dict[str, pa.Table] = {}
+        for part, scan, io_props in zip(prepared.plan.parts, prepared.scans,
+                                        prepared.io_properties, strict=True):
+            part_stats = ScanStats()
+            scanned[part.placeholder] = self._run_scan(part, scan, io_props, part_stats,
+                                                       control)
+            stats.add(part_stats)
+            stats.plan_ms += part_stats.plan_ms
+        control.check()
+        table = _final(prepared.plan, scanned)
+        stats.exec_ms = control.elapsed_ms()
+        return ColdResult(table, stats)
+
+    def explain(self, sql: str, tables: Mapping[str, Table], analyze: bool = False,
+                params: list[Any] | None = None, as_of: dt.datetime | None = None) -> list[str]:
+        """EXPLAIN [ANALYZE] lines: route, cold part, pruning per level, bytes, execution."""
+        from fig_server.cold.explain import explain_lines
+
+        prepared = self._prepare(sql, tables, params, as_of)
+        if analyze:
+            result = self.query(sql, tables, params=params, as_of=as_of)
+            return explain_lines(prepared.plan, prepared.scans, result.stats, analyze=True)
+        stats = ScanStats()
+        started = time.monotonic()
+        for scan in prepared.scans:
+            for _ in Pruner(scan, self.cache, stats).units():
+                pass
+        stats.plan_ms = (time.monotonic() - started) * 1000
+        return explain_lines(prepared.plan, prepared.scans, stats, analyze=False)
+
+    def close(self) -> None:
+        self.executor.close()
+
+    def __enter__(self) -> ColdEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(self, sql: str, tables: Mapping[str, Table], params: list[Any] | None,
+                 as_of: dt.datetime | None) -> _Prepared:
+        tree = _parse(sql)
+        if params is not None or any(True for _ in tree.find_all(exp.Parameter)):
+            tree = bind_parameters(tree, params)
+        snapshots = {key: _snapshot(table, as_of) for key, table in tables.items()}
+        schemas: dict[str, Schema] = {key: table.schema() for key, table in tables.items()}
+        plan = plan_query(tree, schemas)
+        scans, props = [], []
+        for part in plan.parts:
+            table = tables[part.binding.key]
+            scans.append(ScanSpec(
+                name=part.binding.key, io=table.io, snapshot=snapshots[part.binding.key],
+                schema=part.binding.schema, specs=table.specs(),
+                row_filter=pruning_filter(part.where, part.binding.resolve),
+                fields=part.fields, order=part.order))
+            props.append(tuple(sorted((str(k), str(v)) for k, v in table.io.properties.items())))
+        return _Prepared(plan, scans, props)
+
+    def _run_scan(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
+                  stats: ScanStats, control: _Control) -> pa.Table:
+        pruner = Pruner(scan, self.cache, stats)
+        units: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
+        stop = threading.Event()
+        planner = threading.Thread(target=_plan_into, args=(pruner, units, stop, stats),
+                                   name="fig-cold-planner", daemon=True)
+        planner.start()
+        try:
+            return self._dispatch(part, scan, io_props, units, stop, stats, control)
+        finally:
+            stop.set()
+
+    def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
+                  units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,
+                  control: _Control) -> pa.Table:
+        order = scan.order
+        in_flight: dict[Future[bytes], WorkUnit] = {}
+        results: list[pa.Table] = []
+        heap: pa.Table | None = None
+        threshold = None
+        planning_done = False
+        try:
+            while True:
+                control.check()
+                while not planning_done and len(in_flight) < self.executor.slots:
+                    try:
+                        item = units.get_nowait() if in_flight else units.get(timeout=0.05)
+                    except queue.Empty:
+                        break
+                    if item is _DONE:
+                        planning_done = True
+                        break
+                    if isinstance(item, _Failure):
+                        raise item.error
+                    if order is not None and cannot_beat(item.best, threshold, order):
+                        planning_done = True
+                        stop.set()
+                        _mark_stopped(stats, control)
+                        break
+                    task = UnitTask(item, part.worker_sql, io_props)
+                    in_flight[self._submit(task)] = item
+                if not in_flight:
+                    if planning_done:
+                        break
+                    continue
+                done, _ = wait(list(in_flight), timeout=0.05, return_when=FIRST_COMPLETED)
+                for future in done:
+                    unit = in_flight.pop(future)
+                    table = worker.from_ipc(self._result(future))
+                    stats.units_run += 1
+                    stats.bytes_read += unit.bytes
+                    if order is None or part.merge_sql is None:
+                        results.append(table)
+                        continue
+                    heap = table if heap is None else worker.run_sql(
+                        pa.concat_tables([heap, table], promote_options="permissive"),
+                        part.merge_sql)
+                    threshold = _threshold(heap, scan)
+                    for other, other_unit in list(in_flight.items()):
+                        if cannot_beat(other_unit.best, threshold, order) and other.cancel():
+                            del in_flight[other]
+                            _mark_stopped(stats, control)
+        finally:
+            for future in in_flight:
+                future.cancel()
+        if heap is not None:
+            return heap
+        if results:
+            return pa.concat_tables(results, promote_options="permissive")
+        return worker.run_sql(_empty_input(scan), part.worker_sql)
+
+    def _submit(self, task: UnitTask) -> Future[bytes]:
+        try:
+            return self.executor.submit(task)
+        except BrokenProcessPool as exc:
+            if isinstance(self.executor, ProcessExecutor):
+                self.executor.reset()
+            raise InternalError("a cold worker process died") from exc
+
+    def _result(self, future: Future[bytes]) -> bytes:
+        try:
+            return future.result()
+        except FigError:
+            raise
+        except BrokenProcessPool as exc:
+            if isinstance(self.executor, ProcessExecutor):
+                self.executor.reset()
+            raise InternalError("a cold worker process died") from exc
+        except Exception as exc:
+            raise classify_datafusion_error(exc) from exc
+
+
+def _plan_into(pruner: Pruner, units: queue.Queue[Any], stop: threading.Event,
+               stats: ScanStats) -> None:
+    """Planner thread: push units into the bounded queue until done or told to stop."""
+    started = time.monotonic()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                units.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        for unit in pruner.units(stop.is_set):
+            put(unit)
+        stats.plan_ms += (time.monotonic() - started) * 1000
+        put(_DONE)
+    except BaseException as exc:  # handed to the dispatching thread, which raises it
+        put(_Failure(exc))
+
+
+def _mark_stopped(stats: ScanStats, control: _Control) -> None:
+    if not stats.stopped_early:
+        stats.stopped_early = True
+        stats.stopped_after_ms = control.elapsed_ms()
+
+
+def _threshold(heap: pa.Table, scan: ScanSpec) -> Any:
+    order = scan.order
+    assert order is not None
+    if heap.num_rows < order.limit:
+        return None
+    value = heap.column(order.field.name)[order.limit - 1].as_py()
+    return sort_key(domain_value(value, order.field.field_type), order)
+
+
+def _empty_input(scan: ScanSpec) -> pa.Table:
+    table = empty_table(scan.fields)
+    if not table.num_columns:
+        return pa.table([pa.array([], pa.bool_())], names=[worker.ROW_MARKER])
+    return table
+
+
+def _parse(sql: str) -> exp.Expression:
+    try:
+        statements = sqlglot.parse(sql, read="postgres")
+    except ParseError as exc:
+        raise SqlSyntaxError(f"syntax error: {exc.errors[0]['description'] if exc.errors else exc}"
+                             ) from exc
+    statements = [s for s in statements if s is not None]
+    if len(statements) != 1:
+        raise SqlSyntaxError("expected exactly one statement")
+    return statements[0]
+
+
+def _snapshot(table: Table, as_of: dt.datetime | None) -> Snapshot | None:
+    """The current snapshot, or the one current at as_of (naive times are UTC)."""
+    if as_of is None:
+        return table.current_snapshot()
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=dt.UTC)
+    return table.snapshot_as_of_timestamp(int(as_of.timestamp() * 1000))
+
+
+def _final(plan: QueryPlan, scanned: dict[str, pa.Table]) -> pa.Table:
+    """Run the coordinator's SQL over what the scans returned; name columns like Postgres."""
+    ctx = SessionContext()
+    for name, table in scanned.items():
+        batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+        ctx.register_record_batches(name, [batches])
+    try:
+        result = ctx.sql(plan.final_sql).to_arrow_table()
+    except Exception as exc:  # DataFusion raises plain Exception subclasses
+        raise classify_datafusion_error(exc) from exc
+    names = [plan.output_names.get(n, n) for n in result.column_names]
+    return result.rename_columns(names)

@@ -1,0 +1,90 @@
+"""Iceberg and Parquet metadata, cached across queries: manifest lists by snapshot, manifests
+and footers by path (Iceberg never rewrites a file in place)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.io import FileIO
+from pyiceberg.manifest import ManifestEntry, ManifestFile
+from pyiceberg.table.snapshots import Snapshot
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Footer:
+    """A Parquet footer and where each Iceberg field id lives among its columns."""
+
+    metadata: pq.FileMetaData
+    names_by_field_id: dict[int, str]
+    leaf_by_name: dict[str, int]
+    arrow_schema: pa.Schema
+
+    @property
+    def num_row_groups(self) -> int:
+        return int(self.metadata.num_row_groups)
+
+
+class _Lru:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_load(self, key: Any, load: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                value: V = self._items[key]
+                return value
+        value = load()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+class MetadataCache:
+    """Manifest lists, manifests and footers shared by every query of one engine."""
+
+    def __init__(self, max_manifest_lists: int = 256, max_manifests: int = 4096,
+                 max_footers: int = 16384) -> None:
+        self._lists = _Lru(max_manifest_lists)
+        self._manifests = _Lru(max_manifests)
+        self._footers = _Lru(max_footers)
+
+    def manifests(self, io: FileIO, snapshot: Snapshot) -> list[ManifestFile]:
+        return self._lists.get_or_load(snapshot.manifest_list,
+                                       lambda: list(snapshot.manifests(io)))
+
+    def entries(self, io: FileIO, manifest: ManifestFile) -> list[ManifestEntry]:
+        return self._manifests.get_or_load(
+            manifest.manifest_path,
+            lambda: manifest.fetch_manifest_entry(io, discard_deleted=True))
+
+    def footer(self, io: FileIO, path: str) -> Footer:
+        return self._footers.get_or_load(path, lambda: read_footer(io, path))
+
+
+def read_footer(io: FileIO, path: str) -> Footer:
+    """Read a Parquet footer and map field ids (from the Arrow schema metadata) to columns."""
+    with io.new_input(path).open() as stream:
+        metadata = pq.read_metadata(stream)
+    arrow_schema = metadata.schema.to_arrow_schema()
+    names: dict[int, str] = {}
+    for arrow_field in arrow_schema:
+        raw = (arrow_field.metadata or {}).get(b"PARQUET:field_id")
+        if raw is not None:
+            names[int(raw)] = arrow_field.name
+    leaves = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
+    return Footer(metadata, names, leaves, arrow_schema)

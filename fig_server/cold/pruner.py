@@ -1,0 +1,217 @@
+"""Three-level pruning streamed as work units: manifest list -> manifests -> row groups.
+
+Levels 1 and 2 use pyiceberg's own evaluators (partition summaries, partition values, column
+metrics); level 3 feeds Parquet row-group statistics to the same metrics evaluator.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.conversions import from_bytes
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions.visitors import (
+    _InclusiveMetricsEvaluator,
+    expression_evaluator,
+    extract_field_ids,
+    inclusive_projection,
+    manifest_evaluator,
+)
+from pyiceberg.io import FileIO
+from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent, ManifestFile
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import NestedField
+
+from fig_server.cold.arrowtypes import arrow_type
+from fig_server.cold.metadata import Footer, MetadataCache
+from fig_server.cold.rowgroups import row_group_as_data_file, row_group_bounds
+from fig_server.cold.topn import OrderKey, best_key, domain_value
+from fig_server.cold.units import ColumnRead, ScanStats, WorkUnit
+from fig_server.errors import FeatureNotSupported
+
+
+@dataclass
+class ScanSpec:
+    """One table's scan: which snapshot, which rows may matter, which columns, which order."""
+
+    name: str
+    io: FileIO
+    snapshot: Snapshot | None
+    schema: Schema
+    specs: dict[int, PartitionSpec]
+    row_filter: BooleanExpression
+    fields: list[NestedField]
+    order: OrderKey | None = None
+
+
+class Pruner:
+    """Plans one scan, yielding work units while it walks the metadata; fills in stats."""
+
+    def __init__(self, scan: ScanSpec, cache: MetadataCache, stats: ScanStats) -> None:
+        self.scan = scan
+        self.cache = cache
+        self.stats = stats
+        evaluator = _InclusiveMetricsEvaluator(scan.schema, scan.row_filter)
+        self._metrics = evaluator.eval
+        self._filter_ids = extract_field_ids(evaluator.expr) \
+            if not isinstance(scan.row_filter, AlwaysTrue) else set()
+
+    def units(self, stop: Callable[[], bool] = lambda: False) -> Iterator[WorkUnit]:
+        """Work units in scan order, or best-first by the ORDER BY column's bounds."""
+        if self.scan.snapshot is None:
+            return
+        files = self._kept_files(stop)
+        if self.scan.order is None:
+            for data_file in files:
+                if stop():
+                    return
+                unit = self._file_unit(data_file)
+                if unit is not None:
+                    yield unit
+        else:
+            yield from self._best_first(list(files), self.scan.order, stop)
+
+    def _kept_files(self, stop: Callable[[], bool]) -> Iterator[DataFile]:
+        """Levels 1 and 2: data files whose partition values and metrics might match."""
+        scan, stats = self.scan, self.stats
+        assert scan.snapshot is not None
+        manifests = self.cache.manifests(scan.io, scan.snapshot)
+        self._totals_from_summary(scan.snapshot, manifests)
+        evaluators: dict[int, tuple[Callable[[ManifestFile], bool], Callable[[Any], bool]]] = {}
+        for manifest in manifests:
+            if manifest.content == ManifestContent.DELETES:
+                raise FeatureNotSupported("Iceberg delete files (merge-on-read) in cold scans")
+            spec_id = manifest.partition_spec_id
+            if spec_id not in evaluators:
+                evaluators[spec_id] = self._partition_evaluators(spec_id)
+            keep_manifest, keep_partition = evaluators[spec_id]
+            if not keep_manifest(manifest):
+                continue
+            stats.manifests_kept += 1
+            for entry in self.cache.entries(scan.io, manifest):
+                if stop():
+                    return
+                data_file = entry.data_file
+                if data_file.content != DataFileContent.DATA:
+                    raise FeatureNotSupported("Iceberg delete files in cold scans")
+                if self._summary_incomplete:
+                    stats.files_total += 1
+                    stats.bytes_total += data_file.file_size_in_bytes
+                if keep_partition(data_file.partition) and self._metrics(data_file):
+                    stats.files_kept += 1
+                    yield data_file
+
+    _summary_incomplete = False
+
+    def _totals_from_summary(self, snapshot: Snapshot, manifests: list[ManifestFile]) -> None:
+        self.stats.manifests_total += len(manifests)
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if "total-data-files" in summary and "total-files-size" in summary:
+            self.stats.files_total += int(summary["total-data-files"])
+            self.stats.bytes_total += int(summary["total-files-size"])
+        else:
+            self._summary_incomplete = True
+
+    def _partition_evaluators(
+            self, spec_id: int) -> tuple[Callable[[ManifestFile], bool], Callable[[Any], bool]]:
+        spec, schema = self.scan.specs[spec_id], self.scan.schema
+        projected = inclusive_projection(schema, spec)(self.scan.row_filter)
+        keep_manifest = manifest_evaluator(spec, schema, projected, True)
+        partition_schema = Schema(*spec.partition_type(schema).fields)
+        keep_partition = expression_evaluator(partition_schema, projected, True)
+        return keep_manifest, keep_partition
+
+    def _kept_row_groups(self, footer: Footer) -> list[int]:
+        """Level 3: row groups whose statistics might match."""
+        total = footer.num_row_groups
+        self.stats.row_groups_total += total
+        if not self._filter_ids:
+            kept = list(range(total))
+        else:
+            kept = [i for i in range(total) if self._metrics(
+                row_group_as_data_file(footer, i, self.scan.schema, self._filter_ids))]
+        self.stats.row_groups_kept += len(kept)
+        return kept
+
+    def _file_unit(self, data_file: DataFile) -> WorkUnit | None:
+        footer = self.cache.footer(self.scan.io, data_file.file_path)
+        kept = self._kept_row_groups(footer)
+        return self._unit(data_file.file_path, footer, kept) if kept else None
+
+    def _unit(self, path: str, footer: Footer, row_groups: list[int],
+              best: Any = None) -> WorkUnit:
+        columns = []
+        names: list[str] = []
+        for field in self.scan.fields:
+            file_name = footer.names_by_field_id.get(field.field_id)
+            if file_name is None and not footer.names_by_field_id \
+                    and field.name in footer.arrow_schema.names:
+                file_name = field.name  # files written without field ids: match by name
+            columns.append(ColumnRead(file_name, field.name, arrow_type(field.field_type)))
+            if file_name is not None:
+                names.append(file_name)
+        size = _chunk_bytes(footer, row_groups, names)
+        rows = sum(int(footer.metadata.row_group(i).num_rows) for i in row_groups)
+        self.stats.bytes_estimated += size
+        self.stats.units_planned += 1
+        return WorkUnit(path, tuple(row_groups), tuple(columns), rows, size, best)
+
+    def _best_first(self, files: list[DataFile], key: OrderKey,
+                    stop: Callable[[], bool]) -> Iterator[WorkUnit]:
+        """Row-group units in order of the best ORDER BY value they could hold.
+
+        Files enter a heap keyed by their manifest bounds; a popped file is replaced by its
+        row groups (footer read only then), each keyed no earlier than its file.
+        """
+        counter = itertools.count()
+        heap: list[tuple[Any, int, Any]] = [
+            (self._file_best(f, key), next(counter), f) for f in files]
+        heapq.heapify(heap)
+        while heap and not stop():
+            best, _, item = heapq.heappop(heap)
+            if isinstance(item, DataFile):
+                footer = self.cache.footer(self.scan.io, item.file_path)
+                for index in self._kept_row_groups(footer):
+                    lower, upper, nulls, values = row_group_bounds(
+                        footer, index, self.scan.schema, key.field.field_id)
+                    group_best = max(best, best_key(lower, upper, nulls, values, None, key))
+                    heapq.heappush(heap, (group_best, next(counter), (item.file_path, footer,
+                                                                      index)))
+            else:
+                path, footer, index = item
+                yield self._unit(path, footer, [index], best)
+
+    def _file_best(self, data_file: DataFile, key: OrderKey) -> Any:
+        field_id, ftype = key.field.field_id, key.field.field_type
+
+        def bound(bounds: dict[int, bytes] | None) -> Any:
+            raw = (bounds or {}).get(field_id)
+            return domain_value(from_bytes(ftype, raw), ftype) if raw is not None else None
+
+        nulls = (data_file.null_value_counts or {}).get(field_id)
+        values = (data_file.value_counts or {}).get(field_id)
+        nans = (data_file.nan_value_counts or {}).get(field_id)
+        return best_key(bound(data_file.lower_bounds), bound(data_file.upper_bounds),
+                        nulls, values, nans, key)
+
+
+def _chunk_bytes(footer: Footer, row_groups: list[int], names: list[str]) -> int:
+    """Compressed bytes of the chosen column chunks: what reading the unit costs."""
+    leaves = [footer.leaf_by_name[n] for n in names if n in footer.leaf_by_name]
+    total = 0
+    for index in row_groups:
+        row_group = footer.metadata.row_group(index)
+        total += sum(int(row_group.column(leaf).total_compressed_size) for leaf in leaves)
+    return total
+
+
+def empty_table(fields: list[NestedField]) -> pa.Table:
+    """A table with no rows and the scan's columns, for plans that keep no unit."""
+    return pa.schema([pa.field(f.name, arrow_type(f.field_type)) for f in fields]).empty_table()

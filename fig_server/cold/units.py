@@ -1,0 +1,76 @@
+"""Value types of the cold stage: work units, per-query scan statistics, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclass
+class ScanStats:
+    """What pruning kept at each level and what execution actually did."""
+
+    manifests_total: int = 0
+    manifests_kept: int = 0
+    files_total: int = 0
+    files_kept: int = 0
+    row_groups_total: int = 0
+    row_groups_kept: int = 0
+    bytes_total: int = 0
+    bytes_estimated: int = 0
+    bytes_read: int = 0
+    units_planned: int = 0
+    units_run: int = 0
+    stopped_early: bool = False
+    stopped_after_ms: float = 0.0
+    plan_ms: float = 0.0
+    exec_ms: float = 0.0
+
+    def add(self, other: ScanStats) -> None:
+        """Accumulate another table's scan into this one (multi-table queries)."""
+        for name in ("manifests_total", "manifests_kept", "files_total", "files_kept",
+                     "row_groups_total", "row_groups_kept", "bytes_total", "bytes_estimated",
+                     "bytes_read", "units_planned", "units_run"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.stopped_early = self.stopped_early or other.stopped_early
+        self.stopped_after_ms = max(self.stopped_after_ms, other.stopped_after_ms)
+
+
+@dataclass(frozen=True)
+class ColumnRead:
+    """One output column of a work unit: where it lives in the file (None: absent, NULL)."""
+
+    file_name: str | None
+    name: str
+    type: pa.DataType
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A file, some of its row groups and the columns to read: the unit a worker runs."""
+
+    path: str
+    row_groups: tuple[int, ...]
+    columns: tuple[ColumnRead, ...]
+    num_rows: int
+    bytes: int
+    best: Any = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Everything a worker needs, picklable: the unit, the SQL over it, how to open files."""
+
+    unit: WorkUnit
+    sql: str
+    io_properties: tuple[tuple[str, str], ...]
+
+
+@dataclass
+class ColdResult:
+    """The query's output and how it was obtained."""
+
+    table: pa.Table
+    stats: ScanStats
