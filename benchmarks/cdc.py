@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
+import time
 from typing import Any
 
 import psycopg
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pyiceberg.catalog.sql import SqlCatalog
 
-from benchmarks.datagen import Scale
+from benchmarks.datagen import LAST_DAY, Scale, events_for_day, local_path
 from benchmarks.fig_process import FigProcess
 from benchmarks.report import RunReport
 
@@ -26,12 +32,170 @@ def probe_cdc(fig: FigProcess) -> str | None:
 
 
 def run_cdc(fig: FigProcess, scale: Scale, report: RunReport) -> None:
+    small = scale.name.startswith("tiny")
+    total = 200_000 if small else 1_000_000
+    report.cdc["ceiling"] = pgoutput_ceiling(fig, total)
     reason = probe_cdc(fig)
     if reason is not None:
-        report.skipped.append(("CDC ingest and lag", reason))
+        report.skipped.append(("CDC ingest and lag through Fig", reason))
         return
-    report.cdc.update(measure_cdc(fig, scale))
+    try:
+        report.cdc["ingest"] = sustained_ingest(fig, total)
+        report.cdc["lag"] = lag_at_rate(fig, rate=5_000, seconds=5 if small else 15)
+    except (psycopg.Error, RuntimeError) as error:
+        report.skipped.append(("CDC ingest and lag", f"failed: {str(error).strip()[:300]}"))
 
 
-def measure_cdc(fig: FigProcess, scale: Scale) -> dict[str, Any]:
-    raise NotImplementedError
+CDC_DDL = """
+CREATE TABLE {name} (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts timestamptz NOT NULL DEFAULT clock_timestamp(),
+    day date NOT NULL,
+    status integer NOT NULL,
+    user_id bigint NOT NULL,
+    country text NOT NULL,
+    amount numeric(12, 2) NOT NULL,
+    payload text NOT NULL
+)"""
+COLUMNS = "day, status, user_id, country, amount, payload"
+BATCH = 10_000
+
+
+def _csv_batches(total: int) -> list[bytes]:
+    """10k-row batches of events as CSV (ts is left to the server's clock_timestamp())."""
+    rows = events_for_day(7, LAST_DAY, total).drop_columns(["ts"])
+    batches = []
+    options = pacsv.WriteOptions(include_header=False)
+    for start in range(0, total, BATCH):
+        buffer = io.BytesIO()
+        pacsv.write_csv(rows.slice(start, BATCH), buffer, options)
+        batches.append(buffer.getvalue())
+    return batches
+
+
+def _copy_batches(conn: psycopg.Connection, table: str, batches: list[bytes]) -> None:
+    """One transaction per 10k-row batch."""
+    for batch in batches:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                f"COPY {table} ({COLUMNS}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(batch)
+
+
+def pgoutput_ceiling(fig: FigProcess, total: int) -> dict[str, Any]:
+    """Postgres's own pgoutput decoding of the same WAL, read in SQL: the rate CDC cannot beat."""
+    batches = _csv_batches(total)
+    with psycopg.connect(fig.hot_dsn(), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_ceiling")
+        conn.execute(CDC_DDL.format(name="bench_ceiling"))
+        conn.execute("DROP PUBLICATION IF EXISTS bench_ceiling_pub")
+        conn.execute("CREATE PUBLICATION bench_ceiling_pub FOR TABLE bench_ceiling")
+        if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_ceiling'"
+                        ).fetchone():
+            conn.execute("SELECT pg_drop_replication_slot('bench_ceiling')")
+        conn.execute("SELECT pg_create_logical_replication_slot('bench_ceiling', 'pgoutput')")
+        try:
+            started = time.perf_counter()
+            _copy_batches(conn, "bench_ceiling", batches)
+            insert_s = time.perf_counter() - started
+            # Decoding stops at the flushed WAL: one synchronous commit flushes everything before.
+            conn.execute("SET synchronous_commit = on")
+            conn.execute("SELECT pg_logical_emit_message(true, 'fig-bench', 'flush')")
+            started = time.perf_counter()
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE get_byte(data, 0) = 73), sum(octet_length(data)) "
+                "FROM pg_logical_slot_get_binary_changes("
+                "'bench_ceiling', NULL, NULL, 'proto_version', '1', 'publication_names', "
+                "'bench_ceiling_pub')").fetchone()
+            decode_s = time.perf_counter() - started
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot('bench_ceiling')")
+            conn.execute("DROP PUBLICATION bench_ceiling_pub")
+            conn.execute("DROP TABLE bench_ceiling")
+    decoded, size = (row or (0, 0))
+    return {"rows": total, "insert_rows_per_s": round(total / insert_s),
+            "rows_decoded": decoded, "pgoutput_bytes": size,
+            "decode_rows_per_s": round(total / decode_s),
+            "note": "pg_logical_slot_get_binary_changes, server-side decode only"}
+
+
+def _tier(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(CDC_DDL.format(name=name))
+    conn.execute("SELECT fig.tier_table(%s, 'ts', interval '3650 days')", (f"public.{name}",))
+    conn.execute("SELECT fig.sync(interval '120s')")
+
+
+def sustained_ingest(fig: FigProcess, total: int) -> dict[str, Any]:
+    """Insert `total` rows in 10k-row transactions as fast as Postgres takes them; the rate is
+    rows / (time until fig.sync() returns, i.e. until cold has committed all of them)."""
+    batches = _csv_batches(total)
+    with psycopg.connect(fig.dsn(), autocommit=True) as conn:
+        _tier(conn, "bench_cdc")
+        with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
+            started = time.perf_counter()
+            _copy_batches(hot, "bench_cdc", batches)
+            inserted_s = time.perf_counter() - started
+        conn.execute("SELECT fig.sync(interval '600s')")
+        synced_s = time.perf_counter() - started
+    cold_rows = _cold_row_count(fig, "bench_cdc")
+    if cold_rows != total:
+        raise RuntimeError(f"after fig.sync() cold holds {cold_rows} of {total} rows")
+    return {"rows": total, "transactions": len(batches),
+            "insert_rows_per_s": round(total / inserted_s),
+            "cdc_rows_per_s": round(total / synced_s), "seconds_to_sync": round(synced_s, 2)}
+
+
+def lag_at_rate(fig: FigProcess, rate: int, seconds: int) -> dict[str, Any]:
+    """One-row transactions at a fixed rate; each row's lag is the commit time of the Iceberg
+    snapshot that added it minus its ts (clock_timestamp() at insert, same machine)."""
+    with psycopg.connect(fig.dsn(), autocommit=True) as conn:
+        _tier(conn, "bench_lag")
+        with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
+            cur = hot.cursor()
+            statement = (f"INSERT INTO bench_lag ({COLUMNS}) VALUES "
+                         "(%s, 200, %s, 'US', 1.00, 'lag probe')")
+            started = time.perf_counter()
+            sent = 0
+            while sent < rate * seconds:
+                due = started + sent / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                cur.execute(statement, (LAST_DAY, sent))
+                sent += 1
+            achieved = sent / (time.perf_counter() - started)
+        conn.execute("SELECT fig.sync(interval '120s')")
+    lags = sorted(_lags_ms(fig, "bench_lag"))
+    if not lags:
+        raise RuntimeError("no appended rows found in cold for bench_lag")
+    return {"target_rows_per_s": rate, "achieved_rows_per_s": round(achieved),
+            "rows": len(lags), "lag_p50_ms": round(lags[len(lags) // 2], 1),
+            "lag_p99_ms": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1),
+            "lag_max_ms": round(lags[-1], 1)}
+
+
+def _catalog(fig: FigProcess) -> SqlCatalog:
+    iceberg = fig.data_dir / "iceberg"
+    return SqlCatalog("fig", uri=f"sqlite:///{iceberg / 'catalog.db'}",
+                      warehouse=f"file://{iceberg / 'warehouse'}")
+
+
+def _cold_row_count(fig: FigProcess, name: str) -> int:
+    table = _catalog(fig).load_table(("public", name))
+    return int(table.scan(selected_fields=("id",)).to_arrow().num_rows)
+
+
+def _lags_ms(fig: FigProcess, name: str) -> list[float]:
+    table = _catalog(fig).load_table(("public", name))
+    lags: list[float] = []
+    for snapshot in table.snapshots():
+        committed = dt.datetime.fromtimestamp(snapshot.timestamp_ms / 1000, dt.UTC)
+        for manifest in snapshot.manifests(table.io):
+            if manifest.added_snapshot_id != snapshot.snapshot_id:
+                continue
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                if entry.snapshot_id != snapshot.snapshot_id:
+                    continue
+                ts = pq.read_table(local_path(entry.data_file.file_path), columns=["ts"])["ts"]
+                lags.extend((committed - t).total_seconds() * 1000 for t in ts.to_pylist())
+    return lags
