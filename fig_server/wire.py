@@ -56,8 +56,14 @@ def parameter_status(name: str, value: str) -> bytes:
 
 
 def startup_packet(params: Mapping[str, str], version: int = PROTOCOL_V3) -> bytes:
-    body = INT32.pack(version) + b"".join(cstring(k) + cstring(v) for k, v in params.items())
+    """A StartupMessage; names and values go out as the exact bytes the client sent."""
+    body = INT32.pack(version) + b"".join(
+        _raw(k) + b"\0" + _raw(v) + b"\0" for k, v in params.items())
     return UINT32.pack(len(body) + 5) + body + b"\0"
+
+
+def _raw(text: str) -> bytes:
+    return text.encode(errors="surrogateescape")
 
 
 def cancel_packet(pid: int, secret: int) -> bytes:
@@ -65,20 +71,34 @@ def cancel_packet(pid: int, secret: int) -> bytes:
 
 
 def parse_startup_params(body: bytes) -> dict[str, str]:
-    """Key/value pairs of a StartupMessage body after the version; ValueError if malformed."""
-    if not body.endswith(b"\0"):
-        raise ValueError("startup packet is not terminated")
-    parts = body[:-1].split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    if len(parts) % 2:
-        raise ValueError("startup packet has a name without a value")
+    """Name/value pairs of a StartupMessage body after the version, read as Postgres does.
+
+    Bytes that are not UTF-8 are kept (surrogateescape) so the backend sees them unchanged.
+    ValueError when the packet does not end with its terminator right after the last pair.
+    """
     params = {}
-    for name, value in zip(parts[::2], parts[1::2], strict=True):
-        if not name:
-            raise ValueError("startup packet has an empty parameter name")
-        params[name.decode()] = value.decode()
+    offset, size = 0, len(body)
+    while offset < size and body[offset]:
+        name_end = _cstring_end(body, offset)
+        if name_end + 1 >= size:
+            break  # a name without a value: reported as a missing terminator below
+        value_end = _cstring_end(body, name_end + 1)
+        name = body[offset:name_end].decode(errors="surrogateescape")
+        params[name] = body[name_end + 1:value_end].decode(errors="surrogateescape")
+        offset = value_end + 1
+    if offset != size - 1:
+        raise ValueError("expected terminator as last byte")
     return params
+
+
+def _cstring_end(buffer: bytes, start: int) -> int:
+    end = buffer.find(b"\0", start)
+    return len(buffer) if end < 0 else end
+
+
+def error_response_v2(text: str) -> bytes:
+    """The pre-3.0 ErrorResponse Postgres sends to a client asking for protocol 1 or 2."""
+    return b"E" + text.encode() + b"\n\0"
 
 
 def split_messages(buffer: bytes | bytearray, start: int = 0) -> tuple[list[tuple[int, int]], int]:
@@ -111,3 +131,34 @@ def parse_text(payload: bytes) -> tuple[str, str]:
     sql_end = payload.index(b"\0", name_end + 1)
     return (payload[:name_end].decode(errors="replace"),
             payload[name_end + 1:sql_end].decode(errors="replace"))
+
+
+def bind_statement(payload: bytes) -> str:
+    """The prepared statement name a Bind ('B') payload refers to."""
+    portal_end = payload.index(b"\0")
+    return payload[portal_end + 1:payload.index(b"\0", portal_end + 1)].decode(errors="replace")
+
+
+def replace_parse_sql(payload: bytes, sql: str) -> bytes:
+    """A Parse payload with its SQL replaced, statement name and parameter types kept."""
+    name_end = payload.index(b"\0")
+    sql_end = payload.index(b"\0", name_end + 1)
+    return payload[:name_end + 1] + cstring(sql) + payload[sql_end + 1:]
+
+
+def row_description_text(*names: str) -> bytes:
+    """RowDescription of text columns (type oid 25), as Fig's own results use."""
+    body = INT16.pack(len(names)) + b"".join(
+        cstring(name) + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0) for name in names)
+    return message(b"T", body)
+
+
+def data_row_text(values: list[str | None]) -> bytes:
+    parts = [INT16.pack(len(values))]
+    for value in values:
+        if value is None:
+            parts.append(INT32.pack(-1))
+        else:
+            encoded = value.encode()
+            parts.append(INT32.pack(len(encoded)) + encoded)
+    return message(b"D", b"".join(parts))

@@ -7,6 +7,7 @@ import logging
 
 from fig_server import wire
 from fig_server.errors import ConnectionFailure, FigError, ProtocolViolation
+from fig_server.session.federation import Federator
 from fig_server.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -15,24 +16,38 @@ READ_SIZE = 256 * 1024
 # Authentication requests after which the client must answer with a 'p' message.
 AUTH_CODES_WANTING_REPLY = frozenset({2, 3, 5, 7, 8, 9, 10, 11})
 COUNTS_AS_REQUEST = frozenset(b"QSF")
+# Messages that carry little or nothing get Postgres's small length limit (PQ_SMALL_MESSAGE_LIMIT),
+# so a Sync declaring megabytes is refused at once instead of waiting for bytes never sent.
+SMALL_MESSAGE_TYPES = frozenset(b"CDEHScfX")
+SMALL_MESSAGE_BYTES = 10_000
 
 
 class ClientConnection:
     """Moves messages between a client and its session's backend; never interprets rows."""
 
     def __init__(self, session: Session, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, max_message_bytes: int) -> None:
+                 writer: asyncio.StreamWriter, max_message_bytes: int,
+                 federator: Federator | None = None) -> None:
         self.session = session
         self.reader = reader
         self.writer = writer
         self.max_message_bytes = max_message_bytes
         self.client_buffer = bytearray()
+        self.federator = federator
+        # Extended-protocol messages held back until Sync because they name tiered tables.
+        self.batch: list[bytes] | None = None
+        # Prepared statements whose SQL names tiered tables: name -> original SQL.
+        self.tiered_statements: dict[str, str] = {}
+        self._idle = asyncio.Event()
+        self._divert: asyncio.Queue[tuple[int, bytes]] | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
     def send_error(self, error: FigError) -> None:
+        """Report an error that ends the connection: FATAL, as Postgres reports those."""
         if not self.writer.is_closing():
-            self.writer.write(wire.error_response(error.fields()))
+            self.writer.write(wire.error_response({**error.fields(), "S": "FATAL",
+                                                   "V": "FATAL"}))
 
     async def read_client_message(self) -> tuple[int, bytes]:
         """One whole client message, for the startup phase."""
@@ -63,6 +78,8 @@ class ClientConnection:
         if kind[0] not in wire.FRONTEND_TYPES:
             raise ProtocolViolation(f"invalid frontend message type {kind[0]}")
         if length < 4:
+            raise ProtocolViolation(f"invalid message length {length}")
+        if length > SMALL_MESSAGE_BYTES and kind[0] in SMALL_MESSAGE_TYPES:
             raise ProtocolViolation(f"invalid message length {length}")
         if length > self.max_message_bytes:
             raise ProtocolViolation(
@@ -122,12 +139,15 @@ class ClientConnection:
         while True:
             spans, rest = self._frames()
             if rest:
-                for start, _ in spans:
+                for start, end in spans:
                     kind = buffer[start]
                     if kind in COUNTS_AS_REQUEST:
                         session.in_flight += 1
                     elif kind == 88:  # 'X' Terminate
-                        backend.writer.write(bytes(buffer[:start]))
+                        # An orderly end: what was sent before it runs to completion, as on
+                        # Postgres, so closing the session must not cancel it.
+                        backend.writer.write(bytes(buffer[:end]))
+                        session.in_flight = 0
                         return
                 backend.writer.write(bytes(buffer[:rest]))
                 del buffer[:rest]
@@ -154,10 +174,16 @@ class ClientConnection:
             else:
                 data = chunk
             spans, rest = wire.split_messages(data)
+            if self._divert is not None:
+                self._divert_messages(data, spans)
+                buffer = bytearray(data[rest:])
+                continue
             for start, _ in spans:
                 if data[start] == 90:  # 'Z' ReadyForQuery
                     session.in_flight -= 1
                     session.transaction_status = data[start + 5:start + 6]
+                    if session.in_flight <= 0:
+                        self._idle.set()
             if rest == len(data):
                 writer.write(data if data is chunk else bytes(data))
                 buffer = bytearray()
@@ -165,3 +191,17 @@ class ClientConnection:
                 writer.write(bytes(data[:rest]))
                 buffer = bytearray(data[rest:])
             await writer.drain()
+
+    def _divert_messages(self, data: bytes | bytearray, spans: list[tuple[int, int]]) -> None:
+        """Answers to Fig's own messages go to the injector; notifications still to the client."""
+        assert self._divert is not None
+        for start, end in spans:
+            kind = data[start]
+            if kind in (65, 83):  # 'A' NotificationResponse, 'S' ParameterStatus
+                self.writer.write(bytes(data[start:end]))
+            else:
+                self._divert.put_nowait((kind, bytes(data[start + 5:end])))
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -10,9 +10,16 @@ import ssl
 
 from fig_server import wire
 from fig_server.config import FigConfig
-from fig_server.errors import FigError, ProtocolViolation, TooManyConnections
+from fig_server.errors import (
+    FeatureNotSupported,
+    FigError,
+    InvalidAuthorization,
+    ProtocolViolation,
+    TooManyConnections,
+)
 from fig_server.hot.backend import HotTarget
 from fig_server.protocol.connection import ClientConnection
+from fig_server.session.federation import ColdService, Federator, TieredCatalog
 from fig_server.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -21,14 +28,37 @@ MAX_STARTUP_BYTES = 10_000
 STARTUP_TIMEOUT_S = 60.0
 
 
+def fatal_response(error: FigError) -> bytes:
+    """The ErrorResponse for an error that ends the connection: FATAL, as Postgres sends it."""
+    return wire.error_response({**error.fields(), "S": "FATAL", "V": "FATAL"})
+
+
+def _refuse_pipelined(reader: asyncio.StreamReader, what: str) -> None:
+    """Bytes sent before the answer to an encryption request are refused, as Postgres does:
+    after TLS starts they would pass for encrypted data (a man-in-the-middle could inject them).
+    """
+    if reader._buffer:  # type: ignore[attr-defined]  # asyncio has no public peek
+        raise ProtocolViolation(
+            f"received unencrypted data after {what} request",
+            detail="This could be either a client-software bug or evidence of an attempted "
+                   "man-in-the-middle attack.")
+
+
+class OldProtocol(FeatureNotSupported):
+    """A client asking for protocol 1 or 2: answered in the old format, as Postgres does."""
+
+
 class FigServer:
     """The asyncio server; one task per client connection."""
 
     def __init__(self, config: FigConfig, target: HotTarget,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None,
+                 tiered: TieredCatalog | None = None, cold: ColdService | None = None) -> None:
         self.config = config
         self.target = target
         self.tls_context = tls_context
+        self.tiered = tiered
+        self.cold = cold
         self.sessions: dict[int, Session] = {}
         self.connections = 0
         self.server: asyncio.Server | None = None
@@ -57,9 +87,12 @@ class FigServer:
         self.connections += 1
         try:
             await self._negotiate(reader, writer)
+        except OldProtocol as error:
+            if not writer.is_closing():
+                writer.write(wire.error_response_v2(f"FATAL:  {error.message}"))
         except FigError as error:
             if not writer.is_closing():
-                writer.write(wire.error_response(error.fields()))
+                writer.write(fatal_response(error))
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
             pass
         except Exception:
@@ -70,42 +103,59 @@ class FigServer:
                 await writer.drain()
             writer.close()
 
-    async def _read_startup(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    async def _read_startup(self, reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+        """The next startup packet; None if its length is invalid.
+
+        Like Postgres, a bad length gets no answer: the peer may not speak the protocol at all.
+        """
         length = wire.UINT32.unpack(await reader.readexactly(4))[0]
         if length < 8 or length > MAX_STARTUP_BYTES:
-            raise ProtocolViolation(f"invalid length of startup packet: {length}")
+            log.info("invalid length of startup packet: %d", length)
+            return None
         body = await reader.readexactly(length - 4)
         return wire.INT32.unpack_from(body)[0], body[4:]
 
     async def _negotiate(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         """SSLRequest, GSSENCRequest and CancelRequest, until a StartupMessage arrives."""
+        ssl_done = gss_done = False
         while True:
-            code, body = await asyncio.wait_for(self._read_startup(reader), STARTUP_TIMEOUT_S)
+            packet = await asyncio.wait_for(self._read_startup(reader), STARTUP_TIMEOUT_S)
+            if packet is None:
+                return
+            code, body = packet
             if code == wire.CANCEL_REQUEST:
                 await self._on_cancel_request(body)
                 return
-            if code == wire.GSSENC_REQUEST:
+            # A second SSLRequest or GSSENCRequest is refused as an unknown protocol below.
+            if code == wire.GSSENC_REQUEST and not gss_done:
+                gss_done = True
                 writer.write(b"N")
+                _refuse_pipelined(reader, "GSSAPI encryption")
                 continue
-            if code == wire.SSL_REQUEST:
+            if code == wire.SSL_REQUEST and not ssl_done:
+                ssl_done = True
                 if self.tls_context is None:
                     writer.write(b"N")
+                    _refuse_pipelined(reader, "SSL")
                 else:
+                    _refuse_pipelined(reader, "SSL")
                     writer.write(b"S")
                     await writer.drain()
                     await writer.start_tls(self.tls_context)
                 continue
-            if code >> 16 != 3:
-                raise ProtocolViolation(
-                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-                    "server supports 3.0 to 3.0")
+            major, minor = (code >> 16) & 0xFFFF, code & 0xFFFF
+            if major != 3:
+                unsupported = OldProtocol if major < 3 else FeatureNotSupported
+                raise unsupported(f"unsupported frontend protocol {major}.{minor}: "
+                                  "server supports 3.0 to 3.0")
             try:
                 params = wire.parse_startup_params(body)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except ValueError as exc:
                 raise ProtocolViolation(f"invalid startup packet layout: {exc}") from exc
-            if "user" not in params:
-                raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+            if not params.get("user"):
+                raise InvalidAuthorization(
+                    "no PostgreSQL user name specified in startup packet")
             await self._on_startup(code, params, reader, writer)
             return
 
@@ -126,8 +176,11 @@ class FigServer:
         while session.pid in self.sessions:
             session = Session(self.target, params, peer=str(peer))
         self.sessions[session.pid] = session
+        federator = None
+        if self.tiered is not None and self.cold is not None:
+            federator = Federator(self.cold, self.tiered, session.database)
         connection = ClientConnection(session, reader, writer,
-                                      self.config.server.max_message_bytes)
+                                      self.config.server.max_message_bytes, federator)
         try:
             if await connection.start(version):
                 await connection.relay()

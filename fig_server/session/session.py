@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from dataclasses import dataclass, field
 
 from fig_server.hot.backend import BackendConnection, HotTarget
@@ -24,6 +25,8 @@ class Session:
     # Queries and Syncs sent to the backend minus ReadyForQuery received: > 0 while busy.
     in_flight: int = 0
     transaction_status: bytes = b"I"
+    # Set while the cold engine works for this session; CancelRequest sets it.
+    cold_cancel: threading.Event | None = None
 
     @property
     def user(self) -> str:
@@ -38,7 +41,9 @@ class Session:
         return self.backend
 
     async def cancel(self) -> None:
-        """Interrupt whatever the backend is running (the client's CancelRequest)."""
+        """Interrupt whatever the backend or the cold engine runs (the client's CancelRequest)."""
+        if self.cold_cancel is not None:
+            self.cold_cancel.set()
         if self.backend is not None:
             await self.backend.cancel()
 

@@ -1,0 +1,416 @@
+"""Rewrite a statement over tiered tables into cold parts plus one statement for the backend.
+
+Each reference to a tiered table becomes
+    (SELECT cols FROM pg_temp.<cold rows> UNION ALL SELECT cols FROM t WHERE time >= boundary)
+where the cold rows are what the cold engine returns for
+    SELECT cols FROM t WHERE time < boundary AND <filters of the query that only use t>
+so the backend Postgres finishes the query with its own semantics (types, NULL ordering, time
+zones, every function), and the cold engine does the pruning and the heavy scanning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from fig_server.errors import FeatureNotSupported, SqlSyntaxError
+from fig_server.planner.tiers import TieredSet, TieredTable
+
+
+class Route(Enum):
+    HOT = "HOT"
+    COLD = "COLD"
+    SPLIT = "SPLIT"
+
+
+@dataclass
+class ColdPart:
+    """Rows of one tiered table reference that the cold engine supplies.
+
+    shape_sql is a SELECT whose result columns define the temp table the rows are copied into;
+    aggregated is true when the rows are partial aggregates rather than table rows.
+    """
+
+    table: TieredTable
+    cold_sql: str
+    shape_sql: str
+    temp_table: str
+    aggregated: bool = False
+
+
+@dataclass
+class Rewrite:
+    route: Route
+    sql: str
+    parts: list[ColdPart] = field(default_factory=list)
+    explain: bool = False
+    analyze: bool = False
+
+
+# Expression kinds a pushed-down filter may contain: the cold engine (DataFusion) evaluates
+# them exactly as Postgres does.
+PUSHABLE = (
+    exp.Column, exp.Literal, exp.Boolean, exp.Null, exp.Cast, exp.Paren, exp.Neg, exp.Not,
+    exp.And, exp.Or, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
+    exp.Is, exp.Identifier, exp.DataType, exp.Add, exp.Sub, exp.Mul, exp.Interval, exp.Var,
+    exp.DataTypeParam, exp.Tuple,
+)
+WRITES = (exp.Update, exp.Delete, exp.Merge)
+
+
+def parse(sql: str) -> exp.Expression:
+    try:
+        tree = sqlglot.parse_one(sql, read="postgres")
+    except ParseError as exc:
+        raise SqlSyntaxError(f"syntax error: {exc.errors[0]['description'] if exc.errors else exc}"
+                             ) from exc
+    if tree is None:
+        raise SqlSyntaxError("empty statement")
+    return tree
+
+
+def tiered_references(tree: exp.Expression, tiered: TieredSet
+                      ) -> list[tuple[exp.Table, TieredTable]]:
+    cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    refs = []
+    for table in tree.find_all(exp.Table):
+        if not table.db and table.name in cte_names:
+            continue
+        found = tiered.lookup(table.db, table.name)
+        if found is not None:
+            refs.append((table, found))
+    return refs
+
+
+def literal_for(table: TieredTable, value: str) -> str:
+    kind = table.column_type(table.time_column)
+    cast = {"timestamp without time zone": "timestamp", "date": "date"}.get(kind, "timestamptz")
+    return f"CAST('{value}' AS {cast})"
+
+
+def boundary_text(table: TieredTable) -> str:
+    assert table.boundary is not None
+    return table.boundary.isoformat(sep=" ")
+
+
+def _conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
+    if where is None:
+        return []
+    return list(where.this.flatten() if isinstance(where.this, exp.And) else [where.this])
+
+
+def _outer_joined(select: exp.Select, table: exp.Table) -> bool:
+    """True when the reference is on a side of an outer join that can be NULL-extended."""
+    joins = select.args.get("joins") or []
+    if any(j.side in ("RIGHT", "FULL") for j in joins):
+        return True
+    return any(j.this is table and j.side == "LEFT" for j in joins)
+
+
+def _pushable(condition: exp.Expression, table: exp.Table, columns: set[str],
+              single_source: bool) -> bool:
+    refs = list(condition.find_all(exp.Column))
+    if not refs:
+        return False
+    for node in condition.walk():
+        if not isinstance(node, PUSHABLE):
+            return False
+    alias = table.alias_or_name
+    for column in refs:
+        if column.table and column.table != alias:
+            return False
+        if not column.table and not single_source:
+            return False
+        if column.name not in columns:
+            return False
+    return True
+
+
+def _columns_needed(tree: exp.Expression, table: TieredTable) -> list[str]:
+    if any(not isinstance(star.parent, exp.Count) for star in tree.find_all(exp.Star)):
+        return list(table.column_names)
+    used = {column.name for column in tree.find_all(exp.Column)}
+    picked = [name for name in table.column_names if name in used]
+    return picked or [table.column_names[0]]
+
+
+def _top_n(select: exp.Select, table: exp.Table, columns: set[str]) -> str:
+    """ORDER BY ... LIMIT n for the cold part when the query is a plain top-n over the table."""
+    order, limit = select.args.get("order"), select.args.get("limit")
+    if order is None or limit is None or select.args.get("joins") or select.args.get("group") \
+            or select.args.get("distinct") or select.args.get("having"):
+        return ""
+    if any(select.find_all(exp.Window, exp.AggFunc)):
+        return ""
+    try:
+        count = int(limit.expression.name)
+        offset_node = select.args.get("offset")
+        count += int(offset_node.expression.name) if offset_node is not None else 0
+    except (AttributeError, ValueError):
+        return ""
+    keys = []
+    for ordered in order.expressions:
+        key = ordered.this
+        if not isinstance(key, exp.Column) or key.name not in columns or (
+                key.table and key.table != table.alias_or_name):
+            return ""
+        desc = bool(ordered.args.get("desc"))
+        nulls_first = ordered.args.get("nulls_first")
+        nulls = "FIRST" if (desc if nulls_first is None else nulls_first) else "LAST"
+        keys.append(f'"{key.name}" {"DESC" if desc else "ASC"} NULLS {nulls}')
+    return f" ORDER BY {', '.join(keys)} LIMIT {count}"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+EXPLAIN = re.compile(r"^\s*explain\s+(?:(analyze)\s+|\(([^)]*)\)\s*)?", re.IGNORECASE)
+
+
+def rewrite(sql: str, tiered: TieredSet, forced: str = "auto") -> Rewrite | None:
+    """The plan for one statement, or None when it touches no tiered table's cold rows."""
+    explain = EXPLAIN.match(sql)
+    analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
+    try:
+        tree = parse(sql[explain.end():] if explain else sql)
+    except SqlSyntaxError as exc:
+        if QUERY_LIKE.match(sql):
+            raise FeatureNotSupported(
+                f"statement over a tiered table that Fig cannot plan: {exc.message}") from exc
+        return None
+    refs = tiered_references(tree, tiered)
+    if not refs or forced == "hot":
+        return None
+    if isinstance(tree, WRITES) or any(True for _ in tree.find_all(exp.Update, exp.Delete)):
+        return _check_write(tree, refs)
+    if not isinstance(tree, (exp.Query,)):
+        return None
+    if any(isinstance(node, exp.Lock) for node in tree.walk()):
+        raise FeatureNotSupported("SELECT ... FOR UPDATE/SHARE of a tiered table is not "
+                                  "supported: its cold rows cannot be locked")
+    route = Route.COLD if forced == "cold" else Route.SPLIT
+    parts = []
+    for table_node, table in refs:
+        if table.boundary is None and route is Route.SPLIT:
+            continue  # nothing has left hot yet: hot alone holds every row
+        parts.append(_rewrite_reference(tree, table_node, table, route))
+    if not parts:
+        return None
+    return Rewrite(route, tree.sql(dialect="postgres"), parts, bool(explain), analyze)
+
+
+def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
+                       route: Route) -> ColdPart:
+    column_set = set(table.column_names)
+    select = node.parent_select
+    filters: list[str] = []
+    all_pushed = True
+    top_n = ""
+    if isinstance(select, exp.Select) and not _outer_joined(select, node):
+        single = not select.args.get("joins")
+        for condition in _conjuncts(select.args.get("where")):
+            if _pushable(condition, node, column_set, single):
+                filters.append(_unqualified(condition))
+            else:
+                all_pushed = False
+        aggregate = _partial_aggregate(select, node, table, route, filters) if all_pushed else None
+        if aggregate is not None:
+            return aggregate
+        top_n = _top_n(select, node, column_set)
+    cols = ", ".join(_quote(c) for c in _columns_needed(tree, table))
+    source = f"{_quote(table.schema)}.{_quote(table.name)}"
+    cold_sql = f"SELECT {cols} FROM {source}{_where(_cold_filters(table, route, filters))}{top_n}"
+    shape_sql = f"SELECT {cols} FROM {source}"
+    temp = _temp_name(table, shape_sql)
+    parts_sql = f"SELECT {cols} FROM pg_temp.{temp}"
+    if route is Route.SPLIT:
+        parts_sql += f" UNION ALL {shape_sql} WHERE {_hot_filter(table)}"
+    alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
+    node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
+    return ColdPart(table, cold_sql, shape_sql, temp)
+
+
+def _unqualified(condition: exp.Expression) -> str:
+    pushed = condition.copy()
+    for column in pushed.find_all(exp.Column):
+        column.set("table", None)
+    return pushed.sql(dialect="postgres")
+
+
+def _where(filters: list[str]) -> str:
+    return f" WHERE {' AND '.join(f'({f})' for f in filters)}" if filters else ""
+
+
+def _cold_filters(table: TieredTable, route: Route, filters: list[str]) -> list[str]:
+    if route is Route.SPLIT:
+        bound = literal_for(table, boundary_text(table))
+        return [f"{_quote(table.time_column)} < {bound}", *filters]
+    return filters
+
+
+def _hot_filter(table: TieredTable) -> str:
+    time = _quote(table.time_column)
+    return f"({time} >= {literal_for(table, boundary_text(table))} OR {time} IS NULL)"
+
+
+def _temp_name(table: TieredTable, shape_sql: str) -> str:
+    return "fig_cold_" + hashlib.sha1(f"{table.qualified}:{shape_sql}".encode()).hexdigest()[:12]
+
+
+# Result type of sum() and avg() by argument type, as Postgres defines them.
+SUM_TYPE = {"smallint": "bigint", "integer": "bigint", "bigint": "numeric", "real": "real",
+            "double precision": "double precision"}
+AVG_TYPE = {"real": "double precision", "double precision": "double precision"}
+
+
+def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
+                       filters: list[str]) -> ColdPart | None:
+    """Push GROUP BY and count/sum/min/max/avg into both tiers; the outer query combines."""
+    if select.args.get("joins") or select.args.get("distinct") or any(
+            select.find_all(exp.Window)):
+        return None
+    group = select.args.get("group")
+    _keep_output_names(select)
+    aggregates = [a for a in select.find_all(exp.AggFunc) if a.parent_select is select]
+    if not aggregates and group is None:
+        return None
+    column_set = set(table.column_names)
+    keys = []
+    for key in (group.expressions if group is not None else []):
+        if not isinstance(key, exp.Column) or key.name not in column_set or (
+                key.table and key.table != node.alias_or_name):
+            return None
+        keys.append(key.name)
+    partials: list[str] = []
+    finals: list[tuple[exp.AggFunc, str]] = []
+    for aggregate in aggregates:
+        combined = _combine(aggregate, table, partials)
+        if combined is None:
+            return None
+        finals.append((aggregate, combined))
+    key_cols = [_quote(k) for k in keys]
+    source = f"{_quote(table.schema)}.{_quote(table.name)}"
+    select_list = ", ".join(key_cols + [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
+    group_by = f" GROUP BY {', '.join(key_cols)}" if key_cols else ""
+    cold_sql = (f"SELECT {select_list} FROM {source}"
+                f"{_where(_cold_filters(table, route, filters))}{group_by}")
+    shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
+    temp = _temp_name(table, shape_sql)
+    names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
+    parts_sql = f"SELECT {names} FROM pg_temp.{temp}"
+    if route is Route.SPLIT:
+        hot_where = _where([_hot_filter(table), *filters])
+        parts_sql += f" UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}"
+    for aggregate, combined in finals:
+        aggregate.replace(parse(f"SELECT {combined}").expressions[0])
+    select.set("where", None)
+    alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
+    node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
+    return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)
+
+
+def pg_column_name(node: exp.Expression) -> str:
+    """The name Postgres gives an unaliased output column (FigureColname's rules)."""
+    if isinstance(node, exp.Column):
+        return "?column?" if isinstance(node.this, exp.Star) else node.name
+    if isinstance(node, exp.Cast):
+        inner = pg_column_name(node.this)
+        return inner if inner != "?column?" else node.to.sql(dialect="postgres").lower()
+    if isinstance(node, exp.Paren):
+        return pg_column_name(node.this)
+    if isinstance(node, exp.Coalesce):
+        return "coalesce"
+    if isinstance(node, exp.Case):
+        return "case"
+    if isinstance(node, exp.Func):
+        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
+        return name.lower()
+    return "?column?"
+
+
+def _keep_output_names(select: exp.Select) -> None:
+    """Alias projections before their aggregates are rewritten, so names stay Postgres's."""
+    for index, projection in enumerate(select.expressions):
+        if not isinstance(projection, exp.Alias) and projection.find(exp.AggFunc):
+            select.expressions[index] = exp.alias_(projection, pg_column_name(projection),
+                                                   quoted=True)
+    select.set("expressions", select.expressions)
+
+
+def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) -> str | None:
+    """The final expression over partial columns for one aggregate; adds its partials."""
+    if aggregate.args.get("distinct") or isinstance(aggregate.this, exp.Distinct) or \
+            aggregate.find(exp.Filter):
+        return None
+    argument = aggregate.this
+    if isinstance(aggregate, exp.Count) and isinstance(argument, exp.Star):
+        partials.append("COUNT(*)")
+        return f"CAST(COALESCE(SUM(fig_a{len(partials) - 1}), 0) AS bigint)"
+    if not isinstance(argument, exp.Column) or argument.name not in table.column_names:
+        return None
+    column = _quote(argument.name)
+    kind = table.column_type(argument.name)
+    index = len(partials)
+    if isinstance(aggregate, exp.Count):
+        partials.append(f"COUNT({column})")
+        return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
+    if isinstance(aggregate, (exp.Min, exp.Max)):
+        name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
+        partials.append(f"{name}({column})")
+        return f"{name}(fig_a{index})"
+    if isinstance(aggregate, exp.Sum):
+        if kind not in SUM_TYPE and not kind.startswith("numeric"):
+            return None
+        partials.append(f"SUM({column})")
+        return f"CAST(SUM(fig_a{index}) AS {SUM_TYPE.get(kind, 'numeric')})"
+    if isinstance(aggregate, exp.Avg):
+        if kind not in SUM_TYPE and not kind.startswith("numeric"):
+            return None
+        partials.extend([f"SUM({column})", f"COUNT({column})"])
+        result = AVG_TYPE.get(kind, "numeric")
+        return (f"CAST(CAST(SUM(fig_a{index}) AS {result}) / "
+                f"CAST(NULLIF(SUM(fig_a{index + 1}), 0) AS {result}) AS {result})")
+    return None
+
+
+def _check_write(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]]
+                 ) -> Rewrite | None:
+    """Writes that could reach rows below the boundary are refused, never half-applied."""
+    for _, table in refs:
+        if table.boundary is not None:
+            raise FeatureNotSupported(
+                f"UPDATE/DELETE of {table.qualified} is not supported once rows have moved "
+                "to the cold tier (below its tier boundary)",
+                hint="INSERT works; TRUNCATE reaches cold through CDC")
+    return None
+
+
+DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+QUERY_LIKE = re.compile(r"^\s*(?:\(\s*)*(?:select|with|table|values|explain)\b", re.IGNORECASE)
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a simple-query string, split at top-level semicolons."""
+    from sqlglot.tokens import Tokenizer, TokenType
+
+    if DOLLAR_QUOTE.search(sql):
+        return [sql]  # the tokenizer does not know dollar quoting: leave such text whole
+    try:
+        tokens = Tokenizer(dialect="postgres").tokenize(sql)
+    except Exception:
+        return [sql]
+    statements, start = [], 0
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            statements.append(sql[start:token.end + 1])
+            start = token.end + 1
+    if sql[start:].strip():
+        statements.append(sql[start:])
+    return [s for s in statements if s.strip().rstrip(";").strip()] or [sql]

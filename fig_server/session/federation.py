@@ -1,0 +1,326 @@
+"""Answers statements over tiered tables: cold parts from the cold engine, the rest by Postgres.
+
+The backend session itself merges: each cold part is copied (CSV over COPY) into a session
+temp table, and the rewritten statement reads `temp UNION ALL hot rows`, so result types,
+formats, parameters, privileges on the hot table and every SQL construct stay Postgres's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from fig_server import wire
+from fig_server.config import FigConfig
+from fig_server.errors import FigError, InvalidParameterValue
+from fig_server.planner.rewrite import ColdPart, Rewrite, rewrite
+from fig_server.planner.tiers import TieredSet, TieredTable
+
+if TYPE_CHECKING:
+    from fig_server.cold import ColdEngine
+
+log = logging.getLogger(__name__)
+
+# Taken shared by every federated statement, exclusively by retention while it moves a
+# boundary, so a statement never sees a boundary that moved under it.
+BOUNDARY_LOCK = 7203
+COPY_CHUNK = 256 * 1024
+
+# One JSON document per tiered table; read by the catalog refresher and, for a boundary
+# consistent with the statement, inside the client's own backend session.
+TIERED_SQL = """SELECT json_build_object(
+  'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column,
+  'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
+    ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
+  'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
+                      ORDER BY a.attnum))::text
+FROM fig.tiered_tables t
+JOIN pg_attribute a ON a.attrelid = t.table_oid AND a.attnum > 0 AND NOT a.attisdropped
+GROUP BY t.schema_name, t.table_name, t.time_column, t.boundary"""
+
+
+def tiered_set_from_json(documents: list[str]) -> TieredSet:
+    tables = []
+    for text in documents:
+        doc = json.loads(text)
+        boundary = dt.datetime.fromisoformat(doc["boundary"]) if doc["boundary"] else None
+        tables.append(TieredTable(doc["schema"], doc["name"], doc["time"], boundary,
+                                  tuple((name, kind) for name, kind in doc["columns"])))
+    return TieredSet.of(tables)
+
+
+class TieredCatalog:
+    """The server-wide, periodically refreshed view of fig.tiered_tables."""
+
+    def __init__(self, dsn: str, interval_s: float = 1.0) -> None:
+        self.dsn = dsn
+        self.database = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "postgres")
+        self.interval_s = interval_s
+        self.current = TieredSet()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                cur = await conn.execute(TIERED_SQL)
+                self.current = tiered_set_from_json([row[0] for row in await cur.fetchall()])
+        except psycopg.errors.UndefinedTable:
+            self.current = TieredSet()
+        except psycopg.Error as exc:
+            log.warning("could not read fig.tiered_tables: %s", exc)
+
+    async def _loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+@dataclass
+class ColdService:
+    """The cold engine and the Iceberg catalog, opened on first use and shared by sessions."""
+
+    config: FigConfig
+    _engine: ColdEngine | None = None
+    _catalog: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _open(self) -> tuple[ColdEngine, Any]:
+        with self._lock:
+            if self._engine is None:
+                from fig_server.cold import ColdEngine
+                from fig_server.storage.catalog import open_catalog
+
+                self._catalog = open_catalog(self.config)
+                self._engine = ColdEngine(workers=self.config.cold.workers)
+            return self._engine, self._catalog
+
+    def _tables(self, part: ColdPart) -> dict[str, Any]:
+        _, catalog = self._open()
+        table = catalog.load_table((part.table.schema, part.table.name))
+        return {part.table.qualified: table, part.table.name: table}
+
+    def query(self, part: ColdPart, as_of: dt.datetime | None,
+              cancel: threading.Event | None) -> tuple[pa.Table, Any]:
+        engine, _ = self._open()
+        result = engine.query(part.cold_sql, self._tables(part), as_of=as_of, cancel=cancel)
+        return result.table, result.stats
+
+    def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None) -> list[str]:
+        engine, _ = self._open()
+        return list(engine.explain(part.cold_sql, self._tables(part), analyze=analyze,
+                                   as_of=as_of))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
+def _pg_array(values: list[Any] | None) -> str | None:
+    if values is None:
+        return None
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+        else:
+            text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            items.append(f'"{text}"')
+    return "{" + ",".join(items) + "}"
+
+
+def _csv_ready(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column Arrow's CSV writer prints the way Postgres's COPY reads it."""
+    kind = column.type
+    if pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16:
+        import uuid
+
+        return pa.array([None if v is None else str(uuid.UUID(bytes=v))
+                         for v in column.to_pylist()], pa.string())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or \
+            pa.types.is_fixed_size_binary(kind):
+        return pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()],
+                        pa.string())
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.array([_pg_array(v) for v in column.to_pylist()], pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(column, "t", "f")
+    return column
+
+
+def to_copy_csv(table: pa.Table) -> bytes:
+    """The rows as CSV for `COPY ... FROM STDIN (FORMAT csv)`: empty unquoted field = NULL."""
+    if table.num_rows == 0:
+        return b""
+    columns = [_csv_ready(table.column(i)) for i in range(table.num_columns)]
+    ready = pa.table(columns, names=[f"c{i}" for i in range(table.num_columns)])
+    out = io.BytesIO()
+    pacsv.write_csv(ready, out, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()
+
+
+class Injector(Protocol):
+    """What the connection layer offers: run Fig's own messages on the idle backend."""
+
+    async def inject(self, data: bytes, ready_count: int) -> list[tuple[int, bytes]]: ...
+
+
+def data_rows(messages: list[tuple[int, bytes]]) -> list[list[str | None]]:
+    """Text values of every DataRow among the messages."""
+    rows = []
+    for kind, payload in messages:
+        if kind != ord("D"):
+            continue
+        count = wire.INT16.unpack_from(payload)[0]
+        pos, values = 2, []
+        for _ in range(count):
+            length = wire.INT32.unpack_from(payload, pos)[0]
+            pos += 4
+            if length < 0:
+                values.append(None)
+            else:
+                values.append(payload[pos:pos + length].decode())
+                pos += length
+        rows.append(values)
+    return rows
+
+
+def _first_error(messages: list[tuple[int, bytes]]) -> dict[str, str] | None:
+    for kind, payload in messages:
+        if kind == ord("E"):
+            return wire.parse_fields(payload)
+    return None
+
+
+class BackendError(FigError):
+    """An error Postgres raised for one of Fig's own statements, passed on with its fields."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields.get("M", "error"))
+        self._fields = fields
+
+    def fields(self) -> dict[str, str]:
+        return self._fields
+
+
+@dataclass
+class Prepared:
+    """A statement rewritten for the backend, with its cold rows loaded (when run)."""
+
+    sql: str
+    rewrite: Rewrite | None
+    stats: list[Any] = field(default_factory=list)
+
+
+class Federator:
+    """Runs one client session's statements that name tiered tables."""
+
+    def __init__(self, cold: ColdService, tiered: TieredCatalog, database: str) -> None:
+        self.cold = cold
+        self.tiered = tiered
+        self.database = database
+        self.locked = False
+
+    def applies(self, sql: str) -> bool:
+        return self.database == self.tiered.database and self.tiered.current.may_touch(sql)
+
+    async def prelude(self, backend: Injector) -> tuple[TieredSet, str, dt.datetime | None]:
+        """Lock the boundaries, then read them, fig.route and fig.as_of in this session."""
+        sql = (f"SELECT pg_advisory_lock_shared({BOUNDARY_LOCK});"
+               "SELECT coalesce(current_setting('fig.route', true), ''),"
+               " coalesce(current_setting('fig.as_of', true), '');" + TIERED_SQL)
+        answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        self.locked = True
+        rows = data_rows(answers)
+        route = (rows[1][0] or "auto").strip().lower()
+        if route not in ("auto", "hot", "cold"):
+            raise InvalidParameterValue(
+                f'invalid value for parameter "fig.route": "{route}"',
+                hint="Available values: auto, hot, cold.")
+        as_of = await self._as_of(backend, rows[1][1] or "")
+        tiered = tiered_set_from_json([row[0] for row in rows[2:] if row[0]])
+        return tiered, route, as_of
+
+    async def _as_of(self, backend: Injector, text: str) -> dt.datetime | None:
+        if not text.strip():
+            return None
+        sql = (f"SELECT to_char(CAST({_literal(text)} AS timestamptz) AT TIME ZONE 'UTC', "
+               "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')")
+        answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        return dt.datetime.fromisoformat(str(data_rows(answers)[0][0]))
+
+    async def release(self, backend: Injector) -> None:
+        if self.locked:
+            self.locked = False
+            sql = f"SELECT pg_advisory_unlock_shared({BOUNDARY_LOCK})"
+            await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
+
+    def plan(self, sql: str, tiered: TieredSet, route: str) -> Prepared:
+        plan = rewrite(sql, tiered, route)
+        return Prepared(plan.sql if plan else sql, plan)
+
+    async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
+                   as_of: dt.datetime | None, cancel: threading.Event) -> None:
+        """Create each cold part's temp table and, when run_cold, fill it from Iceberg."""
+        plan = prepared.rewrite
+        if plan is None:
+            return
+        for part in plan.parts:
+            csv = b""
+            if run_cold:
+                table, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel)
+                prepared.stats.append(stats)
+                csv = await asyncio.to_thread(to_copy_csv, table)
+            setup = (f"CREATE TEMP TABLE IF NOT EXISTS {part.temp_table} AS {part.shape_sql} "
+                     f"WITH NO DATA; TRUNCATE pg_temp.{part.temp_table}")
+            data = [wire.message(b"Q", wire.cstring(setup))]
+            if csv:
+                data.append(wire.message(b"Q", wire.cstring(
+                    f"COPY pg_temp.{part.temp_table} FROM STDIN (FORMAT csv)")))
+                view = memoryview(csv)
+                data.extend(wire.message(b"d", bytes(view[i:i + COPY_CHUNK]))
+                            for i in range(0, len(csv), COPY_CHUNK))
+                data.append(wire.message(b"c"))
+            answers = await backend.inject(b"".join(data), 2 if csv else 1)
+            error = _first_error(answers)
+            if error is not None:
+                raise BackendError(error)
+
+    def explain_lines(self, prepared: Prepared, as_of: dt.datetime | None) -> list[str]:
+        plan = prepared.rewrite
+        assert plan is not None
+        lines = [f"Fig route: {plan.route.value}"]
+        for part in plan.parts:
+            lines.append(f"Cold part of {part.table.qualified}"
+                         f"{' (partial aggregates)' if part.aggregated else ''}: {part.cold_sql}")
+            lines.extend("  " + line for line in self.cold.explain(part, plan.analyze, as_of))
+        lines.append("Hot part and merge (PostgreSQL):")
+        return lines
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
