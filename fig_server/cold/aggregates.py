@@ -3,6 +3,7 @@ aggregation (in the coordinator), followed by HAVING, ORDER BY and LIMIT."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -64,8 +65,9 @@ def has_aggregate(select: exp.Select) -> bool:
         True for e in _outputs(select) for _ in e.find_all(exp.AggFunc))
 
 
-def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression],
-                    placeholder: str) -> AggregateSplit | None:
+def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression], placeholder: str,
+                    is_float: Callable[[exp.Expression], bool] = lambda _: False,
+                    ) -> AggregateSplit | None:
     """The split of a single-table aggregate, or None when some aggregate cannot be split."""
     for node in _outputs(select):
         for agg in node.find_all(exp.AggFunc):
@@ -87,7 +89,7 @@ def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression],
         if key in builder.group_keys and not isinstance(node, exp.Literal):
             return exp.column(builder.group_keys[key])
         if isinstance(node, exp.AggFunc):
-            return _final_aggregate(unqualify(node), builder)
+            return _final_aggregate(unqualify(node), builder, is_float)
         return node
 
     final = select.copy()
@@ -110,8 +112,11 @@ def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression],
     return AggregateSplit(worker, final)
 
 
-def _final_aggregate(agg: exp.Expression, builder: _Builder) -> exp.Expression:
+def _final_aggregate(agg: exp.Expression, builder: _Builder,
+                     is_float: Callable[[exp.Expression], bool]) -> exp.Expression:
     arg = agg.this
+    if isinstance(agg, exp.Min | exp.Max) and is_float(arg):
+        return _float_extreme(agg, builder)
     if isinstance(arg, exp.Distinct):
         column = builder.distinct_column(arg.expressions[0])
         rebuilt = agg.copy()
@@ -129,6 +134,27 @@ def _final_aggregate(agg: exp.Expression, builder: _Builder) -> exp.Expression:
                                            "DOUBLE"))
     combine = _COMBINE[type(agg)]
     return exp.func(combine, builder.partial(agg.copy()))
+
+
+def _float_extreme(agg: exp.Expression, builder: _Builder) -> exp.Expression:
+    """min/max of floats with NaN as Postgres orders it (above every number).
+
+    DataFusion's grouped min/max mishandle NaN, so NaN is tracked apart from the numbers.
+    """
+    arg = agg.this.copy()
+    number = exp.Case(ifs=[exp.If(this=_isnan(arg), true=exp.Null())], default=arg.copy())
+    numbers = builder.partial(agg.__class__(this=number))
+    has_nan = builder.partial(exp.func("BOOL_OR", _isnan(arg)))
+    nan = exp.cast(exp.Literal.string("NaN"), "DOUBLE")
+    extreme = agg.__class__(this=numbers)
+    nan_wins = exp.func("BOOL_OR", has_nan)
+    if isinstance(agg, exp.Min):
+        nan_wins = exp.and_(exp.Is(this=extreme.copy(), expression=exp.Null()), nan_wins)
+    return exp.Case(ifs=[exp.If(this=nan_wins, true=nan)], default=extreme)
+
+
+def _isnan(arg: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this="isnan", expressions=[arg.copy()])
 
 
 def _outputs(select: exp.Select) -> list[exp.Expression]:

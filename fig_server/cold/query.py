@@ -7,11 +7,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyiceberg.schema import Schema
-from pyiceberg.types import DateType, NestedField, TimestampType, TimestamptzType
+from pyiceberg.types import (
+    DateType,
+    DoubleType,
+    FloatType,
+    NestedField,
+    TimestampType,
+    TimestamptzType,
+)
 from sqlglot import exp
 
 from fig_server.cold.aggregates import canonical, has_aggregate, split_aggregate, unqualify
-from fig_server.cold.literals import constant, parse_date_or_timestamp
+from fig_server.cold.literals import constant, parse_date_or_timestamp, parse_timestamp
 from fig_server.cold.topn import OrderKey
 from fig_server.cold.worker import ROW_MARKER
 from fig_server.errors import FeatureNotSupported, UndefinedTable
@@ -252,7 +259,12 @@ def _aggregate_plan(select: exp.Select, binding: TableBinding) -> QueryPlan | No
                    for e in (group.expressions if group is not None else [])]
     if any(g is None for g in group_exprs):
         return None
-    split = split_aggregate(select, [g for g in group_exprs if g is not None], "__cold_0")
+    def is_float(expr: exp.Expression) -> bool:
+        found = binding.resolve(expr) if isinstance(expr, exp.Column) else None
+        return found is not None and isinstance(found.field_type, FloatType | DoubleType)
+
+    split = split_aggregate(select, [g for g in group_exprs if g is not None], "__cold_0",
+                            is_float)
     if split is None:
         return None
     fields = _fields_used(select, binding)
@@ -351,6 +363,14 @@ def normalize_time_literals(tree: exp.Expression, bindings: list[TableBinding]) 
 
     ('2024-01-01 10:00' lacks seconds: DataFusion rejects it, Postgres accepts it.)
     """
+    for cast in list(tree.find_all(exp.Cast)):
+        if isinstance(cast.this, exp.Literal) and cast.this.is_string and cast.to.is_type(
+                exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ):
+            try:
+                text = parse_timestamp(cast.this.this).isoformat(sep=" ")
+            except ValueError:
+                continue
+            cast.this.replace(exp.Literal.string(text))
     for node in list(tree.find_all(exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE,
                                    exp.Between, exp.In)):
         if not isinstance(node.this, exp.Column):

@@ -57,4 +57,4 @@ def oracle(sql: str, table: Table, name: str = "t") -> pa.Table:
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet(?)", [files])
     else:
         con.register(name, table.schema().as_arrow().empty_table())
-    return con.execute(sql).fetch_arrow_table()
+    return con.execute(sql).to_arrow_table()
