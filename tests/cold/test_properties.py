@@ -50,7 +50,7 @@ def _atoms() -> st.SearchStrategy[str]:
     return st.one_of(
         st.builds(lambda o, v: f"id {o} {v}", _CMP, ints),
         st.builds(lambda a, b: f"id BETWEEN {a} AND {b}", ints, ints),
-        st.builds(lambda vs: f"id IN ({', '.join(map(str, vs))})", 
+        st.builds(lambda vs: f"id IN ({', '.join(map(str, vs))})",
                   st.lists(ints, min_size=1, max_size=4)),
         st.builds(lambda o, d, h: f"ts {o} '{d} {h:02d}:30'", _CMP, _DAY,
                   st.integers(0, 23)),
