@@ -1,0 +1,147 @@
+"""Engine behaviour beyond the properties: workers in processes, early stop visible in stats and
+EXPLAIN ANALYZE, time travel, general queries, errors and cancellation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+
+import duckdb
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.table import Table
+
+from fig_server.cold import ColdEngine
+from fig_server.errors import (
+    DivisionByZero,
+    FeatureNotSupported,
+    QueryCanceled,
+    SqlSyntaxError,
+    UndefinedColumn,
+    UndefinedTable,
+)
+from tests.cold.compare import rows, same_rows
+from tests.cold.tables import build_events
+
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+SCHEMA = pa.schema([("id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
+                    ("status", pa.int32())])
+
+
+@pytest.fixture(scope="module")
+def sorted_events(module_catalog: SqlCatalog) -> Table:
+    """60 daily files of time-ordered rows, 4 row groups each: what compaction produces."""
+    table = module_catalog.create_table("public.sorted_events", schema=SCHEMA,
+                                        properties={"write.parquet.row-group-limit": "250"})
+    for day in range(60):
+        ids = range(day * 1000, day * 1000 + 1000)
+        table.append(pa.table({
+            "id": list(ids),
+            "ts": [BASE + dt.timedelta(days=day, seconds=i * 80) for i in range(1000)],
+            "status": [500 if i % 97 == 0 else 200 for i in range(1000)]}, schema=SCHEMA))
+    return table
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[ColdEngine]:
+    with ColdEngine(workers=2) as cold:
+        yield cold
+
+
+def test_process_workers_agree_with_threads(processes: ColdEngine, engine: ColdEngine,
+                                            sorted_events: Table) -> None:
+    tables = {"public.sorted_events": sorted_events}
+    for sql in ("SELECT status, count(*), avg(id) FROM sorted_events GROUP BY status",
+                "SELECT id, ts FROM sorted_events WHERE status = 500 ORDER BY ts DESC LIMIT 5"):
+        assert same_rows(processes.query(sql, tables).table, engine.query(sql, tables).table)
+
+
+def test_top_n_stops_early_and_skips_bytes(engine: ColdEngine, sorted_events: Table) -> None:
+    sql = ("SELECT id, ts FROM sorted_events WHERE ts::date >= '2024-01-10' AND status = 500 "
+           "ORDER BY ts DESC LIMIT 5")
+    result = engine.query(sql, {"sorted_events": sorted_events})
+    assert [r["id"] for r in result.table.to_pylist()] == [59970, 59873, 59776, 59679, 59582]
+    stats = result.stats
+    assert stats.stopped_early
+    assert stats.files_kept == 51 and stats.files_total == 60
+    assert stats.bytes_read * 20 < stats.bytes_total
+    lines = engine.explain(sql, {"sorted_events": sorted_events}, analyze=True)
+    assert lines[0] == "Route: COLD"
+    assert "  Files: 51 of 60 survived" in lines
+    assert any(line.startswith("Stopped early: yes") for line in lines)
+
+
+def test_pruning_by_day_reads_one_file(engine: ColdEngine, sorted_events: Table) -> None:
+    sql = "SELECT count(*) FROM sorted_events WHERE date_trunc('day', ts) = $1"
+    result = engine.query(sql, {"sorted_events": sorted_events},
+                          params=[dt.datetime(2024, 1, 5)])
+    assert result.table.column(0).to_pylist() == [1000]
+    assert result.stats.files_kept == 1
+    lines = engine.explain(sql, {"sorted_events": sorted_events},
+                           params=[dt.datetime(2024, 1, 5)])
+    assert "  Files: 1 of 60 survived" in lines
+
+
+def test_time_travel_reads_the_snapshot_current_then(engine: ColdEngine,
+                                                     catalog: SqlCatalog) -> None:
+    layout = build_events(catalog, "travel", seed=3, appends=8, max_rows=40)
+    snapshot_id, ms = layout.snapshots[3]
+    as_of = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    got = engine.query("SELECT id, ts FROM travel", {"travel": layout.table}, as_of=as_of)
+    want = layout.table.scan(snapshot_id=snapshot_id, selected_fields=("id", "ts")).to_arrow()
+    assert same_rows(got.table, want)
+    before = engine.query("SELECT count(*) FROM travel", {"travel": layout.table},
+                          as_of=dt.datetime(2000, 1, 1))
+    assert before.table.column(0).to_pylist() == [0]
+
+
+def test_general_queries_fall_back_correctly(engine: ColdEngine, sorted_events: Table,
+                                             catalog: SqlCatalog) -> None:
+    layout = build_events(catalog, "joined", seed=5, appends=5, max_rows=50)
+    tables = {"sorted_events": sorted_events, "joined": layout.table}
+    con = duckdb.connect()
+    con.register("sorted_events", sorted_events.scan().to_arrow())
+    con.register("joined", layout.table.scan().to_arrow())
+    for sql in (
+        "SELECT j.id, s.status FROM joined j JOIN sorted_events s ON s.id = j.id "
+        "WHERE s.status = 200 AND j.i IS NOT NULL",
+        "SELECT id, row_number() OVER (ORDER BY id DESC) AS rn FROM joined WHERE id < 20",
+        "SELECT count(*) FROM sorted_events WHERE id IN (SELECT id FROM joined)",
+        "SELECT status, string_agg(id::text, ',' ORDER BY id) FROM sorted_events "
+        "WHERE id < 300 GROUP BY status",
+    ):
+        assert same_rows(engine.query(sql, tables).table, con.execute(sql).to_arrow_table()), sql
+
+
+def test_integer_division_and_count_types(engine: ColdEngine, sorted_events: Table) -> None:
+    result = engine.query("SELECT id / 7 AS q, count(*) AS n FROM sorted_events "
+                          "WHERE id < 3 GROUP BY id / 7", {"sorted_events": sorted_events})
+    assert rows(result.table) == [(0, 3)]
+    assert result.table.schema.field("n").type == pa.int64()
+
+
+@pytest.mark.parametrize(("sql", "error"), [
+    ("SELECT nope FROM sorted_events", UndefinedColumn),
+    ("SELECT * FROM missing_table", UndefinedTable),
+    ("SELECT id / 0 FROM sorted_events WHERE id = 1", DivisionByZero),
+    ("SELEC id FROM sorted_events", SqlSyntaxError),
+    ("DELETE FROM sorted_events", FeatureNotSupported),
+])
+def test_errors_carry_sqlstates(engine: ColdEngine, sorted_events: Table, sql: str,
+                                error: type[Exception]) -> None:
+    with pytest.raises(error):
+        engine.query(sql, {"sorted_events": sorted_events})
+
+
+def test_cancel_and_timeout(engine: ColdEngine, sorted_events: Table) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(QueryCanceled):
+        engine.query("SELECT * FROM sorted_events", {"sorted_events": sorted_events},
+                     cancel=cancel)
+    with pytest.raises(QueryCanceled) as caught:
+        engine.query("SELECT * FROM sorted_events", {"sorted_events": sorted_events},
+                     timeout_s=1e-6)
+    assert caught.value.sqlstate == "57014"
