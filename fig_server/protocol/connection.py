@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 
 from fig_server import wire
 from fig_server.errors import ConnectionFailure, FigError, ProtocolViolation
-from fig_server.session.federation import Federator
+from fig_server.planner.rewrite import split_statements
+from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
 from fig_server.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -138,24 +142,195 @@ class ClientConnection:
         buffer = self.client_buffer
         while True:
             spans, rest = self._frames()
+            sent = 0
+            for start, end in spans:
+                kind = buffer[start]
+                if self.batch is not None or self._federates(kind, start, end):
+                    backend.writer.write(bytes(buffer[sent:start]))
+                    sent = end
+                    await self._hold(kind, bytes(buffer[start:end]))
+                elif kind in COUNTS_AS_REQUEST:
+                    session.in_flight += 1
+                elif kind == 88:  # 'X' Terminate
+                    # An orderly end: what was sent before it runs to completion, as on
+                    # Postgres, so closing the session must not cancel it.
+                    backend.writer.write(bytes(buffer[sent:end]))
+                    session.in_flight = 0
+                    return
+            if rest > sent:
+                backend.writer.write(bytes(buffer[sent:rest]))
             if rest:
-                for start, end in spans:
-                    kind = buffer[start]
-                    if kind in COUNTS_AS_REQUEST:
-                        session.in_flight += 1
-                    elif kind == 88:  # 'X' Terminate
-                        # An orderly end: what was sent before it runs to completion, as on
-                        # Postgres, so closing the session must not cancel it.
-                        backend.writer.write(bytes(buffer[:end]))
-                        session.in_flight = 0
-                        return
-                backend.writer.write(bytes(buffer[:rest]))
                 del buffer[:rest]
                 await backend.writer.drain()
             chunk = await self.reader.read(READ_SIZE)
             if not chunk:
                 return
             buffer += chunk
+
+    # -- statements over tiered tables ---------------------------------------------------
+
+    def _federates(self, kind: int, start: int, end: int) -> bool:
+        """Does this message need Fig's planner? One regex search per Query or Parse."""
+        if self.federator is None or kind not in (81, 80, 66):  # 'Q', 'P', 'B'
+            return False
+        payload = bytes(self.client_buffer[start + 5:end])
+        if kind == 81:
+            return self.federator.applies(wire.query_text(payload))
+        if kind == 80:
+            name, sql = wire.parse_text(payload)
+            if self.federator.applies(sql):
+                return True
+            self.tiered_statements.pop(name, None)
+            return False
+        return bool(self.tiered_statements) and wire.bind_statement(payload) in \
+            self.tiered_statements
+
+    async def _hold(self, kind: int, raw: bytes) -> None:
+        if kind == 81:
+            await self._run_query(wire.query_text(raw[5:]))
+            return
+        if self.batch is None:
+            self.batch = []
+        self.batch.append(raw)
+        if kind == 83:  # 'S' Sync ends the batch
+            batch, self.batch = self.batch, None
+            await self._run_batch(batch)
+
+    async def _wait_idle(self) -> None:
+        while self.session.in_flight > 0:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def inject(self, data: bytes, ready_count: int) -> list[tuple[int, bytes]]:
+        """Run Fig's own messages on the idle backend; the client never sees the answers."""
+        backend = self.session.backend
+        assert backend is not None
+        queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        self._divert = queue
+        try:
+            backend.writer.write(data)
+            await backend.writer.drain()
+            answers = []
+            while ready_count:
+                kind, payload = await queue.get()
+                answers.append((kind, payload))
+                if kind == 90:
+                    ready_count -= 1
+                    self.session.transaction_status = payload[:1]
+            return answers
+        finally:
+            self._divert = None
+
+    def _forward(self, data: bytes, requests: int) -> None:
+        backend = self.session.backend
+        assert backend is not None
+        self.session.in_flight += requests
+        backend.writer.write(data)
+
+    async def _federate(self, work: Callable[[Federator], Awaitable[None]]) -> None:
+        """Prelude (boundaries, settings, lock), the work, then release; errors to the client."""
+        federator = self.federator
+        assert federator is not None
+        await self._wait_idle()
+        cancel = threading.Event()
+        self.session.cold_cancel = cancel
+        try:
+            await work(federator)
+            await self._wait_idle()
+        except FigError as error:
+            await self._fail(error)
+        finally:
+            self.session.cold_cancel = None
+            if self.session.transaction_status != b"E":
+                await federator.release(self)
+
+    async def _fail(self, error: FigError) -> None:
+        """Report an error of Fig's so the transaction state is what Postgres would make it."""
+        if self.session.transaction_status == b"T":
+            fields = error.fields()
+            raise_sql = ("DO $fig$ BEGIN RAISE EXCEPTION USING ERRCODE = "
+                         f"{_quote(fields['C'])}, MESSAGE = {_quote(fields['M'])}"
+                         + (f", HINT = {_quote(fields['H'])}" if "H" in fields else "")
+                         + "; END $fig$")
+            answers = await self.inject(wire.message(b"Q", wire.cstring(raise_sql)), 1)
+            self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
+            return
+        self.writer.write(wire.error_response(error.fields())
+                          + wire.ready_for_query(self.session.transaction_status))
+
+    async def _run_query(self, sql: str) -> None:
+        """A simple Query naming a tiered table: load cold parts, then run it rewritten."""
+        if self.session.transaction_status == b"E":
+            await self._wait_idle()
+            self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
+            return
+
+        async def work(federator: Federator) -> None:
+            tiered, route, as_of = await federator.prelude(self)
+            prepared = [federator.plan(statement, tiered, route)
+                        for statement in split_statements(sql)]
+            explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
+            if explain is not None and len(prepared) == 1:
+                await self._explain(federator, explain, as_of)
+                return
+            for statement in prepared:
+                await federator.load(self, statement, True, as_of, self.session.cold_cancel)
+            self._forward(wire.message(b"Q", wire.cstring(
+                ";\n".join(p.sql for p in prepared))), 1)
+
+        await self._federate(work)
+
+    async def _explain(self, federator: Federator, prepared: Prepared,
+                       as_of: dt.datetime | None) -> None:
+        plan = prepared.rewrite
+        assert plan is not None
+        await federator.load(self, prepared, plan.analyze, as_of, self.session.cold_cancel)
+        lines = await asyncio.to_thread(federator.explain_lines, prepared, as_of)
+        verb = "EXPLAIN ANALYZE " if plan.analyze else "EXPLAIN "
+        answers = await self.inject(wire.message(b"Q", wire.cstring(verb + plan.sql)), 1)
+        error = next((p for k, p in answers if k == ord("E")), None)
+        if error is not None:
+            raise BackendError(wire.parse_fields(error))
+        lines += [row[0] or "" for row in data_rows(answers)]
+        self.writer.write(wire.row_description_text("QUERY PLAN")
+                          + b"".join(wire.data_row_text([line]) for line in lines)
+                          + wire.message(b"C", wire.cstring("EXPLAIN"))
+                          + wire.ready_for_query(self.session.transaction_status))
+
+    async def _run_batch(self, batch: list[bytes]) -> None:
+        """Extended-protocol messages up to Sync: rewrite Parses, load cold parts for Binds."""
+        if self.session.transaction_status == b"E":
+            await self._wait_idle()
+            self._forward(b"".join(batch), 1)
+            return
+
+        async def work(federator: Federator) -> None:
+            tiered, route, as_of = await federator.prelude(self)
+            run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
+            parsed: set[str] = set()
+            out = []
+            for raw in batch:
+                kind, payload = raw[0], raw[5:]
+                if kind == 80:
+                    name, sql = wire.parse_text(payload)
+                    prepared = federator.plan(sql, tiered, route)
+                    if prepared.rewrite is not None:
+                        self.tiered_statements[name] = sql
+                        parsed.add(name)
+                        await federator.load(self, prepared, run_cold, as_of,
+                                             self.session.cold_cancel)
+                        raw = wire.message(b"P", wire.replace_parse_sql(payload, prepared.sql))
+                elif kind == 66:
+                    name = wire.bind_statement(payload)
+                    if name in self.tiered_statements and name not in parsed:
+                        prepared = federator.plan(self.tiered_statements[name], tiered, route)
+                        await federator.load(self, prepared, True, as_of,
+                                             self.session.cold_cancel)
+                        parsed.add(name)
+                out.append(raw)
+            self._forward(b"".join(out), 1)
+
+        await self._federate(work)
 
     async def _pump_backend(self) -> None:
         session = self.session

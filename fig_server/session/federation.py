@@ -74,7 +74,11 @@ class TieredCatalog:
         try:
             async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
                 cur = await conn.execute(TIERED_SQL)
-                self.current = tiered_set_from_json([row[0] for row in await cur.fetchall()])
+                current = tiered_set_from_json([row[0] for row in await cur.fetchall()])
+            if current != self.current:
+                log.info("tiered tables: %s", ", ".join(
+                    f"{t.qualified} (boundary {t.boundary})" for t in current.tables) or "none")
+            self.current = current
         except psycopg.errors.UndefinedTable:
             self.current = TieredSet()
         except psycopg.Error as exc:
