@@ -6,8 +6,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
-import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
@@ -46,15 +44,3 @@ def engine() -> Iterator[ColdEngine]:
 def data_files(table: Table) -> list[str]:
     """Every data file of the current snapshot, from the manifests (never from folders)."""
     return [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
-
-
-def oracle(sql: str, table: Table, name: str = "t") -> pa.Table:
-    """DuckDB over the same Parquet files, unpruned, as the answer to compare with."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    files = data_files(table)
-    if files:
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet(?)", [files])
-    else:
-        con.register(name, table.schema().as_arrow().empty_table())
-    return con.execute(sql).to_arrow_table()
