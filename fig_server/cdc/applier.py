@@ -1,0 +1,201 @@
+"""Applies a batch of one table's changes to its Iceberg table in one Iceberg transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    In,
+    LessThanOrEqual,
+    Or,
+)
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+from pyiceberg.types import (
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    ListType,
+    LongType,
+    NestedField,
+)
+
+from fig_server.cdc.changes import Change, Collapsed, Key, Row, collapse
+from fig_server.cdc.pgoutput import UNCHANGED
+from fig_server.errors import FeatureNotSupported
+from fig_server.storage.tables import LSN, attnum_doc, doc_attnum, lsn_to_str
+from fig_server.storage.typemap import text_to_arrow
+
+log = logging.getLogger(__name__)
+IN_LIST_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A column as Postgres currently describes it, for schema evolution."""
+
+    name: str
+    ice_type: IcebergType | None  # None: no faithful mapping
+    attnum: int
+    type_label: str
+
+
+@dataclass(frozen=True)
+class SchemaStep:
+    kind: str  # add | drop | rename | widen
+    name: str
+    new_name: str = ""
+    ice_type: IcebergType | None = None
+    attnum: int = 0
+
+
+class Unexpressible(FeatureNotSupported):
+    """A Postgres schema change that Iceberg schema evolution cannot express."""
+
+
+def _same_type(old: IcebergType, new: IcebergType) -> bool:
+    """Equal types, ignoring the field ids of list elements."""
+    if isinstance(old, ListType) and isinstance(new, ListType):
+        return old.element_type == new.element_type
+    return old == new
+
+
+def _widens(old: IcebergType, new: IcebergType) -> bool:
+    if isinstance(old, IntegerType) and isinstance(new, LongType):
+        return True
+    if isinstance(old, FloatType) and isinstance(new, DoubleType):
+        return True
+    return (isinstance(old, DecimalType) and isinstance(new, DecimalType)
+            and new.scale == old.scale and new.precision > old.precision)
+
+
+class TableApplier:
+    """One Iceberg table fed by CDC: schema model, evolution and copy-on-write apply."""
+
+    def __init__(self, table: Table, primary_key: Sequence[str], time_column: str) -> None:
+        self.table = table
+        self.primary_key = list(primary_key)
+        self.time_column = time_column
+
+    def fields(self) -> list[NestedField]:
+        return list(self.table.schema().fields)
+
+    def plan_evolution(self, columns: Sequence[ColumnSpec]) -> list[SchemaStep]:
+        """Steps turning the Iceberg schema into the given columns, or Unexpressible."""
+        current = {f.name: f for f in self.fields()}
+        wanted = {c.name: c for c in columns}
+        removed = [f for name, f in current.items() if name not in wanted]
+        added = [c for name, c in wanted.items() if name not in current]
+        steps: list[SchemaStep] = []
+        for gone in list(removed):
+            match = [c for c in added if c.attnum and c.attnum == doc_attnum(gone.doc)]
+            if match:
+                steps.append(SchemaStep("rename", gone.name, match[0].name))
+                removed.remove(gone)
+                added.remove(match[0])
+        for gone in removed:
+            if gone.name in self.primary_key or gone.name == self.time_column:
+                raise Unexpressible(f'column "{gone.name}" is part of the primary key or the '
+                                    "time column and cannot be dropped from the cold tier")
+            steps.append(SchemaStep("drop", gone.name))
+        for new in added:
+            if new.ice_type is None:
+                raise Unexpressible(f'new column "{new.name}" has type {new.type_label}, '
+                                    "which has no faithful Iceberg mapping")
+            steps.append(SchemaStep("add", new.name, ice_type=new.ice_type, attnum=new.attnum))
+        renamed = {s.new_name: s.name for s in steps if s.kind == "rename"}
+        for column in columns:
+            old = current.get(renamed.get(column.name, column.name))
+            if old is None or (column.ice_type is not None
+                               and _same_type(old.field_type, column.ice_type)):
+                continue
+            if column.ice_type is None or not _widens(old.field_type, column.ice_type):
+                raise Unexpressible(
+                    f'column "{column.name}" changed from {old.field_type} to '
+                    f"{column.type_label}: Iceberg can only widen int->long, float->double "
+                    "and decimal precision")
+            steps.append(SchemaStep("widen", column.name, ice_type=column.ice_type))
+        return steps
+
+    def evolve(self, steps: Sequence[SchemaStep]) -> None:
+        """Commit schema steps (CDC calls this only with every earlier change committed)."""
+        if not steps:
+            return
+        with self.table.update_schema() as update:
+            for step in steps:
+                if step.kind == "rename":
+                    update.rename_column(step.name, step.new_name)
+                elif step.kind == "drop":
+                    update.delete_column(step.name)
+                elif step.kind == "add":
+                    assert step.ice_type is not None
+                    update.add_column(step.name, step.ice_type, doc=attnum_doc(step.attnum))
+                else:
+                    assert step.ice_type is not None
+                    update.update_column(step.name, field_type=step.ice_type)  # type: ignore[arg-type]
+        log.info("evolved %s: %s", self.table.name(), steps)
+
+    def rows_to_arrow(self, rows: Sequence[Row]) -> pa.Table:
+        schema = schema_to_pyarrow(self.table.schema())
+        arrays = []
+        for f in self.table.schema().fields:
+            values = [row.get(f.name) for row in rows]
+            if any(v is UNCHANGED for v in values):
+                values = [None if v is UNCHANGED else v for v in values]
+            arrays.append(text_to_arrow(values, f.field_type))  # type: ignore[arg-type]
+        table = pa.Table.from_arrays(arrays, names=[f.name for f in self.table.schema().fields])
+        return table.cast(schema)
+
+    def _typed(self, name: str, values: Sequence[object]) -> list[object]:
+        field_type = self.table.schema().find_field(name).field_type
+        return text_to_arrow(values, field_type).to_pylist()  # type: ignore[arg-type]
+
+    def delete_filter(self, collapsed: Collapsed) -> BooleanExpression:
+        """Rows of the deleted keys, narrowed to the time range (and so partitions) touched."""
+        keys: list[Key] = collapsed.delete_keys
+        columns = [self._typed(name, [k[i] for k in keys])
+                   for i, name in enumerate(self.primary_key)]
+        if len(self.primary_key) == 1:
+            expr: BooleanExpression = In(self.primary_key[0], set(columns[0]))  # type: ignore[arg-type]
+        else:
+            expr = Or(*[And(*[EqualTo(name, col[i]) for name, col in
+                              zip(self.primary_key, columns, strict=True)])
+                        for i in range(len(keys))]) if len(keys) > 1 else And(
+                *[EqualTo(name, col[0]) for name, col in
+                  zip(self.primary_key, columns, strict=True)])
+        times = collapsed.old_times
+        if times and all(t is not None for t in times):
+            typed = text_to_arrow(times, self.table.schema().find_field(self.time_column)
+                                  .field_type)  # type: ignore[arg-type]
+            low, high = pc.min(typed).as_py(), pc.max(typed).as_py()
+            expr = And(expr, GreaterThanOrEqual(self.time_column, low),
+                       LessThanOrEqual(self.time_column, high))
+        return expr
+
+    def apply(self, changes: Sequence[Change], end_lsn: int) -> int:
+        """Commit the net effect of `changes` with fig.lsn = end_lsn; returns rows written."""
+        collapsed = collapse(changes, self.primary_key, self.time_column)
+        props = {LSN: lsn_to_str(end_lsn)}
+        with self.table.transaction() as tx:
+            if collapsed.truncate:
+                tx.delete(AlwaysTrue(), snapshot_properties=props)
+            keys = collapsed.delete_keys
+            for start in range(0, len(keys), IN_LIST_LIMIT):
+                part = Collapsed(delete_keys=keys[start:start + IN_LIST_LIMIT],
+                                 old_times=collapsed.old_times)
+                tx.delete(self.delete_filter(part), snapshot_properties=props)
+            if collapsed.rows:
+                tx.append(self.rows_to_arrow(collapsed.rows), snapshot_properties=props)
+            tx.set_properties(props)
+        return len(collapsed.rows)

@@ -1,0 +1,320 @@
+"""The SQL control surface in schema `fig` of the hot Postgres: state tables, functions, views.
+
+Everything is plain Postgres SQL and plpgsql, so it works through Fig's relay, psql or dbt.
+
+State tables (written by the functions below and by the CDC process, fig_server.cdc.service):
+
+``fig.tiered_tables`` (logged; one row per tiered table, the planner reads it)
+    table_oid oid PK, schema_name text, table_name text, time_column text,
+    hot_retention interval, boundary timestamptz (tier boundary: every row with
+    time < boundary is in cold and no longer in hot; starts at -infinity and only moves
+    forward), state text ('copying' | 'active' | 'paused'), tiered_at timestamptz.
+
+``fig.table_status`` (unlogged; per table, written by the CDC process)
+    table_oid, cold_lsn pg_lsn (end LSN of the last transaction committed to Iceberg),
+    cold_rows, cold_files, cold_bytes, copied_rows, copy_total_rows, copy_rows_per_s,
+    last_commit_at, compacted_at, last_error, updated_at.
+
+``fig.cdc_state`` (unlogged; one row, written by the CDC process)
+    slot_name, pid, applied_lsn, rows_total, rows_per_s (last minute), last_commit_at,
+    last_commit_ts (commit time of the newest transaction in cold), retention_ran_at,
+    last_error, last_error_at, updated_at.
+
+Requests from ``fig.run_retention()`` and ``fig.compact()`` reach the CDC process as
+session advisory locks (visible at once in pg_locks, unlike rows of an open transaction):
+class RETENTION_LOCK (key 0) and COMPACT_LOCK (key = table oid modulo 2^31 - 1). The caller
+then waits for the CDC process to stamp its completion time.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+RETENTION_LOCK = 7201
+COMPACT_LOCK = 7202
+SUPPORTED_TYPES = ("int2", "int4", "int8", "float4", "float8", "text", "varchar", "bpchar",
+                   "name", "json", "jsonb", "bool", "date", "time", "timestamp", "timestamptz",
+                   "uuid", "bytea")
+
+_TABLES = """
+CREATE SCHEMA IF NOT EXISTS fig;
+CREATE TABLE IF NOT EXISTS fig.tiered_tables (
+    table_oid oid PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    time_column text NOT NULL,
+    hot_retention interval NOT NULL,
+    boundary timestamptz NOT NULL DEFAULT '-infinity',
+    state text NOT NULL DEFAULT 'copying',
+    tiered_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS fig.table_status (
+    table_oid oid PRIMARY KEY,
+    cold_lsn pg_lsn,
+    cold_rows bigint,
+    cold_files bigint,
+    cold_bytes bigint,
+    copied_rows bigint,
+    copy_total_rows bigint,
+    copy_rows_per_s double precision,
+    last_commit_at timestamptz,
+    compacted_at timestamptz,
+    last_error text,
+    updated_at timestamptz
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS fig.cdc_state (
+    id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    slot_name text,
+    pid int,
+    applied_lsn pg_lsn,
+    rows_total bigint DEFAULT 0,
+    rows_per_s double precision DEFAULT 0,
+    last_commit_at timestamptz,
+    last_commit_ts timestamptz,
+    retention_ran_at timestamptz,
+    last_error text,
+    last_error_at timestamptz,
+    updated_at timestamptz
+);
+"""
+
+_CHECK_COLUMNS = """
+CREATE OR REPLACE FUNCTION fig._check_columns(rel regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    col record;
+    base text;
+BEGIN
+    FOR col IN
+        SELECT a.attname, t.typname, t.typtype, a.atttypmod, e.typname AS elem, e.typtype AS etype
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+    LOOP
+        base := coalesce(col.elem, col.typname);
+        IF coalesce(col.etype, col.typtype) = 'e' OR base = ANY (@TYPES@::text[]) THEN
+            CONTINUE;
+        END IF;
+        IF base = 'numeric' AND col.atttypmod >= 4 AND (col.atttypmod - 4) >> 16 <= 38 THEN
+            CONTINUE;
+        END IF;
+        RAISE EXCEPTION 'column "%" of % has type %, which has no faithful Iceberg mapping',
+            col.attname, rel, format_type((SELECT atttypid FROM pg_attribute
+                WHERE attrelid = rel AND attname = col.attname), col.atttypmod)
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'use numeric(p,s) with p <= 38, or change or drop the column';
+    END LOOP;
+END $fn$;
+"""
+
+_TIER = """
+CREATE OR REPLACE FUNCTION fig.tier_table(rel regclass, time_column text, hot_retention interval)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    nsp text;
+    rname text;
+    time_type text;
+BEGIN
+    SELECT n.nspname, c.relname INTO nsp, rname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+    IF (SELECT relkind FROM pg_class WHERE oid = rel) <> 'r' THEN
+        RAISE EXCEPTION 'fig.tier_table: % is not a plain table', rel
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT t.typname INTO time_type FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = rel AND a.attname = time_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF time_type IS NULL THEN
+        RAISE EXCEPTION 'fig.tier_table: column "%" of % does not exist', time_column, rel
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    IF time_type NOT IN ('timestamptz', 'timestamp', 'date') THEN
+        RAISE EXCEPTION 'fig.tier_table: time column "%" has type %, expected timestamptz, '
+            'timestamp or date', time_column, time_type USING ERRCODE = 'datatype_mismatch';
+    END IF;
+    IF hot_retention IS NULL OR hot_retention < interval '0' THEN
+        RAISE EXCEPTION 'fig.tier_table: hot_retention must be a non-negative interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = rel AND indisprimary) THEN
+        RAISE EXCEPTION 'fig.tier_table: % has no primary key', rel
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Fig applies updates and deletes to cold by primary key: add one';
+    END IF;
+    PERFORM fig._check_columns(rel);
+    -- Full old rows make unchanged TOASTed values and the old time column available to CDC.
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
+    INSERT INTO fig.tiered_tables AS t
+        (table_oid, schema_name, table_name, time_column, hot_retention)
+    VALUES (rel, nsp, rname, time_column, hot_retention)
+    ON CONFLICT (table_oid) DO UPDATE
+        SET time_column = excluded.time_column, hot_retention = excluded.hot_retention,
+            state = CASE WHEN t.state = 'paused' THEN 'copying' ELSE t.state END;
+    RETURN format('%s.%s is tiered on %s with %s hot retention', nsp, rname, time_column,
+                  hot_retention);
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.tier_table(rel text, time_column text, hot_retention interval)
+RETURNS text LANGUAGE sql AS $fn$
+    SELECT fig.tier_table(rel::regclass, time_column, hot_retention)
+$fn$;
+
+CREATE OR REPLACE FUNCTION fig.untier_table(rel text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    found_oid oid;
+BEGIN
+    DELETE FROM fig.tiered_tables
+    WHERE table_oid = to_regclass(rel) OR format('%I.%I', schema_name, table_name) = rel
+       OR schema_name || '.' || table_name = rel
+    RETURNING table_oid INTO found_oid;
+    IF found_oid IS NULL THEN
+        RAISE EXCEPTION 'fig.untier_table: % is not tiered', rel
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    RETURN format('%s is no longer tiered; its cold copy will be dropped', rel);
+END $fn$;
+"""
+
+_SYNC = """
+CREATE OR REPLACE FUNCTION fig._wait_error(what text, timeout interval) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    err text;
+BEGIN
+    SELECT last_error INTO err FROM fig.cdc_state;
+    RAISE EXCEPTION '%: the CDC process did not finish within %', what, timeout
+        USING ERRCODE = 'query_canceled',
+              DETAIL = coalesce('last CDC error: ' || err, 'is the CDC process running?');
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.sync(timeout interval DEFAULT '30s') RETURNS pg_lsn
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    target pg_lsn := pg_current_wal_insert_lsn();
+    deadline timestamptz := clock_timestamp() + timeout;
+    reached pg_lsn;
+    paused text;
+BEGIN
+    LOOP
+        SELECT s.confirmed_flush_lsn INTO reached
+        FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
+        IF reached >= target THEN
+            RETURN reached;
+        END IF;
+        SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')
+        INTO paused FROM fig.tiered_tables t LEFT JOIN fig.table_status st USING (table_oid)
+        WHERE t.state = 'paused';
+        IF paused IS NOT NULL THEN
+            RAISE EXCEPTION 'fig.sync: CDC is paused for %', paused
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'fix the table, then call fig.tier_table again to re-copy it';
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            PERFORM fig._wait_error(format('fig.sync to %s', target), timeout);
+        END IF;
+        PERFORM pg_sleep(0.005);
+    END LOOP;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.run_retention(timeout interval DEFAULT '60s') RETURNS timestamptz
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    started timestamptz := clock_timestamp();
+    ran timestamptz;
+BEGIN
+    PERFORM pg_advisory_lock_shared(@RETENTION@, 0);
+    BEGIN
+        LOOP
+            SELECT retention_ran_at INTO ran FROM fig.cdc_state;
+            EXIT WHEN ran >= started;
+            IF clock_timestamp() > started + timeout THEN
+                PERFORM fig._wait_error('fig.run_retention', timeout);
+            END IF;
+            PERFORM pg_sleep(0.02);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_advisory_unlock_shared(@RETENTION@, 0);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock_shared(@RETENTION@, 0);
+    RETURN ran;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.compact(rel text, timeout interval DEFAULT '300s')
+RETURNS timestamptz LANGUAGE plpgsql AS $fn$
+DECLARE
+    started timestamptz := clock_timestamp();
+    relid oid := rel::regclass;
+    lock_key int := (relid::bigint % 2147483647)::int;
+    done timestamptz;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE table_oid = relid) THEN
+        RAISE EXCEPTION 'fig.compact: % is not tiered', rel USING ERRCODE = 'undefined_table';
+    END IF;
+    PERFORM pg_advisory_lock_shared(@COMPACT@, lock_key);
+    BEGIN
+        LOOP
+            SELECT compacted_at INTO done FROM fig.table_status WHERE table_oid = relid;
+            EXIT WHEN done >= started;
+            IF clock_timestamp() > started + timeout THEN
+                PERFORM fig._wait_error('fig.compact', timeout);
+            END IF;
+            PERFORM pg_sleep(0.05);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_advisory_unlock_shared(@COMPACT@, lock_key);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock_shared(@COMPACT@, lock_key);
+    RETURN done;
+END $fn$;
+"""
+
+_VIEWS = """
+CREATE OR REPLACE VIEW fig.tables AS
+SELECT format('%I.%I', t.schema_name, t.table_name) AS table_name,
+       t.time_column, t.hot_retention, t.boundary AS tier_boundary, t.state,
+       s.cold_rows, s.cold_files, s.cold_bytes, s.cold_lsn,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.cold_lsn) AS cdc_lag_bytes,
+       s.last_commit_at,
+       s.copied_rows, s.copy_total_rows, s.copy_rows_per_s,
+       CASE WHEN t.state = 'copying' AND s.copy_rows_per_s > 0
+            THEN make_interval(secs => greatest(s.copy_total_rows - s.copied_rows, 0)
+                                       / s.copy_rows_per_s) END AS copy_eta,
+       s.last_error
+FROM fig.tiered_tables t LEFT JOIN fig.table_status s USING (table_oid);
+
+CREATE OR REPLACE VIEW fig.cdc_status AS
+SELECT c.slot_name, r.active AS slot_active, r.confirmed_flush_lsn,
+       pg_current_wal_lsn() AS current_wal_lsn,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn) AS lag_bytes,
+       CASE WHEN r.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
+            ELSE extract(epoch FROM now() - coalesce(c.last_commit_ts, c.updated_at))
+       END AS lag_seconds,
+       c.rows_per_s, c.rows_total, c.last_commit_at, c.pid, c.updated_at AS heartbeat_at,
+       c.last_error, c.last_error_at,
+       (SELECT string_agg(format('%s.%s', schema_name, table_name), ', ')
+        FROM fig.tiered_tables WHERE state = 'paused') AS paused_tables
+FROM fig.cdc_state c LEFT JOIN pg_replication_slots r ON r.slot_name = c.slot_name;
+"""
+
+
+def control_sql() -> str:
+    """The whole control schema as one idempotent script."""
+    types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
+    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _VIEWS
+    for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
+                         ("@COMPACT@", str(COMPACT_LOCK))):
+        script = script.replace(token, value)
+    return script
+
+
+def install_control_schema(dsn: str) -> None:
+    """Create or update schema `fig` in the hot Postgres (idempotent)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(7200)")
+        try:
+            with conn.transaction():
+                conn.execute(control_sql().encode())
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(7200)")

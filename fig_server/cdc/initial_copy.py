@@ -1,0 +1,168 @@
+"""Initial copy of a table's existing rows into Iceberg, consistent with the change stream.
+
+The copy reads one REPEATABLE READ snapshot S. Streamed transactions whose xid is visible in
+S are already in the copy and are skipped (`CopySnapshot.contains`); all others are applied.
+This is exact (no LSN race): visibility is decided by the same snapshot that did the copy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+
+from fig_server.storage.tables import (
+    COPY_DONE,
+    COPY_LSN,
+    COPY_SNAPSHOT,
+    LSN,
+    create_table,
+    lsn_to_str,
+)
+from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, text_to_arrow
+
+log = logging.getLogger(__name__)
+APPEND_ROWS = 500_000
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class CopySnapshot:
+    """A pg_current_snapshot() value: xmin:xmax:xip,... (64-bit xids)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> CopySnapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+
+    def contains(self, xid32: int) -> bool:
+        """Whether the committed transaction with this 32-bit xid is visible in the snapshot."""
+        full = (self.xmax & ~0xFFFFFFFF) | xid32
+        if full > self.xmax:
+            full -= 1 << 32
+        return full < self.xmax and full not in self.xip
+
+
+def describe_columns(conn: psycopg.Connection, relid: int) -> list[PgColumn]:
+    return [PgColumn(*row) for row in conn.execute(COLUMNS_SQL, (relid,)).fetchall()]
+
+
+def primary_key(conn: psycopg.Connection, relid: int) -> list[str]:
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY "
+        "AS k(attnum, n) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (relid,)).fetchall()
+    return [row[0] for row in rows]
+
+
+class _CopyReader(io.RawIOBase):
+    """A file object over the chunks of a COPY TO STDOUT, for pyarrow's CSV reader."""
+
+    def __init__(self, chunks: Iterator[memoryview]) -> None:
+        self.chunks = chunks
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self.pending:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.pending = bytes(chunk)
+        size = min(len(buffer), len(self.pending))
+        buffer[:size] = self.pending[:size]
+        self.pending = self.pending[size:]
+        return size
+
+
+def _csv_batches(copy: psycopg.Copy, names: list[str]) -> Iterator[pa.RecordBatch]:
+    reader = pacsv.open_csv(
+        io.BufferedReader(_CopyReader(iter(copy)), buffer_size=1 << 20),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=8 << 20),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True,
+            null_values=[""], quoted_strings_can_be_null=False))
+    yield from reader
+
+
+def _to_iceberg_arrow(table: Table, batch: pa.RecordBatch) -> pa.Table:
+    fields = table.schema().fields
+    arrays = [text_to_arrow(batch.column(i), f.field_type)  # type: ignore[arg-type]
+              for i, f in enumerate(fields)]
+    return pa.Table.from_arrays(arrays, names=[f.name for f in fields]).cast(
+        schema_to_pyarrow(table.schema()))
+
+
+def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str, str],
+               relid: int, time_column: str, start_lsn: int, progress: Progress) -> Table:
+    """(Re)create the Iceberg table and fill it from one snapshot; returns the table.
+
+    The final commit records the snapshot, the WAL insert position at the snapshot and
+    fig.lsn = start_lsn (every transaction the stream delivered before the copy).
+    """
+    columns = describe_columns(conn, relid)
+    table = create_table(catalog, identifier, columns, primary_key(conn, relid), time_column)
+    names = [c.name for c in columns]
+    started, copied, first = time.monotonic(), 0, True
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snap, insert_lsn, total = conn.execute(
+            "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text, "
+            "greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s", (relid,)).fetchone()
+        select = ", ".join(sql.Identifier(n).as_string(conn) for n in names)
+        target = (f"COPY (SELECT {select} FROM "
+                  f"{sql.Identifier(*identifier).as_string(conn)}) "
+                  "TO STDOUT (FORMAT csv)")
+        pending: list[pa.Table] = []
+        pending_rows = 0
+
+        def commit(final: bool) -> None:
+            nonlocal first, pending, pending_rows
+            props = {COPY_DONE: "true" if final else "false"}
+            if final:
+                props.update({LSN: lsn_to_str(start_lsn), COPY_SNAPSHOT: snap,
+                              COPY_LSN: insert_lsn})
+            with table.transaction() as tx:
+                if first:
+                    tx.delete(AlwaysTrue())
+                if pending:
+                    tx.append(pa.concat_tables(pending), snapshot_properties=props)
+                tx.set_properties(props)
+            first, pending, pending_rows = False, [], 0
+
+        with conn.cursor().copy(target) as copy:
+            for batch in _csv_batches(copy, names):
+                pending.append(_to_iceberg_arrow(table, batch))
+                pending_rows += batch.num_rows
+                copied += batch.num_rows
+                if pending_rows >= APPEND_ROWS:
+                    commit(final=False)
+                    rate = copied / max(time.monotonic() - started, 1e-6)
+                    progress(copied, max(total, copied), rate)
+                    log.info("copy %s: %d of ~%d rows, %.0f rows/s", ".".join(identifier),
+                             copied, total, rate)
+        commit(final=True)
+    rate = copied / max(time.monotonic() - started, 1e-6)
+    progress(copied, copied, rate)
+    log.info("copied %s: %d rows at %.0f rows/s (snapshot %s at %s)", ".".join(identifier),
+             copied, rate, snap, insert_lsn)
+    table.refresh()
+    return table

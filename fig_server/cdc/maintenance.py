@@ -1,0 +1,170 @@
+"""Maintenance of Fig's Iceberg tables: compaction, snapshot expiry, orphan and dropped files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+from pyiceberg.table import Table
+from pyiceberg.types import DateType, TimestamptzType
+
+from fig_server.storage.tables import LSN, MANAGED
+
+if TYPE_CHECKING:
+    from fig_server.cdc.service import CdcProcess, TieredTable
+
+log = logging.getLogger(__name__)
+INTERVAL_S = 600.0
+SMALL_FILE_BYTES = 32 * 1024 * 1024
+MIN_FILES_TO_COMPACT = 8
+SNAPSHOT_AGE = timedelta(minutes=10)
+ORPHAN_AGE_S = 600.0
+ROW_GROUP_ROWS = 128 * 1024
+
+
+def referenced_files(table: Table) -> set[str]:
+    """Every file the table's metadata still references, from manifests (never folders)."""
+    io = table.io
+    files = {table.metadata_location}
+    files.update(entry.metadata_file for entry in table.metadata.metadata_log)
+    for snapshot in table.snapshots():
+        files.add(snapshot.manifest_list)
+        for manifest in snapshot.manifests(io):
+            files.add(manifest.manifest_path)
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                files.add(entry.data_file.file_path)
+    return files
+
+
+def _local_path(location: str) -> str | None:
+    parsed = urlparse(location)
+    return parsed.path if parsed.scheme in ("", "file") else None
+
+
+class Maintenance:
+    """Runs inside the CDC process, between batches, so it never races a CDC commit."""
+
+    def __init__(self, process: CdcProcess) -> None:
+        self.process = process
+        self.next_run = time.monotonic() + INTERVAL_S
+        self.next_drop_check = 0.0
+
+    def maybe_run(self) -> None:
+        if time.monotonic() < self.next_run:
+            return
+        self.next_run = time.monotonic() + INTERVAL_S
+        for relid in list(self.process.appliers):
+            self.run_table(relid, compact_all=False)
+
+    def compact_requested(self, key: int) -> None:
+        for relid in list(self.process.appliers):
+            if relid % 2147483647 == key:
+                self.run_table(relid, compact_all=True)
+                self.process.status.table(relid, self.process.appliers[relid].table,
+                                          compacted_at="now")
+
+    def run_table(self, relid: int, compact_all: bool) -> None:
+        self.process.flush()
+        applier = self.process.appliers[relid]
+        table = applier.table
+        self.compact(table, applier.time_column, compact_all)
+        table.maintenance.expire_snapshots().older_than(
+            datetime.now(UTC) - SNAPSHOT_AGE).commit()
+        self.remove_orphans(table)
+        table.refresh()
+
+    def compact(self, table: Table, time_column: str, compact_all: bool) -> int:
+        """Rewrite each day with several small files as one sorted file; returns days done."""
+        snapshot = table.current_snapshot()
+        if snapshot is None:
+            return 0
+        days: dict[int, list[int]] = defaultdict(list)
+        for task in table.scan().plan_files():
+            part = task.file.partition[0]
+            if part is not None:
+                days[part].append(task.file.file_size_in_bytes)
+        lsn = table.properties.get(LSN, "0/0")
+        field_type = table.schema().find_field(time_column).field_type
+        done = 0
+        for day, sizes in sorted(days.items()):
+            small = [s for s in sizes if s < SMALL_FILE_BYTES]
+            if len(small) < (2 if compact_all else MIN_FILES_TO_COMPACT):
+                continue
+            low, high = _day_bounds(day, field_type)
+            window = And(GreaterThanOrEqual(time_column, low), LessThan(time_column, high))
+            rows = table.scan(row_filter=window).to_arrow().sort_by(time_column)
+            with table.transaction() as tx:
+                tx.overwrite(rows, overwrite_filter=window, snapshot_properties={LSN: lsn})
+            done += 1
+        if done:
+            log.info("compacted %d days of %s", done, table.name())
+        return done
+
+    def remove_orphans(self, table: Table) -> int:
+        root = _local_path(table.location())
+        if root is None:
+            return 0
+        import os
+        keep = {(_local_path(f) or f) for f in referenced_files(table)}
+        removed = 0
+        now = time.time()
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                if path not in keep and now - os.path.getmtime(path) > ORPHAN_AGE_S:
+                    os.remove(path)
+                    removed += 1
+        return removed
+
+    def drop_table(self, identifier: tuple[str, str]) -> None:
+        """Drop an Iceberg table and delete every file its metadata references."""
+        catalog = self.process.catalog
+        try:
+            table = catalog.load_table(identifier)
+        except NoSuchTableError:
+            return
+        files = referenced_files(table)
+        catalog.drop_table(identifier)
+        for path in files:
+            try:
+                table.io.delete(path)
+            except OSError:
+                log.warning("could not delete %s", path)
+        log.info("dropped cold table %s (%d files)", ".".join(identifier), len(files))
+
+    def drop_unmanaged(self, wanted: set[TieredTable]) -> None:
+        """Drop Fig-managed Iceberg tables whose Postgres table is no longer tiered."""
+        if time.monotonic() < self.next_drop_check:
+            return
+        self.next_drop_check = time.monotonic() + 10.0
+        keep = {t.identifier for t in wanted}
+        catalog = self.process.catalog
+        for namespace in catalog.list_namespaces():
+            for identifier in catalog.list_tables(namespace):
+                ident = (identifier[0], identifier[1])
+                if ident in keep:
+                    continue
+                try:
+                    managed = catalog.load_table(ident).properties.get(MANAGED) == "true"
+                except NoSuchTableError:
+                    continue
+                if managed:
+                    self.drop_table(ident)
+
+
+def _day_bounds(day: int, field_type: object) -> tuple[object, object]:
+    start = date(1970, 1, 1) + timedelta(days=day)
+    if isinstance(field_type, DateType):
+        return start, start + timedelta(days=1)
+    moment = datetime(start.year, start.month, start.day)
+    if isinstance(field_type, TimestamptzType):
+        moment = moment.replace(tzinfo=UTC)
+    return moment, moment + timedelta(days=1)
+
+

@@ -1,0 +1,110 @@
+"""Hot retention: delete rows older than a table's retention from hot once cold has them.
+
+The deletes run on a session with a replication origin, so the CDC stream recognises and
+skips them: they are tiering, not user deletes. For each table, writers are blocked
+(EXCLUSIVE lock, readers continue) while the WAL position is taken, CDC catches up to it
+and commits to Iceberg, and the old rows are deleted: no row leaves hot before it is in cold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg import sql
+
+from fig_server.cdc.replication import session_conninfo
+from fig_server.errors import ObjectNotInPrerequisiteState
+from fig_server.storage.tables import str_to_lsn
+
+if TYPE_CHECKING:
+    from fig_server.cdc.service import CdcProcess, TieredTable
+
+log = logging.getLogger(__name__)
+APPLICATION = "fig_cdc_retention"
+CATCH_UP_S = 30.0
+
+
+def origin_name(slot: str) -> str:
+    return f"fig_retention_{slot}"
+
+
+class RetentionRunner:
+    """Owns the origin-tagged session that deletes tiered rows from hot."""
+
+    def __init__(self, process: CdcProcess) -> None:
+        self.process = process
+        self.origin = origin_name(process.slot)
+        self.conn = psycopg.connect(
+            session_conninfo(process.dsn, application_name=APPLICATION), autocommit=True)
+        self.conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+            "AND datname = current_database() AND pid <> pg_backend_pid()", (APPLICATION,))
+        if not self.conn.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s",
+                                 (self.origin,)).fetchone():
+            self.conn.execute("SELECT pg_replication_origin_create(%s)", (self.origin,))
+        self._setup_origin()
+
+    def _setup_origin(self) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.conn.execute("SELECT pg_replication_origin_session_setup(%s)",
+                                  (self.origin,))
+                return
+            except psycopg.errors.ObjectInUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run_all(self) -> None:
+        for table in list(self.process.tables.values()):
+            if table.state == "active" and table.relid in self.process.appliers:
+                try:
+                    self.run_table(table)
+                except (psycopg.errors.LockNotAvailable, ObjectNotInPrerequisiteState) as exc:
+                    log.warning("retention of %s.%s postponed: %s", table.schema, table.name,
+                                exc)
+                    self.process.status.table(table.relid, None, last_error=str(exc))
+
+    def run_table(self, table: TieredTable) -> int:
+        """Delete what the table's retention allows; returns the number of rows deleted."""
+        name = sql.Identifier(table.schema, table.name)
+        with self.conn.transaction():
+            self.conn.execute("SET LOCAL lock_timeout = '2s'")
+            self.conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(name))
+            row = self.conn.execute(
+                "SELECT now() - hot_retention > boundary, now() - hot_retention, "
+                "pg_current_wal_insert_lsn()::text FROM fig.tiered_tables "
+                "WHERE table_oid = %s", (table.relid,)).fetchone()
+            if row is None or not row[0]:
+                return 0
+            cutoff, target = row[1], str_to_lsn(row[2])
+            self._wait_cold(table, target)
+            deleted = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} < %s").format(
+                name, sql.Identifier(table.time_column)), (cutoff,)).rowcount
+            self.conn.execute("UPDATE fig.tiered_tables SET boundary = greatest(boundary, %s) "
+                              "WHERE table_oid = %s", (cutoff, table.relid))
+        log.info("retention %s.%s: %d rows older than %s deleted from hot", table.schema,
+                 table.name, deleted, cutoff)
+        return deleted
+
+    def _wait_cold(self, table: TieredTable, target: int) -> None:
+        """Let CDC commit everything up to `target` to Iceberg (writers are blocked)."""
+        process = self.process
+        deadline = time.monotonic() + CATCH_UP_S
+        while process.applied_lsn < target:
+            if table.relid not in process.appliers:
+                raise ObjectNotInPrerequisiteState("table is no longer streaming")
+            if time.monotonic() > deadline:
+                raise ObjectNotInPrerequisiteState(
+                    "CDC did not commit the table to cold in time; hot rows kept")
+            process.pump(0.05)
+            if process.txn is None and process.batch.changes \
+                    and process.batch.end_lsn >= target:
+                process.try_flush()

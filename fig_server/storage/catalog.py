@@ -1,0 +1,45 @@
+"""The Iceberg catalog of the cold tier: one SQL catalog, namespace = schema, table = table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
+
+from fig_server.config import FigConfig
+
+
+def _s3_properties(config: FigConfig) -> dict[str, str]:
+    cold = config.cold
+    props = {
+        "s3.endpoint": cold.s3_endpoint,
+        "s3.region": cold.s3_region,
+        "s3.access-key-id": cold.s3_access_key_id,
+        "s3.secret-access-key": cold.s3_secret_access_key,
+    }
+    return {key: value for key, value in props.items() if value}
+
+
+def _ensure_local_folders(config: FigConfig) -> None:
+    uri = config.catalog_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    warehouse = urlparse(config.warehouse)
+    if warehouse.scheme in ("", "file"):
+        Path(warehouse.path).mkdir(parents=True, exist_ok=True)
+
+
+def open_catalog(config: FigConfig) -> Catalog:
+    """The SQL catalog named [cold] catalog_name, creating its local folders when needed."""
+    _ensure_local_folders(config)
+    properties = {"uri": config.catalog_uri, "warehouse": config.warehouse}
+    if config.warehouse.startswith(("s3://", "s3a://")):
+        properties.update(_s3_properties(config))
+    return SqlCatalog(config.cold.catalog_name, **properties)
+
+
+def table_identifier(schema: str, table: str) -> tuple[str, str]:
+    """The Iceberg identifier of a Postgres table: namespace = schema, same table name."""
+    return (schema, table)

@@ -1,0 +1,98 @@
+"""Fig's Iceberg tables: creation from a Postgres table's columns and the CDC checkpoint.
+
+Each table is partitioned by day(time column), its identifier fields are the primary key,
+and every commit made by CDC carries `fig.lsn` (end LSN of the last Postgres transaction it
+contains) both in the snapshot summary and in the table properties (so compaction and
+snapshot expiry never lose it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.types import NestedField
+
+from fig_server.storage.typemap import PgColumn, iceberg_type
+
+LSN = "fig.lsn"
+COPY_SNAPSHOT = "fig.copy-snapshot"
+COPY_LSN = "fig.copy-lsn"
+COPY_DONE = "fig.copy-done"
+MANAGED = "fig.managed"
+ATTNUM_DOC = "pg attnum "
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What Iceberg says CDC has committed for one table."""
+
+    lsn: int
+    copy_done: bool
+    copy_snapshot: str
+    copy_lsn: int
+
+
+def attnum_doc(attnum: int) -> str:
+    return f"{ATTNUM_DOC}{attnum}"
+
+
+def doc_attnum(doc: str | None) -> int:
+    if doc and doc.startswith(ATTNUM_DOC):
+        return int(doc[len(ATTNUM_DOC):])
+    return 0
+
+
+def iceberg_schema(columns: Sequence[PgColumn], primary_key: Sequence[str]) -> Schema:
+    fields = []
+    for index, column in enumerate(columns, start=1):
+        fields.append(NestedField(
+            field_id=index, name=column.name,
+            field_type=iceberg_type(column, element_id=len(columns) + index),
+            required=column.name in primary_key, doc=attnum_doc(column.attnum)))
+    ids = [index for index, c in enumerate(columns, start=1) if c.name in primary_key]
+    return Schema(*fields, identifier_field_ids=ids)
+
+
+def create_table(catalog: Catalog, identifier: tuple[str, str], columns: Sequence[PgColumn],
+                 primary_key: Sequence[str], time_column: str) -> Table:
+    """Create (or replace an unfinished) Iceberg table for a Postgres table."""
+    with contextlib.suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(identifier[0])
+    with contextlib.suppress(NoSuchTableError):
+        catalog.drop_table(identifier)
+    schema = iceberg_schema(columns, primary_key)
+    source_id = schema.find_field(time_column).field_id
+    spec = PartitionSpec(PartitionField(source_id=source_id, field_id=1000,
+                                        transform=DayTransform(), name=f"{time_column}_day"))
+    order = SortOrder(SortField(source_id=source_id, transform=IdentityTransform()))
+    return catalog.create_table(identifier, schema=schema, partition_spec=spec,
+                                sort_order=order, properties={MANAGED: "true"})
+
+
+def read_checkpoint(table: Table) -> Checkpoint:
+    props = table.properties
+    return Checkpoint(
+        lsn=str_to_lsn(props.get(LSN, "0/0")),
+        copy_done=props.get(COPY_DONE) == "true",
+        copy_snapshot=props.get(COPY_SNAPSHOT, ""),
+        copy_lsn=str_to_lsn(props.get(COPY_LSN, "0/0")),
+    )
+
+
+def lsn_to_str(lsn: int) -> str:
+    """A WAL position in Postgres's X/Y notation."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def str_to_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
