@@ -9,7 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from fig_server import wire
-from fig_server.errors import ConnectionFailure, FigError, ProtocolViolation
+from fig_server.errors import ConnectionFailure, FigError, InternalError, ProtocolViolation
 from fig_server.planner.rewrite import split_statements
 from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
 from fig_server.session.session import Session
@@ -24,6 +24,8 @@ COUNTS_AS_REQUEST = frozenset(b"QSF")
 # so a Sync declaring megabytes is refused at once instead of waiting for bytes never sent.
 SMALL_MESSAGE_TYPES = frozenset(b"CDEHScfX")
 SMALL_MESSAGE_BYTES = 10_000
+# How a backend ErrorResponse that ends the session begins (Postgres sends severity first).
+FATAL_SEVERITIES = (b"SFATAL\0", b"SPANIC\0")
 
 
 class ClientConnection:
@@ -56,38 +58,42 @@ class ClientConnection:
     async def read_client_message(self) -> tuple[int, bytes]:
         """One whole client message, for the startup phase."""
         while True:
-            spans, _ = self._frames()
+            spans, _, bad = self._frames()
             if spans:
                 start, end = spans[0]
                 kind = self.client_buffer[start]
                 payload = bytes(self.client_buffer[start + 5:end])
                 del self.client_buffer[:end]
                 return kind, payload
+            if bad is not None:
+                raise bad
             chunk = await self.reader.read(READ_SIZE)
             if not chunk:
                 raise ConnectionResetError("client closed the connection")
             self.client_buffer += chunk
 
-    def _frames(self) -> tuple[list[tuple[int, int]], int]:
-        """Complete client messages in the buffer, each checked for type and length."""
+    def _frames(self) -> tuple[list[tuple[int, int]], int, ProtocolViolation | None]:
+        """Complete client messages in the buffer up to the first with a bad type or length,
+        where the rest begins, and the error of that bad message if there is one."""
         spans, rest = wire.split_messages(self.client_buffer)
-        for start, _ in spans:
-            self._check_header(start)
+        for index, (start, _) in enumerate(spans):
+            bad = self._header_error(start)
+            if bad is not None:
+                return spans[:index], start, bad
         if len(self.client_buffer) - rest >= 5:
-            self._check_header(rest)
-        return spans, rest
+            return spans, rest, self._header_error(rest)
+        return spans, rest, None
 
-    def _check_header(self, start: int) -> None:
+    def _header_error(self, start: int) -> ProtocolViolation | None:
         kind, length = wire.HEADER.unpack_from(self.client_buffer, start)
         if kind[0] not in wire.FRONTEND_TYPES:
-            raise ProtocolViolation(f"invalid frontend message type {kind[0]}")
-        if length < 4:
-            raise ProtocolViolation(f"invalid message length {length}")
-        if length > SMALL_MESSAGE_BYTES and kind[0] in SMALL_MESSAGE_TYPES:
-            raise ProtocolViolation(f"invalid message length {length}")
+            return ProtocolViolation(f"invalid frontend message type {kind[0]}")
+        if length < 4 or (length > SMALL_MESSAGE_BYTES and kind[0] in SMALL_MESSAGE_TYPES):
+            return ProtocolViolation(f"invalid message length {length}")
         if length > self.max_message_bytes:
-            raise ProtocolViolation(
+            return ProtocolViolation(
                 f"message of {length} bytes exceeds the limit of {self.max_message_bytes}")
+        return None
 
     # -- startup -------------------------------------------------------------------------
 
@@ -133,6 +139,7 @@ class ClientConnection:
             if isinstance(error, FigError):
                 self.send_error(error)
             elif error is not None and not isinstance(error, ConnectionError):
+                self.send_error(InternalError(f"internal error in Fig: {error!r}"))
                 raise error
 
     async def _pump_client(self) -> None:
@@ -141,7 +148,7 @@ class ClientConnection:
         assert backend is not None
         buffer = self.client_buffer
         while True:
-            spans, rest = self._frames()
+            spans, rest, bad = self._frames()
             sent = 0
             for start, end in spans:
                 kind = buffer[start]
@@ -162,6 +169,10 @@ class ClientConnection:
             if rest:
                 del buffer[:rest]
                 await backend.writer.drain()
+            if bad is not None:
+                # As Postgres: what came before the bad message is answered, then the end.
+                await self._wait_idle()
+                raise bad
             chunk = await self.reader.read(READ_SIZE)
             if not chunk:
                 return
@@ -176,14 +187,17 @@ class ClientConnection:
         payload = bytes(self.client_buffer[start + 5:end])
         if kind == 81:
             return self.federator.applies(wire.query_text(payload))
-        if kind == 80:
-            name, sql = wire.parse_text(payload)
-            if self.federator.applies(sql):
-                return True
-            self.tiered_statements.pop(name, None)
-            return False
-        return bool(self.tiered_statements) and wire.bind_statement(payload) in \
-            self.tiered_statements
+        try:
+            if kind == 80:
+                name, sql = wire.parse_text(payload)
+                if self.federator.applies(sql):
+                    return True
+                self.tiered_statements.pop(name, None)
+                return False
+            return bool(self.tiered_statements) and wire.bind_statement(payload) in \
+                self.tiered_statements
+        except ValueError:
+            return False  # a malformed message: Postgres reports it as it always does
 
     async def _hold(self, kind: int, raw: bytes) -> None:
         if kind == 81:
@@ -338,9 +352,12 @@ class ClientConnection:
         assert backend is not None
         reader, writer = backend.reader, self.writer
         buffer = bytearray()
+        ended = False  # the last message relayed was a FATAL error: the close is expected
         while True:
             chunk = await reader.read(READ_SIZE)
             if not chunk:
+                if ended:
+                    return
                 raise ConnectionFailure(
                     "terminating connection because the hot PostgreSQL closed it")
             if buffer:
@@ -359,6 +376,9 @@ class ClientConnection:
                     session.transaction_status = data[start + 5:start + 6]
                     if session.in_flight <= 0:
                         self._idle.set()
+            if spans:
+                last = spans[-1][0]
+                ended = data[last] == 69 and data[last + 5:last + 12] in FATAL_SEVERITIES
             if rest == len(data):
                 writer.write(data if data is chunk else bytes(data))
                 buffer = bytearray()
