@@ -39,11 +39,13 @@ def run_cdc(fig: FigProcess, scale: Scale, report: RunReport) -> None:
     if reason is not None:
         report.skipped.append(("CDC ingest and lag through Fig", reason))
         return
+    _drop_leftovers(fig)
     try:
         report.cdc["ingest"] = sustained_ingest(fig, total)
         report.cdc["lag"] = lag_at_rate(fig, rate=5_000, seconds=5 if small else 15)
     except (psycopg.Error, RuntimeError) as error:
-        report.skipped.append(("CDC ingest and lag", f"failed: {str(error).strip()[:300]}"))
+        lines = str(error).strip().splitlines()
+        report.skipped.append(("CDC ingest and lag", "failed: " + " / ".join(lines[:2])[:300]))
 
 
 CDC_DDL = """
@@ -118,11 +120,36 @@ def pgoutput_ceiling(fig: FigProcess, total: int) -> dict[str, Any]:
             "note": "pg_logical_slot_get_binary_changes, server-side decode only"}
 
 
-def _tier(conn: psycopg.Connection, name: str) -> None:
-    conn.execute(f"DROP TABLE IF EXISTS {name}")
+def _drop_leftovers(fig: FigProcess) -> None:
+    """Untier and drop the tables an interrupted earlier run left behind."""
+    with psycopg.connect(fig.dsn(), autocommit=True) as conn:
+        rows = conn.execute("SELECT table_name FROM fig.tiered_tables WHERE schema_name = "
+                            "'public' AND table_name ~ '^bench_(cdc|lag)(_[0-9]+)?$'").fetchall()
+        for (name,) in rows:
+            _untier(conn, name)
+
+
+def _tier(conn: psycopg.Connection, prefix: str) -> str:
+    """A fresh tiered table, named per run so no earlier run's cold copy can interfere."""
+    name = f"{prefix}_{int(time.time())}"
     conn.execute(CDC_DDL.format(name=name))
+    # Users tier tables that already hold rows; one seed row also keeps the initial copy
+    # non-empty (an empty initial copy failed in fig_server.cdc when this was written).
+    conn.execute(f"INSERT INTO {name} ({COLUMNS}) VALUES (%s, 200, 0, 'US', 0, 'seed')",
+                 (LAST_DAY,))
     conn.execute("SELECT fig.tier_table(%s, 'ts', interval '3650 days')", (f"public.{name}",))
-    conn.execute("SELECT fig.sync(interval '120s')")
+    try:
+        conn.execute("SELECT fig.sync(interval '60s')")
+    except psycopg.Error:
+        _untier(conn, name)
+        raise
+    return name
+
+
+def _untier(conn: psycopg.Connection, name: str) -> None:
+    """Stop CDC for the table and drop it (Fig drops its cold copy)."""
+    conn.execute("SELECT fig.untier_table(%s)", (f"public.{name}",))
+    conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def sustained_ingest(fig: FigProcess, total: int) -> dict[str, Any]:
@@ -130,16 +157,19 @@ def sustained_ingest(fig: FigProcess, total: int) -> dict[str, Any]:
     rows / (time until fig.sync() returns, i.e. until cold has committed all of them)."""
     batches = _csv_batches(total)
     with psycopg.connect(fig.dsn(), autocommit=True) as conn:
-        _tier(conn, "bench_cdc")
-        with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
-            started = time.perf_counter()
-            _copy_batches(hot, "bench_cdc", batches)
-            inserted_s = time.perf_counter() - started
-        conn.execute("SELECT fig.sync(interval '600s')")
-        synced_s = time.perf_counter() - started
-    cold_rows = _cold_row_count(fig, "bench_cdc")
-    if cold_rows != total:
-        raise RuntimeError(f"after fig.sync() cold holds {cold_rows} of {total} rows")
+        name = _tier(conn, "bench_cdc")
+        try:
+            with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
+                started = time.perf_counter()
+                _copy_batches(hot, name, batches)
+                inserted_s = time.perf_counter() - started
+            conn.execute("SELECT fig.sync(interval '600s')")
+            synced_s = time.perf_counter() - started
+            cold_rows = _cold_row_count(fig, name)
+        finally:
+            _untier(conn, name)
+    if cold_rows != total + 1:
+        raise RuntimeError(f"after fig.sync() cold holds {cold_rows} of {total + 1} rows")
     return {"rows": total, "transactions": len(batches),
             "insert_rows_per_s": round(total / inserted_s),
             "cdc_rows_per_s": round(total / synced_s), "seconds_to_sync": round(synced_s, 2)}
@@ -149,29 +179,35 @@ def lag_at_rate(fig: FigProcess, rate: int, seconds: int) -> dict[str, Any]:
     """One-row transactions at a fixed rate; each row's lag is the commit time of the Iceberg
     snapshot that added it minus its ts (clock_timestamp() at insert, same machine)."""
     with psycopg.connect(fig.dsn(), autocommit=True) as conn:
-        _tier(conn, "bench_lag")
-        with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
-            cur = hot.cursor()
-            statement = (f"INSERT INTO bench_lag ({COLUMNS}) VALUES "
-                         "(%s, 200, %s, 'US', 1.00, 'lag probe')")
-            started = time.perf_counter()
-            sent = 0
-            while sent < rate * seconds:
-                due = started + sent / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                cur.execute(statement, (LAST_DAY, sent))
-                sent += 1
-            achieved = sent / (time.perf_counter() - started)
-        conn.execute("SELECT fig.sync(interval '120s')")
-    lags = sorted(_lags_ms(fig, "bench_lag"))
+        name = _tier(conn, "bench_lag")
+        try:
+            achieved = _insert_at_rate(fig, name, rate, seconds)
+            conn.execute("SELECT fig.sync(interval '120s')")
+            lags = sorted(_lags_ms(fig, name))
+        finally:
+            _untier(conn, name)
     if not lags:
-        raise RuntimeError("no appended rows found in cold for bench_lag")
+        raise RuntimeError("no appended rows found in cold for the lag table")
     return {"target_rows_per_s": rate, "achieved_rows_per_s": round(achieved),
             "rows": len(lags), "lag_p50_ms": round(lags[len(lags) // 2], 1),
             "lag_p99_ms": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1),
             "lag_max_ms": round(lags[-1], 1)}
+
+
+def _insert_at_rate(fig: FigProcess, name: str, rate: int, seconds: int) -> float:
+    """Paced one-row autocommit INSERTs straight to hot; returns the rate achieved."""
+    statement = f"INSERT INTO {name} ({COLUMNS}) VALUES (%s, 200, %s, 'US', 1.00, 'lag probe')"
+    with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
+        cur = hot.cursor()
+        started = time.perf_counter()
+        sent = 0
+        while sent < rate * seconds:
+            delay = started + sent / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            cur.execute(statement, (LAST_DAY, sent))
+            sent += 1
+        return sent / (time.perf_counter() - started)
 
 
 def _catalog(fig: FigProcess) -> SqlCatalog:
@@ -196,6 +232,8 @@ def _lags_ms(fig: FigProcess, name: str) -> list[float]:
             for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                 if entry.snapshot_id != snapshot.snapshot_id:
                     continue
-                ts = pq.read_table(local_path(entry.data_file.file_path), columns=["ts"])["ts"]
-                lags.extend((committed - t).total_seconds() * 1000 for t in ts.to_pylist())
+                rows = pq.read_table(local_path(entry.data_file.file_path),
+                                     columns=["ts", "payload"]).to_pylist()
+                lags.extend((committed - row["ts"]).total_seconds() * 1000 for row in rows
+                            if row["payload"] != "seed")
     return lags

@@ -117,6 +117,31 @@ def loop_rows(report: RunReport) -> list[list[str]]:
             for r in report.loops]
 
 
+def _find(report: RunReport, query: str, fig: bool, prefix: str = "") -> ColdMeasure | None:
+    return next((m for m in report.cold if m.query == query and m.is_fig == fig and m.runs_ms
+                 and m.system.startswith(prefix)), None)
+
+
+def cold_summary(report: RunReport) -> list[str]:
+    """The figures issue 4 asks for: bytes skipped and ratios against DuckDB."""
+    lines = []
+    fig, duck = _find(report, "example", True), _find(report, "example", False, "DuckDB")
+    if fig is not None:
+        p = fig.pruning
+        if p.get("bytes_total"):
+            skipped = 100 * (1 - (p.get("bytes_read") or 0) / p["bytes_total"])
+            lines.append(f"Example query: {fig.system} skipped {skipped:.2f}% of the table's "
+                         f"bytes (target >= 99%)")
+        if duck is not None:
+            lines.append(f"Example query: {fig.system} / DuckDB = "
+                         f"{fig.median_ms / duck.median_ms:.2f}x (target <= 0.5x)")
+    fig, duck = _find(report, "groupby", True), _find(report, "groupby", False, "DuckDB")
+    if fig is not None and duck is not None:
+        lines.append(f"Full GROUP BY: {fig.system} / DuckDB = "
+                     f"{fig.median_ms / duck.median_ms:.2f}x (target <= 1.5x)")
+    return lines
+
+
 def hot_summary(report: RunReport) -> list[str]:
     """The two figures issue 2 asks for: added p50 latency, and 16-client throughput share."""
     lines = []
@@ -130,6 +155,25 @@ def hot_summary(report: RunReport) -> list[str]:
         if fig and direct and direct.tps:
             lines.append(f"pgbench -S -M extended, {clients} clients: Fig {fig.tps:.0f} tps = "
                          f"{100 * fig.tps / direct.tps:.0f}% of direct TCP ({direct.tps:.0f})")
+    return lines
+
+
+CDC_TITLES = {
+    "ceiling": "pgoutput decode ceiling (same rows, 10k-row transactions)",
+    "ingest": "sustained ingest through Fig's CDC (10k-row transactions, until fig.sync())",
+    "lag": "lag at a fixed rate (one-row transactions)",
+}
+
+
+def cdc_lines(report: RunReport) -> list[str]:
+    lines = []
+    for key, value in report.cdc.items():
+        if isinstance(value, dict):
+            details = ", ".join(f"{k} = {v:,}" if isinstance(v, int) else f"{k} = {v}"
+                                for k, v in value.items())
+            lines.append(f"{CDC_TITLES.get(key, key)}: {details}")
+        else:
+            lines.append(f"{key}: {value}")
     return lines
 
 
@@ -151,6 +195,8 @@ def print_report(report: RunReport) -> None:
         print(f"{key}: {value}")
     if report.cold:
         print("\nCold queries\n" + text_table(COLD_HEADER, cold_rows(report)))
+        for line in cold_summary(report):
+            print(line)
     if report.pgbench:
         print("\nHot path: pgbench\n" + text_table(PGBENCH_HEADER, pgbench_rows(report)))
     if report.loops:
@@ -159,8 +205,8 @@ def print_report(report: RunReport) -> None:
         print(line)
     if report.cdc:
         print("\nCDC")
-        for key, value in report.cdc.items():
-            print(f"  {key}: {value}")
+        for line in cdc_lines(report):
+            print(f"  {line}")
     if report.skipped:
         print("\nSkipped")
         for what, why in report.skipped:
@@ -175,10 +221,12 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
                   "Median of the timed runs after one untimed warm-up; bytes read come from a "
                   "separate, untimed run with each system's own instrumentation (Fig: its scan "
                   "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN "
-                  "ANALYZE bytes_scanned; Postgres: shared+temp buffers touched x 8 KiB). "
+                  "ANALYZE bytes_scanned; Postgres: EXPLAIN BUFFERS shared+temp buffer accesses x "
+                  "8 KiB, which counts a page once per access). "
                   "Fig/peer < 1 means Fig is faster. \"same rows\" compares every system's "
                   "result with the first system that ran.", ""]
         parts.append(markdown_table(COLD_HEADER, cold_rows(report)))
+        parts += [""] + [f"- {line}" for line in cold_summary(report)]
         parts += ["", "Queries:", ""]
         parts += [f"- `{name}`: `{sql}`" for name, sql in report.queries.items()]
     if report.pgbench or report.loops:
@@ -190,7 +238,7 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
         parts += [f"- {line}" for line in hot_summary(report)]
     if report.cdc:
         parts += ["", "## CDC", ""]
-        parts += [f"- {key}: {value}" for key, value in report.cdc.items()]
+        parts += [f"- {line}" for line in cdc_lines(report)]
     if report.skipped:
         parts += ["", "## Not measured in this run", ""]
         parts += [f"- **{what}**: {why}" for what, why in report.skipped]
@@ -206,13 +254,19 @@ def _grouped_bars(ax: Any, report: RunReport, value: Any, label: Any, log: bool)
     width = 0.8 / max(1, len(systems))
     colors = plt.get_cmap("tab10")
     for index, system in enumerate(systems):
-        heights = []
+        heights, skipped = [], []
         for query in queries:
             found = [m for m in report.cold if m.query == query and m.system == system]
             number = value(found[0]) if found and not found[0].skipped else None
             heights.append(number if number else math.nan)
+            skipped.append(bool(found and found[0].skipped))
         xs = [q + (index - (len(systems) - 1) / 2) * width for q in range(len(queries))]
         bars = ax.bar(xs, heights, width, label=system, color=colors(index))
+        for x, was_skipped in zip(xs, skipped, strict=True):
+            if was_skipped:
+                ax.annotate("skipped", (x, 0), xycoords=("data", "axes fraction"),
+                            xytext=(0, 4), textcoords="offset points", rotation=90,
+                            ha="center", va="bottom", fontsize=7, color="grey")
         ax.bar_label(bars, labels=[label(h) for h in heights], fontsize=6, padding=1)
     ax.set_xticks(range(len(queries)), queries)
     if log:
@@ -238,7 +292,7 @@ def write_charts(report: RunReport, folder: Path, stem: str) -> list[Path]:
         _grouped_bars(ax, report, lambda m: m.bytes_read,
                       lambda h: "" if math.isnan(h) else _bytes(int(h)), log=True)
         ax.set_ylabel("bytes read (log scale)")
-        ax.set_title("Cold queries: bytes read per system (Postgres: buffer pages touched x 8 KiB)")
+        ax.set_title("Cold queries: bytes read per system (Postgres: buffer accesses x 8 KiB)")
         fig.tight_layout()
         charts.append(folder / f"{stem}-cold-bytes.png")
         fig.savefig(charts[-1], dpi=110)

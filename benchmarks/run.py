@@ -175,6 +175,10 @@ def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport) -> No
     table_bytes = sum(size for _, size, _ in files)
     report.header["data"] = (f"{sum(n for _, _, n in files):,} events, {len(files)} data files, "
                              f"{table_bytes / 1e6:.0f} MB in Iceberg")
+    report.header["layout"] = ("Iceberg SQL catalog `fig` in Fig's data dir, table public.events "
+                               "partitioned by day(ts), appended one day at a time sorted by ts "
+                               "(pyiceberg, zstd, row groups <= 131,072 rows); written by the "
+                               "generator, not yet through Fig's CDC and compaction")
     load_countries(fig.hot_dsn())
     with_postgres = data.scale.rows <= POSTGRES_PEER_MAX_ROWS
     if with_postgres:

@@ -162,7 +162,8 @@ class PostgresSystem(System):
         plan = (row[0] if row else [{}])[0].get("Plan", {})
         blocks = (plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
                   + plan.get("Temp Read Blocks", 0))
-        return Reading(int(blocks) * 8192, "EXPLAIN BUFFERS pages x 8 KiB")
+        # Buffer accesses, not distinct pages: an index scan may count one page many times.
+        return Reading(int(blocks) * 8192, "EXPLAIN BUFFERS shared+temp accesses x 8 KiB")
 
     def close(self) -> None:
         self.conn.close()
