@@ -10,10 +10,13 @@ zones, every function), and the cold engine does the pruning and the heavy scann
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -46,11 +49,16 @@ class ColdPart:
 
 @dataclass
 class Rewrite:
+    """The plan of one statement. When `needs` is set, nothing else is: the caller evaluates
+    those column-free expressions (compared with a time column) in the client's session and
+    plans again with their values, so routing and pruning see real timestamps."""
+
     route: Route
     sql: str
     parts: list[ColdPart] = field(default_factory=list)
     explain: bool = False
     analyze: bool = False
+    needs: list[str] = field(default_factory=list)
 
 
 # Expression kinds a pushed-down filter may contain: the cold engine (DataFusion) evaluates
@@ -174,8 +182,12 @@ def _quote(name: str) -> str:
 EXPLAIN = re.compile(r"^\s*explain\s+(?:(analyze)\s+|\(([^)]*)\)\s*)?", re.IGNORECASE)
 
 
-def rewrite(sql: str, tiered: TieredSet, forced: str = "auto") -> Rewrite | None:
-    """The plan for one statement, or None when it touches no tiered table's cold rows."""
+def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
+            constants: Mapping[str, dt.datetime] | None = None) -> Rewrite | None:
+    """The plan for one statement, or None when it touches no tiered table's cold rows.
+
+    constants: values (UTC) of the expressions a first call listed in `needs`.
+    """
     explain = EXPLAIN.match(sql)
     analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
     try:
@@ -196,18 +208,105 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto") -> Rewrite | None
         raise FeatureNotSupported("SELECT ... FOR UPDATE/SHARE of a tiered table is not "
                                   "supported: its cold rows cannot be locked")
     route = Route.COLD if forced == "cold" else Route.SPLIT
+    if constants is None:
+        needs = sorted({text for node, table in refs
+                        for _, _, text, _ in _time_comparisons(node, table)})
+        if needs:
+            return Rewrite(route, sql, needs=needs)
     parts = []
+    routes = set()
     for table_node, table in refs:
         if table.boundary is None and route is Route.SPLIT:
             continue  # nothing has left hot yet: hot alone holds every row
-        parts.append(_rewrite_reference(tree, table_node, table, route))
+        part_route = route
+        if route is Route.SPLIT:
+            lower, upper = _time_range(table_node, table, constants or {})
+            if lower is not None and lower >= table.boundary:
+                continue  # every row this reference can reach is still in hot
+            if upper is not None and upper < table.boundary:
+                part_route = Route.COLD
+        routes.add(part_route)
+        parts.append(_rewrite_reference(tree, table_node, table, part_route, constants or {}))
     if not parts:
         return None
-    return Rewrite(route, tree.sql(dialect="postgres"), parts, bool(explain), analyze)
+    final = Route.COLD if routes == {Route.COLD} else route
+    return Rewrite(final, tree.sql(dialect="postgres"), parts, bool(explain), analyze)
+
+
+FLIPPED = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
+
+
+def _column_free(node: exp.Expression) -> bool:
+    return not any(isinstance(n, (exp.Column, exp.Subquery, exp.Select, exp.Placeholder,
+                                  exp.Parameter)) for n in node.walk())
+
+
+def _is_time_column(node: exp.Expression, ref: exp.Table, table: TieredTable) -> bool:
+    return isinstance(node, exp.Column) and node.name == table.time_column and \
+        node.table in ("", ref.alias_or_name)
+
+
+def _time_comparisons(ref: exp.Table, table: TieredTable
+                      ) -> list[tuple[exp.Expression, type, str, bool]]:
+    """(constant node, comparison kind with the column on the left, its SQL, literal?) for
+    WHERE conjuncts comparing a timestamptz time column with a column-free expression."""
+    return [item for _, items in _time_conditions_with_sides(ref, table) for item in items]
+
+
+def _time_conditions(ref: exp.Table, table: TieredTable) -> list[exp.Expression]:
+    return [condition for condition, items in _time_conditions_with_sides(ref, table) if items]
+
+
+def _time_conditions_with_sides(ref: exp.Table, table: TieredTable
+                                ) -> list[tuple[exp.Expression, list[Any]]]:
+    select = ref.parent_select
+    if not isinstance(select, exp.Select) or table.boundary is None or \
+            table.column_type(table.time_column) != "timestamp with time zone" or \
+            _outer_joined(select, ref):
+        return []
+    out = []
+    for condition in _conjuncts(select.args.get("where")):
+        sides: list[tuple[exp.Expression, type]] = []
+        if isinstance(condition, exp.Between) and _is_time_column(condition.this, ref, table):
+            sides = [(condition.args["low"], exp.GTE), (condition.args["high"], exp.LTE)]
+        elif type(condition) in FLIPPED:
+            left, right = condition.this, condition.expression
+            if _is_time_column(left, ref, table):
+                sides = [(right, type(condition))]
+            elif _is_time_column(right, ref, table):
+                sides = [(left, FLIPPED[type(condition)])]
+        items = []
+        for node, kind in sides:
+            if _column_free(node):
+                literal = isinstance(node, exp.Literal) or (
+                    isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal))
+                items.append((node, kind, node.sql(dialect="postgres"), literal))
+        # A BETWEEN with one column-free side only is not fully covered: push it as is.
+        out.append((condition, items if len(items) == len(sides) else []))
+    return out
+
+
+def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, dt.datetime]
+                ) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The lower and upper bounds the query puts on the time column, where known safely.
+
+    Upper bounds only count from literals: now() in the statement is evaluated after the
+    prelude's now(), so only its lower bounds are safe to route on.
+    """
+    lower = upper = None
+    for _, kind, text, literal in _time_comparisons(ref, table):
+        value = constants.get(text)
+        if value is None:
+            continue
+        if kind in (exp.GT, exp.GTE, exp.EQ):
+            lower = value if lower is None else max(lower, value)
+        if kind in (exp.LT, exp.LTE, exp.EQ) and literal:
+            upper = value if upper is None else min(upper, value)
+    return lower, upper
 
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
-                       route: Route) -> ColdPart:
+                       route: Route, constants: Mapping[str, dt.datetime]) -> ColdPart:
     column_set = set(table.column_names)
     select = node.parent_select
     filters: list[str] = []
@@ -215,7 +314,12 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     top_n = ""
     if isinstance(select, exp.Select) and not _outer_joined(select, node):
         single = not select.args.get("joins")
+        filters.extend(_constant_bounds(node, table, constants))
+        # Time comparisons are pushed with their values as the session evaluated them above.
+        evaluated = {id(c) for c in _time_conditions(node, table) if constants}
         for condition in _conjuncts(select.args.get("where")):
+            if id(condition) in evaluated:
+                continue
             if _pushable(condition, node, column_set, single):
                 filters.append(_unqualified(condition))
             else:
@@ -235,6 +339,25 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp)
+
+
+def _constant_bounds(ref: exp.Table, table: TieredTable,
+                     constants: Mapping[str, dt.datetime]) -> list[str]:
+    """Time bounds with their values as evaluated by Postgres, for the cold part's pruning.
+
+    Only bounds that keep a superset of the rows: lower bounds always, upper bounds from
+    literals (the statement's own now() is later than the prelude's)."""
+    out = []
+    symbols = {exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<=", exp.EQ: "="}
+    for _, kind, text, literal in _time_comparisons(ref, table):
+        value = constants.get(text)
+        if value is None or (kind in (exp.LT, exp.LTE) and not literal):
+            continue
+        if kind is exp.EQ and not literal:
+            kind = exp.GTE
+        out.append(f"{_quote(table.time_column)} {symbols[kind]} "
+                   f"CAST('{value.isoformat(sep=' ')}' AS timestamptz)")
+    return out
 
 
 def _unqualified(condition: exp.Expression) -> str:

@@ -281,7 +281,7 @@ class ClientConnection:
 
         async def work(federator: Federator) -> None:
             tiered, route, as_of = await federator.prelude(self)
-            prepared = [federator.plan(statement, tiered, route)
+            prepared = [await federator.plan(self, statement, tiered, route)
                         for statement in split_statements(sql)]
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
@@ -327,7 +327,7 @@ class ClientConnection:
                 kind, payload = raw[0], raw[5:]
                 if kind == 80:
                     name, sql = wire.parse_text(payload)
-                    prepared = federator.plan(sql, tiered, route)
+                    prepared = await federator.plan(self, sql, tiered, route)
                     if prepared.rewrite is not None:
                         self.tiered_statements[name] = sql
                         parsed.add(name)
@@ -337,7 +337,8 @@ class ClientConnection:
                 elif kind == 66:
                     name = wire.bind_statement(payload)
                     if name in self.tiered_statements and name not in parsed:
-                        prepared = federator.plan(self.tiered_statements[name], tiered, route)
+                        prepared = await federator.plan(self, self.tiered_statements[name],
+                                                        tiered, route)
                         await federator.load(self, prepared, True, as_of,
                                              self.session.cold_cancel)
                         parsed.add(name)

@@ -283,9 +283,27 @@ class Federator:
             sql = f"SELECT pg_advisory_unlock_shared({BOUNDARY_LOCK})"
             await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
 
-    def plan(self, sql: str, tiered: TieredSet, route: str) -> Prepared:
+    async def plan(self, backend: Injector, sql: str, tiered: TieredSet, route: str
+                   ) -> Prepared:
         plan = rewrite(sql, tiered, route)
+        if plan is not None and plan.needs:
+            constants = await self._evaluate(backend, plan.needs)
+            plan = rewrite(sql, tiered, route, constants)
         return Prepared(plan.sql if plan else sql, plan)
+
+    async def _evaluate(self, backend: Injector, expressions: list[str]
+                        ) -> dict[str, dt.datetime]:
+        """Values of column-free timestamptz expressions, computed by this session's Postgres."""
+        columns = ", ".join(
+            f"to_char(CAST(({text}) AS timestamptz) AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')" for text in expressions)
+        answers = await backend.inject(wire.message(b"Q", wire.cstring(f"SELECT {columns}")), 1)
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        values = data_rows(answers)[0]
+        return {text: dt.datetime.fromisoformat(value)
+                for text, value in zip(expressions, values, strict=True) if value}
 
     async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
                    as_of: dt.datetime | None, cancel: threading.Event) -> None:

@@ -26,14 +26,28 @@ NOT_YET_COLD = TieredTable("public", "fresh", "at", None, (("at", "timestamp wit
 TIERED = TieredSet.of([EVENTS, NOT_YET_COLD])
 
 
+# Stand-in values for expressions the server would evaluate in the client's session.
+NOW = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+CONSTANTS = {
+    "CURRENT_TIMESTAMP - INTERVAL '1 DAY'": NOW - dt.timedelta(days=1),
+    "CURRENT_TIMESTAMP - INTERVAL '400 DAYS'": NOW - dt.timedelta(days=400),
+    "'2024-06-01'": dt.datetime(2024, 6, 1, tzinfo=dt.UTC),
+    "'2024-07-01'": dt.datetime(2024, 7, 1, tzinfo=dt.UTC),
+}
+
+
 def render(sql: str, route: str) -> str:
     try:
         plan = rewrite(sql, TIERED, route)
+        needs = plan.needs if plan is not None else []
+        if needs:
+            plan = rewrite(sql, TIERED, route, {k: CONSTANTS[k] for k in needs})
     except FeatureNotSupported as error:
         return f"error {error.sqlstate}: {error.message}"
+    evaluated = [f"evaluated in session: {text}" for text in needs]
     if plan is None:
-        return "relay unchanged"
-    lines = [f"route {plan.route.value}{' explain' if plan.explain else ''}"
+        return "\n".join([*evaluated, "relay unchanged"])
+    lines = [*evaluated, f"route {plan.route.value}{' explain' if plan.explain else ''}"
              f"{' analyze' if plan.analyze else ''}", f"backend: {plan.sql}"]
     lines += [f"cold: {part.cold_sql}" for part in plan.parts]
     return "\n".join(lines)
