@@ -125,7 +125,7 @@ class TableApplier:
                     f'column "{column.name}" changed from {old.field_type} to '
                     f"{column.type_label}: Iceberg can only widen int->long, float->double "
                     "and decimal precision")
-            steps.append(SchemaStep("widen", column.name, ice_type=column.ice_type))
+            steps.append(SchemaStep("widen", old.name, ice_type=column.ice_type))
         return steps
 
     def evolve(self, steps: Sequence[SchemaStep]) -> None:

@@ -159,7 +159,7 @@ RETURNS text LANGUAGE sql AS $fn$
 $fn$;
 
 CREATE OR REPLACE FUNCTION fig.untier_table(rel text) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+LANGUAGE plpgsql AS $fn$
 DECLARE
     found_oid oid;
 BEGIN

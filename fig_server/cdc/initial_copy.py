@@ -93,8 +93,11 @@ class _CopyReader(io.RawIOBase):
 
 
 def _csv_batches(copy: psycopg.Copy, names: list[str]) -> Iterator[pa.RecordBatch]:
+    stream = io.BufferedReader(_CopyReader(iter(copy)), buffer_size=1 << 20)
+    if not stream.peek(1):
+        return  # an empty table (pyarrow refuses an empty CSV)
     reader = pacsv.open_csv(
-        io.BufferedReader(_CopyReader(iter(copy)), buffer_size=1 << 20),
+        stream,
         read_options=pacsv.ReadOptions(column_names=names, block_size=8 << 20),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(

@@ -1,31 +1,132 @@
-"""Initial copy and streaming of inserts, updates, deletes, truncate and ADD COLUMN."""
+"""Initial copy and streaming of inserts, updates, deletes, truncate and schema changes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
 from fig_server.cdc.control import install_control_schema
-from tests.cdc.conftest import CdcEnv
+from fig_server.hot.embedded import EmbeddedPostgres
+from tests.cdc.conftest import CdcEnv, drop_env, make_env
 from tests.cdc.helpers import CdcRunner, catalog_of, cold_rows, hot_rows, sync, wait_active
 
 
-def test_copy_then_stream(cdc_env: CdcEnv) -> None:
-    install_control_schema(cdc_env.dsn)
-    conn = cdc_env.connect()
-    runner = CdcRunner(cdc_env.config, cdc_env.dsn).start()
-    try:
-        conn.execute("CREATE TABLE ev (id bigint PRIMARY KEY, ts timestamptz NOT NULL, "
-                     "name text, amount numeric(12,2), tags text[], flag bool)")
-        conn.execute("INSERT INTO ev SELECT g, timestamptz '2024-01-01' + g * interval '1 hour',"
-                     " 'n' || g, g * 1.5, ARRAY['a', 'b,' || g], g % 2 = 0 "
-                     "FROM generate_series(1, 500) g")
-        from tests.cdc.helpers import wait_for
-        wait_for(lambda: conn.execute("SELECT count(*) FROM fig.cdc_state").fetchone()[0])
-        conn.execute("SELECT fig.tier_table('ev', 'ts', interval '3650 days')")
-        wait_active(conn, "ev")
-        conn.execute("INSERT INTO ev VALUES (1001, '2024-03-01', 'x', 1, NULL, NULL)")
-        conn.execute("UPDATE ev SET name = 'upd' WHERE id % 10 = 0")
-        conn.execute("DELETE FROM ev WHERE id % 7 = 0")
+@pytest.fixture(scope="module")
+def env(hot_pg: EmbeddedPostgres) -> Iterator[tuple[CdcEnv, psycopg.Connection]]:
+    env = make_env(hot_pg)
+    install_control_schema(env.dsn)
+    runner = CdcRunner(env.config, env.dsn).start()
+    conn = env.connect()
+    yield env, conn
+    runner.stop()
+    conn.close()
+    drop_env(hot_pg, env)
+
+
+def assert_equal(env: CdcEnv, conn: psycopg.Connection, table: str, key: str = "id") -> None:
+    sync(conn)
+    assert cold_rows(catalog_of(env.config), "public", table, key) == hot_rows(conn, table, key)
+
+
+def test_copy_then_stream(env: tuple[CdcEnv, psycopg.Connection]) -> None:
+    cdc, conn = env
+    conn.execute("CREATE TABLE ev (id bigint PRIMARY KEY, ts timestamptz NOT NULL, "
+                 "name text, amount numeric(12,2), tags text[], flag bool)")
+    conn.execute("INSERT INTO ev SELECT g, timestamptz '2024-01-01' + g * interval '1 hour',"
+                 " 'n' || g, g * 1.5, ARRAY['a', 'b,' || g], g % 2 = 0 "
+                 "FROM generate_series(1, 500) g")
+    conn.execute("SELECT fig.tier_table('ev', 'ts', interval '3650 days')")
+    wait_active(conn, "ev")
+    conn.execute("INSERT INTO ev VALUES (1001, '2024-03-01', 'x', 1, NULL, NULL)")
+    conn.execute("UPDATE ev SET name = 'upd' WHERE id % 10 = 0")
+    conn.execute("UPDATE ev SET id = id + 5000 WHERE id % 11 = 0")
+    conn.execute("DELETE FROM ev WHERE id % 7 = 0")
+    assert_equal(cdc, conn, "ev")
+    row = conn.execute("SELECT cold_rows, state, copied_rows FROM fig.tables "
+                       "WHERE table_name = 'public.ev'").fetchone()
+    assert row == (conn.execute("SELECT count(*) FROM ev").fetchone()[0], "active", 500)
+
+
+def test_types_round_trip(env: tuple[CdcEnv, psycopg.Connection]) -> None:
+    cdc, conn = env
+    conn.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
+    conn.execute(
+        "CREATE TABLE typed (id int PRIMARY KEY, d date NOT NULL, i2 int2, i8 int8, f4 float4, "
+        "f8 float8, n numeric(20,6), vc varchar(10), b bool, t time, ts timestamp, "
+        "u uuid, by bytea, j json, jb jsonb, arr int[], m mood, big text)")
+    conn.execute("SELECT fig.tier_table('typed', 'd', interval '1 year')")
+    wait_active(conn, "typed")
+    conn.execute(
+        "INSERT INTO typed VALUES (1, '2024-02-29', -3, 9007199254740993, 1.5, 'NaN', "
+        "-123456.000001, 'héllo', true, '23:59:59.999999', '2024-01-01 00:00:00.5', "
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff', '{\"a\": [1, 2]}', '{\"b\": 1}', "
+        "'{1,NULL,3}', 'happy', repeat('x', 100000)), (2, '1999-12-31', NULL, NULL, NULL, "
+        "'-Infinity', NULL, '', NULL, NULL, NULL, NULL, NULL, NULL, NULL, '{}', NULL, NULL)")
+    # A TOASTed value unchanged by an update must not become NULL in cold.
+    conn.execute("UPDATE typed SET i2 = 7 WHERE id = 1")
+    sync(conn)
+    cold = cold_rows(catalog_of(cdc.config), "public", "typed", "id")
+    hot = conn.execute("SELECT id, d, i2, i8, f8::text, n, vc, t, ts, u, by, j::text, "
+                       "jb::text, arr, m::text, length(big) FROM typed ORDER BY id").fetchall()
+    for c, h in zip(cold, hot, strict=True):
+        assert (c["id"], c["d"], c["i2"], c["i8"]) == h[:4]
+        assert str(c["f8"]).lower().replace("inf", "infinity").replace("nan", "nan") in (
+            h[4].lower(), "nan")
+        assert (c["n"], c["vc"], c["t"], c["ts"], c["u"]) == h[5:10]
+        assert (c["by"], c["j"], c["jb"], c["arr"], c["m"]) == (h[10], h[11], h[12], h[13],
+                                                                 h[14])
+        assert (len(c["big"]) if c["big"] is not None else None) == h[15]
+
+
+def test_refuses_unmappable(env: tuple[CdcEnv, psycopg.Connection]) -> None:
+    _, conn = env
+    conn.execute("CREATE TABLE odd (id int PRIMARY KEY, ts timestamptz, span interval)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="span"):
+        conn.execute("SELECT fig.tier_table('odd', 'ts', interval '1 day')")
+    conn.execute("CREATE TABLE nopk (ts timestamptz)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="primary key"):
+        conn.execute("SELECT fig.tier_table('nopk', 'ts', interval '1 day')")
+
+
+def test_truncate_and_schema_changes(env: tuple[CdcEnv, psycopg.Connection]) -> None:
+    cdc, conn = env
+    for name in ("sa", "sb"):
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, ts timestamptz NOT NULL, "
+                     "v int, w real)")
+        conn.execute(f"INSERT INTO {name} SELECT g, now(), g, g FROM generate_series(1, 50) g")
+        conn.execute(f"SELECT fig.tier_table('{name}', 'ts', interval '1 day')")
+        wait_active(conn, name)
+    conn.execute("TRUNCATE sa")
+    conn.execute("INSERT INTO sa VALUES (1, now(), 1, 1)")
+    conn.execute("ALTER TABLE sb ADD COLUMN extra text")
+    conn.execute("UPDATE sb SET extra = 'e' || id WHERE id < 10")
+    conn.execute("ALTER TABLE sb RENAME COLUMN v TO v2")
+    conn.execute("ALTER TABLE sb ALTER COLUMN v2 TYPE bigint, ALTER COLUMN w TYPE float8")
+    conn.execute("INSERT INTO sb VALUES (100, now(), 5000000000, 0.1, 'new')")
+    conn.execute("ALTER TABLE sb DROP COLUMN extra")
+    conn.execute("DELETE FROM sb WHERE id = 2")
+    assert_equal(cdc, conn, "sa")
+    assert_equal(cdc, conn, "sb")
+    names = [f.name for f in catalog_of(cdc.config).load_table(("public", "sb")).schema().fields]
+    assert names == ["id", "ts", "v2", "w"]
+
+
+def test_unexpressible_change_pauses(env: tuple[CdcEnv, psycopg.Connection]) -> None:
+    cdc, conn = env
+    conn.execute("CREATE TABLE sp (id int PRIMARY KEY, ts timestamptz NOT NULL, v int)")
+    conn.execute("SELECT fig.tier_table('sp', 'ts', interval '1 day')")
+    wait_active(conn, "sp")
+    conn.execute("INSERT INTO sp VALUES (1, now(), 1)")
+    conn.execute("ALTER TABLE sp ALTER COLUMN v TYPE text")
+    conn.execute("INSERT INTO sp VALUES (2, now(), 'two')")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="sp"):
         sync(conn)
-        catalog = catalog_of(cdc_env.config)
-        assert cold_rows(catalog, "public", "ev", "id") == hot_rows(conn, "ev", "id")
-    finally:
-        runner.stop()
+    status = conn.execute("SELECT paused_tables, last_error FROM fig.cdc_status").fetchone()
+    assert "public.sp" in status[0] and "Iceberg can only widen" in status[1]
+    # Re-tiering copies the table again and releases the slot.
+    conn.execute("SELECT fig.tier_table('sp', 'ts', interval '1 day')")
+    wait_active(conn, "sp")
+    assert_equal(cdc, conn, "sp")
+    conn.execute("SELECT fig.untier_table('sp')")
