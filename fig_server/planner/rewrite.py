@@ -225,6 +225,10 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                 continue  # every row this reference can reach is still in hot
             if upper is not None and upper < table.boundary:
                 part_route = Route.COLD
+        if table.row_security:
+            raise FeatureNotSupported(
+                f"{table.qualified} has row-level security enabled: its cold rows cannot be "
+                "served with the policy applied", hint="SET fig.route = 'hot' reads hot rows only")
         routes.add(part_route)
         parts.append(_rewrite_reference(tree, table_node, table, part_route, constants or {}))
     if not parts:
@@ -333,9 +337,9 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     cold_sql = f"SELECT {cols} FROM {source}{_where(_cold_filters(table, route, filters))}{top_n}"
     shape_sql = f"SELECT {cols} FROM {source}"
     temp = _temp_name(table, shape_sql)
-    parts_sql = f"SELECT {cols} FROM pg_temp.{temp}"
-    if route is Route.SPLIT:
-        parts_sql += f" UNION ALL {shape_sql} WHERE {_hot_filter(table)}"
+    parts_sql = f"SELECT {cols} FROM pg_temp.{temp} UNION ALL {shape_sql} WHERE "
+    # Without a hot part, `WHERE false` still makes Postgres check the user's privileges.
+    parts_sql += _hot_filter(table) if route is Route.SPLIT else "false"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp)
@@ -427,10 +431,9 @@ def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, 
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
     temp = _temp_name(table, shape_sql)
     names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
-    parts_sql = f"SELECT {names} FROM pg_temp.{temp}"
-    if route is Route.SPLIT:
-        hot_where = _where([_hot_filter(table), *filters])
-        parts_sql += f" UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}"
+    hot_where = _where([_hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
+    parts_sql = (f"SELECT {names} FROM pg_temp.{temp} "
+                 f"UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}")
     for aggregate, combined in finals:
         aggregate.replace(parse(f"SELECT {combined}").expressions[0])
     select.set("where", None)

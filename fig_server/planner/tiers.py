@@ -16,6 +16,7 @@ class TieredTable:
     time_column: str
     boundary: dt.datetime | None
     columns: tuple[tuple[str, str], ...]  # (column name, Postgres type as format_type prints)
+    row_security: bool = False
 
     @property
     def qualified(self) -> str:

@@ -43,11 +43,13 @@ TIERED_SQL = """SELECT json_build_object(
   'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column,
   'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
     ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
+  'rls', c.relrowsecurity,
   'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
                       ORDER BY a.attnum))::text
 FROM fig.tiered_tables t
+JOIN pg_class c ON c.oid = t.table_oid
 JOIN pg_attribute a ON a.attrelid = t.table_oid AND a.attnum > 0 AND NOT a.attisdropped
-GROUP BY t.schema_name, t.table_name, t.time_column, t.boundary"""
+GROUP BY t.schema_name, t.table_name, t.time_column, t.boundary, c.relrowsecurity"""
 
 
 def tiered_set_from_json(documents: list[str]) -> TieredSet:
@@ -56,7 +58,8 @@ def tiered_set_from_json(documents: list[str]) -> TieredSet:
         doc = json.loads(text)
         boundary = dt.datetime.fromisoformat(doc["boundary"]) if doc["boundary"] else None
         tables.append(TieredTable(doc["schema"], doc["name"], doc["time"], boundary,
-                                  tuple((name, kind) for name, kind in doc["columns"])))
+                                  tuple((name, kind) for name, kind in doc["columns"]),
+                                  bool(doc.get("rls"))))
     return TieredSet.of(tables)
 
 
