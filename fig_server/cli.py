@@ -6,17 +6,22 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 
 import uvloop
 
+from fig_server.cdc import service as cdc_service
+from fig_server.cdc.control import install_control_schema
 from fig_server.config import FigConfig, load_config
+from fig_server.demo import install_demo
 from fig_server.errors import FigError
 from fig_server.hot.backend import HotTarget
 from fig_server.hot.embedded import EmbeddedPostgres
 from fig_server.protocol.server import FigServer
+from fig_server.session.federation import ColdService, TieredCatalog
 
 log = logging.getLogger("fig")
 
@@ -39,6 +44,41 @@ def config_from_args(args: argparse.Namespace) -> FigConfig:
     return load_config(args.config, server=server)
 
 
+class CdcSupervisor:
+    """Runs CDC in its own process, so ingest never competes with the endpoint's event loop."""
+
+    def __init__(self, config: FigConfig, dsn: str) -> None:
+        self.config = config
+        self.dsn = dsn
+        self.context = multiprocessing.get_context("spawn")
+        self.stop_event = self.context.Event()
+        self.process: multiprocessing.process.BaseProcess | None = None
+
+    def start(self) -> None:
+        self.process = self.context.Process(
+            target=cdc_service.run, args=(self.config, self.dsn, self.stop_event),
+            name="fig-cdc", daemon=False)
+        self.process.start()
+
+    async def watch(self) -> None:
+        """Restart the CDC process if it dies; it resumes from the LSN recorded in Iceberg."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.process is not None and not self.process.is_alive() \
+                    and not self.stop_event.is_set():
+                log.warning("CDC process exited with %s; restarting", self.process.exitcode)
+                await asyncio.sleep(1.0)
+                self.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.process is not None:
+            self.process.join(15)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(5)
+
+
 async def serve(config: FigConfig) -> None:
     """Run until SIGINT or SIGTERM, then stop everything Fig started."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -46,22 +86,42 @@ async def serve(config: FigConfig) -> None:
     if embedded is not None:
         await asyncio.to_thread(embedded.start)
     dsn = config.hot.dsn or embedded.dsn  # type: ignore[union-attr]
-    server = FigServer(config, HotTarget.from_dsn(dsn))
+    await asyncio.to_thread(install_control_schema, dsn)
+    tiered = TieredCatalog(dsn)
+    await tiered.refresh()
+    tiered.start()
+    cold = ColdService(config)
+    cdc = CdcSupervisor(config, dsn)
+    cdc.start()
+    server = FigServer(config, HotTarget.from_dsn(dsn), tiered=tiered, cold=cold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    supervise = asyncio.create_task(cdc.watch())
     try:
         port = await server.start()
         state = {"host": config.server.host, "port": port, "pid": os.getpid(), "hot_dsn": dsn}
         (config.data_dir / "server.json").write_text(json.dumps(state))
+        if config.demo.enabled and embedded is not None:
+            demo = asyncio.create_task(asyncio.to_thread(install_demo, dsn, config.demo.rows))
+            demo.add_done_callback(_log_failure)
         await stop.wait()
         log.info("shutting down")
     finally:
+        supervise.cancel()
         await server.stop()
+        await tiered.stop()
+        await asyncio.to_thread(cdc.stop)
+        await asyncio.to_thread(cold.close)
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         (config.data_dir / "server.json").unlink(missing_ok=True)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("demo setup failed: %s", task.exception())
 
 
 def main(argv: list[str] | None = None) -> int:
