@@ -1,0 +1,121 @@
+"""fig.sync semantics, hot retention and compaction, through the SQL control surface."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from fig_server.cdc.control import install_control_schema
+from fig_server.hot.embedded import EmbeddedPostgres
+from tests.cdc.conftest import CdcEnv, drop_env, make_env
+from tests.cdc.helpers import CdcRunner, catalog_of, cold_rows, hot_rows, sync, wait_active
+
+
+@pytest.fixture(scope="module")
+def env(hot_pg: EmbeddedPostgres) -> Iterator[tuple[CdcEnv, psycopg.Connection, CdcRunner]]:
+    env = make_env(hot_pg)
+    install_control_schema(env.dsn)
+    runner = CdcRunner(env.config, env.dsn).start()
+    conn = env.connect()
+    yield env, conn, runner
+    runner.stop()
+    conn.close()
+    drop_env(hot_pg, env)
+
+
+def make_table(conn: psycopg.Connection, name: str, retention: str = "10 years") -> None:
+    conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, ts timestamptz NOT NULL, v int)")
+    conn.execute(f"SELECT fig.tier_table('{name}', 'ts', interval '{retention}')")
+    wait_active(conn, name)
+
+
+def test_sync_is_read_your_writes(env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
+    cdc, conn, _ = env
+    make_table(conn, "rw")
+    catalog = catalog_of(cdc.config)
+    for i in range(15):
+        conn.execute("INSERT INTO rw VALUES (%s, now(), %s)", (i, i))
+        sync(conn)
+        assert len(catalog.load_table(("public", "rw")).scan().to_arrow()) == i + 1
+    status = conn.execute("SELECT slot_active, lag_bytes >= 0, rows_total IS NOT NULL "
+                          "FROM fig.cdc_status").fetchone()
+    assert status == (True, True, True)
+
+
+def test_retention_keeps_every_row_in_a_tier(
+        env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
+    cdc, conn, _ = env
+    make_table(conn, "ret", retention="1 day")
+    conn.execute("INSERT INTO ret SELECT g, now() - g * interval '1 hour', g "
+                 "FROM generate_series(1, 120) g")
+    stop = threading.Event()
+
+    def write_old_rows() -> None:
+        with psycopg.connect(cdc.dsn, autocommit=True) as writer:
+            i = 1000
+            while not stop.is_set():
+                writer.execute("INSERT INTO ret VALUES (%s, now() - interval '3 days', 0)",
+                               (i,))
+                i += 1
+
+    thread = threading.Thread(target=write_old_rows)
+    thread.start()
+    try:
+        conn.execute("SELECT fig.run_retention()")
+    finally:
+        stop.set()
+        thread.join()
+    boundary = conn.execute("SELECT tier_boundary > now() - interval '1 day 1 minute' "
+                            "FROM fig.tables WHERE table_name = 'public.ret'").fetchone()[0]
+    assert boundary
+    hot_ids = {r["id"] for r in hot_rows(conn, "ret", "id")}
+    assert all(i <= 24 or i >= 1000 for i in hot_ids)
+    sync(conn)
+    cold_ids = {r["id"] for r in cold_rows(catalog_of(cdc.config), "public", "ret", "id")}
+    # Retention deletes are not replicated: cold still has every row ever inserted.
+    inserted = set(range(1, 121)) | {i for i in hot_ids if i >= 1000}
+    assert inserted <= cold_ids
+    # A user delete below the boundary does reach cold.
+    conn.execute("DELETE FROM ret WHERE id = 20")
+    sync(conn)
+    cold_ids = {r["id"] for r in cold_rows(catalog_of(cdc.config), "public", "ret", "id")}
+    assert 20 not in cold_ids and 100 in cold_ids
+
+
+def test_compact_rewrites_small_files(
+        env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
+    cdc, conn, _ = env
+    make_table(conn, "cmp")
+    for i in range(6):
+        conn.execute("INSERT INTO cmp SELECT g, timestamptz '2024-05-01' + (g %% 2) * "
+                     "interval '1 day' + g * interval '1 second', g "
+                     "FROM generate_series(%s::int, %s::int) g", (i * 100, i * 100 + 99))
+        sync(conn)
+    table = catalog_of(cdc.config).load_table(("public", "cmp"))
+    assert len(list(table.scan().plan_files())) >= 6
+    conn.execute("SELECT fig.compact('cmp')")
+    table = catalog_of(cdc.config).load_table(("public", "cmp"))
+    tasks = list(table.scan().plan_files())
+    assert len(tasks) == 2
+    assert cold_rows(catalog_of(cdc.config), "public", "cmp", "id") == hot_rows(conn, "cmp", "id")
+    conn.execute("UPDATE cmp SET v = -1 WHERE id = 5")
+    sync(conn)
+    assert cold_rows(catalog_of(cdc.config), "public", "cmp", "id") == hot_rows(conn, "cmp", "id")
+
+
+def test_sync_times_out_clearly_without_cdc(
+        env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
+    cdc, conn, runner = env
+    runner.stop()
+    conn.execute("INSERT INTO rw VALUES (999, now(), 0)")
+    with pytest.raises(psycopg.errors.QueryCanceled, match="did not finish"):
+        sync(conn, "1s")
+    restarted = CdcRunner(cdc.config, cdc.dsn).start()
+    runner.process = restarted.process
+    runner.stop_event = restarted.stop_event
+    sync(conn)
+    assert cold_rows(catalog_of(cdc.config), "public", "rw", "id") == hot_rows(conn, "rw", "id")
+    conn.execute("SELECT fig.untier_table('cmp')")
