@@ -85,6 +85,9 @@ class RetentionRunner:
             if row is None or not row[0]:
                 return 0
             cutoff, target = row[1], str_to_lsn(row[2])
+            # Fig's federated statements hold this shared while they read a boundary and
+            # run: the boundary never moves under a statement (fig_server.session.federation).
+            self.conn.execute("SELECT pg_advisory_xact_lock(7203)")
             self._wait_cold(table, target)
             deleted = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} < %s").format(
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount

@@ -183,10 +183,13 @@ EXPLAIN = re.compile(r"^\s*explain\s+(?:(analyze)\s+|\(([^)]*)\)\s*)?", re.IGNOR
 
 
 def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
-            constants: Mapping[str, dt.datetime] | None = None) -> Rewrite | None:
+            constants: Mapping[str, dt.datetime] | None = None, slot: str = "q0"
+            ) -> Rewrite | None:
     """The plan for one statement, or None when it touches no tiered table's cold rows.
 
     constants: values (UTC) of the expressions a first call listed in `needs`.
+    slot: names the statement within its session (a prepared statement's name, or the
+    position in a simple query), so its temp tables are its own and stable across runs.
     """
     explain = EXPLAIN.match(sql)
     analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
@@ -230,7 +233,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                 f"{table.qualified} has row-level security enabled: its cold rows cannot be "
                 "served with the policy applied", hint="SET fig.route = 'hot' reads hot rows only")
         routes.add(part_route)
-        parts.append(_rewrite_reference(tree, table_node, table, part_route, constants or {}))
+        parts.append(_rewrite_reference(tree, table_node, table, part_route, constants or {},
+                                        f"{slot}:{len(parts)}"))
     if not parts:
         return None
     final = Route.COLD if routes == {Route.COLD} else route
@@ -310,7 +314,8 @@ def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, dt.d
 
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
-                       route: Route, constants: Mapping[str, dt.datetime]) -> ColdPart:
+                       route: Route, constants: Mapping[str, dt.datetime], slot: str
+                       ) -> ColdPart:
     column_set = set(table.column_names)
     select = node.parent_select
     filters: list[str] = []
@@ -328,7 +333,8 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
                 filters.append(_unqualified(condition))
             else:
                 all_pushed = False
-        aggregate = _partial_aggregate(select, node, table, route, filters) if all_pushed else None
+        aggregate = _partial_aggregate(select, node, table, route, filters, slot) \
+            if all_pushed else None
         if aggregate is not None:
             return aggregate
         top_n = _top_n(select, node, column_set)
@@ -336,7 +342,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     source = f"{_quote(table.schema)}.{_quote(table.name)}"
     cold_sql = f"SELECT {cols} FROM {source}{_where(_cold_filters(table, route, filters))}{top_n}"
     shape_sql = f"SELECT {cols} FROM {source}"
-    temp = _temp_name(table, shape_sql)
+    temp = _temp_name(table, shape_sql, slot)
     parts_sql = f"SELECT {cols} FROM pg_temp.{temp} UNION ALL {shape_sql} WHERE "
     # Without a hot part, `WHERE false` still makes Postgres check the user's privileges.
     parts_sql += _hot_filter(table) if route is Route.SPLIT else "false"
@@ -387,8 +393,9 @@ def _hot_filter(table: TieredTable) -> str:
     return f"({time} >= {literal_for(table, boundary_text(table))} OR {time} IS NULL)"
 
 
-def _temp_name(table: TieredTable, shape_sql: str) -> str:
-    return "fig_cold_" + hashlib.sha1(f"{table.qualified}:{shape_sql}".encode()).hexdigest()[:12]
+def _temp_name(table: TieredTable, shape_sql: str, slot: str) -> str:
+    key = f"{table.qualified}:{shape_sql}:{slot}"
+    return "fig_cold_" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 # Result type of sum() and avg() by argument type, as Postgres defines them.
@@ -398,7 +405,7 @@ AVG_TYPE = {"real": "double precision", "double precision": "double precision"}
 
 
 def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
-                       filters: list[str]) -> ColdPart | None:
+                       filters: list[str], slot: str) -> ColdPart | None:
     """Push GROUP BY and count/sum/min/max/avg into both tiers; the outer query combines."""
     if select.args.get("joins") or select.args.get("distinct") or any(
             select.find_all(exp.Window)):
@@ -429,7 +436,7 @@ def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, 
     cold_sql = (f"SELECT {select_list} FROM {source}"
                 f"{_where(_cold_filters(table, route, filters))}{group_by}")
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
-    temp = _temp_name(table, shape_sql)
+    temp = _temp_name(table, shape_sql, slot)
     names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
     hot_where = _where([_hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
     parts_sql = (f"SELECT {names} FROM pg_temp.{temp} "

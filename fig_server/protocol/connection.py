@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from fig_server import wire
 from fig_server.errors import ConnectionFailure, FigError, InternalError, ProtocolViolation
 from fig_server.planner.rewrite import split_statements
+from fig_server.planner.tiers import TieredSet
 from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
 from fig_server.session.session import Session
 
@@ -42,8 +43,9 @@ class ClientConnection:
         self.federator = federator
         # Extended-protocol messages held back until Sync because they name tiered tables.
         self.batch: list[bytes] | None = None
-        # Prepared statements whose SQL names tiered tables: name -> original SQL.
-        self.tiered_statements: dict[str, str] = {}
+        # Prepared statements whose SQL names tiered tables: name -> (original SQL, the Parse
+        # payload the backend holds).
+        self.tiered_statements: dict[str, tuple[str, bytes]] = {}
         self._idle = asyncio.Event()
         self._divert: asyncio.Queue[tuple[int, bytes]] | None = None
 
@@ -280,9 +282,10 @@ class ClientConnection:
             return
 
         async def work(federator: Federator) -> None:
-            tiered, route, as_of = await federator.prelude(self)
-            prepared = [await federator.plan(self, statement, tiered, route)
-                        for statement in split_statements(sql)]
+            tiered, route, as_of = await federator.prelude(
+                self, self.session.transaction_status == b"T")
+            prepared = [await federator.plan(self, statement, tiered, route, f"q{index}")
+                        for index, statement in enumerate(split_statements(sql))]
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
                 await self._explain(federator, explain, as_of)
@@ -311,6 +314,24 @@ class ClientConnection:
                           + wire.message(b"C", wire.cstring("EXPLAIN"))
                           + wire.ready_for_query(self.session.transaction_status))
 
+    async def _refresh_statement(self, federator: Federator, name: str, tiered: TieredSet,
+                                 route: str, as_of: dt.datetime | None) -> None:
+        """Reload a prepared statement's cold rows before it runs again; when the boundary
+        moved since it was parsed, parse it again under the same name (Close + Parse)."""
+        sql, parsed = self.tiered_statements[name]
+        prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
+        await federator.load(self, prepared, True, as_of, self.session.cold_cancel)
+        payload = wire.replace_parse_sql(parsed, prepared.sql)
+        if payload == parsed:
+            return
+        self.tiered_statements[name] = (sql, payload)
+        # Answered by CloseComplete and ParseComplete, which the client did not ask for.
+        answers = await self.inject(wire.message(b"C", b"S" + wire.cstring(name))
+                                    + wire.message(b"P", payload) + wire.message(b"S"), 1)
+        error = next((p for k, p in answers if k == ord("E")), None)
+        if error is not None:
+            raise BackendError(wire.parse_fields(error))
+
     async def _run_batch(self, batch: list[bytes]) -> None:
         """Extended-protocol messages up to Sync: rewrite Parses, load cold parts for Binds."""
         if self.session.transaction_status == b"E":
@@ -319,7 +340,8 @@ class ClientConnection:
             return
 
         async def work(federator: Federator) -> None:
-            tiered, route, as_of = await federator.prelude(self)
+            tiered, route, as_of = await federator.prelude(
+                self, self.session.transaction_status == b"T")
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
             parsed: set[str] = set()
             out = []
@@ -327,21 +349,19 @@ class ClientConnection:
                 kind, payload = raw[0], raw[5:]
                 if kind == 80:
                     name, sql = wire.parse_text(payload)
-                    prepared = await federator.plan(self, sql, tiered, route)
+                    prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
                     if prepared.rewrite is not None:
-                        self.tiered_statements[name] = sql
                         parsed.add(name)
                         await federator.load(self, prepared, run_cold, as_of,
                                              self.session.cold_cancel)
-                        raw = wire.message(b"P", wire.replace_parse_sql(payload, prepared.sql))
+                        payload = wire.replace_parse_sql(payload, prepared.sql)
+                        self.tiered_statements[name] = (sql, payload)
+                        raw = wire.message(b"P", payload)
                 elif kind == 66:
                     name = wire.bind_statement(payload)
                     if name in self.tiered_statements and name not in parsed:
-                        prepared = await federator.plan(self, self.tiered_statements[name],
-                                                        tiered, route)
-                        await federator.load(self, prepared, True, as_of,
-                                             self.session.cold_cancel)
                         parsed.add(name)
+                        await self._refresh_statement(federator, name, tiered, route, as_of)
                 out.append(raw)
             self._forward(b"".join(out), 1)
 

@@ -249,16 +249,22 @@ class Federator:
     def applies(self, sql: str) -> bool:
         return self.database == self.tiered.database and self.tiered.current.may_touch(sql)
 
-    async def prelude(self, backend: Injector) -> tuple[TieredSet, str, dt.datetime | None]:
-        """Lock the boundaries, then read them, fig.route and fig.as_of in this session."""
-        sql = (f"SELECT pg_advisory_lock_shared({BOUNDARY_LOCK});"
+    async def prelude(self, backend: Injector, in_transaction: bool
+                      ) -> tuple[TieredSet, str, dt.datetime | None]:
+        """Lock the boundaries, then read them, fig.route and fig.as_of in this session.
+
+        Inside a transaction block the lock is the transaction's (an error in the statement
+        cannot leave it held); otherwise it is released after the statement.
+        """
+        lock = "pg_advisory_xact_lock_shared" if in_transaction else "pg_advisory_lock_shared"
+        sql = (f"SELECT {lock}({BOUNDARY_LOCK});"
                "SELECT coalesce(current_setting('fig.route', true), ''),"
                " coalesce(current_setting('fig.as_of', true), '');" + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)
-        self.locked = True
+        self.locked = not in_transaction
         rows = data_rows(answers)
         route = (rows[1][0] or "auto").strip().lower()
         if route not in ("auto", "hot", "cold"):
@@ -286,12 +292,12 @@ class Federator:
             sql = f"SELECT pg_advisory_unlock_shared({BOUNDARY_LOCK})"
             await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
 
-    async def plan(self, backend: Injector, sql: str, tiered: TieredSet, route: str
-                   ) -> Prepared:
-        plan = rewrite(sql, tiered, route)
+    async def plan(self, backend: Injector, sql: str, tiered: TieredSet, route: str,
+                   slot: str) -> Prepared:
+        plan = rewrite(sql, tiered, route, slot=slot)
         if plan is not None and plan.needs:
             constants = await self._evaluate(backend, plan.needs)
-            plan = rewrite(sql, tiered, route, constants)
+            plan = rewrite(sql, tiered, route, constants, slot)
         return Prepared(plan.sql if plan else sql, plan)
 
     async def _evaluate(self, backend: Injector, expressions: list[str]
