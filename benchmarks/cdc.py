@@ -189,7 +189,8 @@ def lag_at_rate(fig: FigProcess, rate: int, seconds: int) -> dict[str, Any]:
     if not lags:
         raise RuntimeError("no appended rows found in cold for the lag table")
     return {"target_rows_per_s": rate, "achieved_rows_per_s": round(achieved),
-            "rows": len(lags), "lag_p50_ms": round(lags[len(lags) // 2], 1),
+            "rows_sent": rate * seconds, "rows_attributed_to_a_snapshot": len(lags),
+            "lag_p50_ms": round(lags[len(lags) // 2], 1),
             "lag_p99_ms": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1),
             "lag_max_ms": round(lags[-1], 1)}
 

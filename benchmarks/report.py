@@ -222,9 +222,9 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
                   "separate, untimed run with each system's own instrumentation (Fig: its scan "
                   "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN "
                   "ANALYZE bytes_scanned; Postgres: EXPLAIN BUFFERS shared+temp buffer accesses x "
-                  "8 KiB, which counts a page once per access). "
+                  "8 KiB, so a page visited twice counts twice). "
                   "Fig/peer < 1 means Fig is faster. \"same rows\" compares every system's "
-                  "result with the first system that ran.", ""]
+                  "result with Postgres's (or, without Postgres, the first system that ran).", ""]
         parts.append(markdown_table(COLD_HEADER, cold_rows(report)))
         parts += [""] + [f"- {line}" for line in cold_summary(report)]
         parts += ["", "Queries:", ""]

@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         fig.stop()
     report.header["duration"] = f"{time.perf_counter() - started:.0f} s of workloads"
+    report.header["machine"] += ", at end " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print()
     print_report(report)
     write_results(report)
