@@ -166,13 +166,33 @@ def sustained_ingest(fig: FigProcess, total: int) -> dict[str, Any]:
             conn.execute("SELECT fig.sync(interval '600s')")
             synced_s = time.perf_counter() - started
             cold_rows = _cold_row_count(fig, name)
+            mutations = _mutation_costs(conn, fig, name)
         finally:
             _untier(conn, name)
     if cold_rows != total + 1:
         raise RuntimeError(f"after fig.sync() cold holds {cold_rows} of {total + 1} rows")
     return {"rows": total, "transactions": len(batches),
             "insert_rows_per_s": round(total / inserted_s),
-            "cdc_rows_per_s": round(total / synced_s), "seconds_to_sync": round(synced_s, 2)}
+            "cdc_rows_per_s": round(total / synced_s), "seconds_to_sync": round(synced_s, 2),
+            **mutations}
+
+
+def _mutation_costs(conn: psycopg.Connection, fig: FigProcess, name: str) -> dict[str, Any]:
+    """Seconds from an UPDATE or DELETE of 1k rows (one transaction) until fig.sync() returns;
+    the cold copy is checked to reflect each."""
+    costs: dict[str, Any] = {}
+    rows = "id BETWEEN 2 AND 1001"  # 1000 rows, not the seed row
+    for label, statement in (
+            ("update_1k_rows_s", f"UPDATE {name} SET amount = amount + 1 WHERE {rows}"),
+            ("delete_1k_rows_s", f"DELETE FROM {name} WHERE {rows}")):
+        started = time.perf_counter()
+        with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
+            hot.execute(statement)
+        conn.execute("SELECT fig.sync(interval '120s')")
+        costs[label] = round(time.perf_counter() - started, 3)
+    remaining = _cold_row_count(fig, name)
+    costs["rows_in_cold_after_delete"] = remaining
+    return costs
 
 
 def lag_at_rate(fig: FigProcess, rate: int, seconds: int) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Hot path: primary-key lookups through Fig and direct to Postgres over TCP.
 
-pgbench (`-S -M extended`, the select-only built-in script) gives throughput and per-
-transaction latency at several client counts; a psycopg loop gives the latency a Python
-application sees for one prepared primary-key SELECT.
+pgbench (`-M extended`) gives throughput and per-transaction latency at several client
+counts for two scripts: the built-in select-only one (`-S`, a primary-key lookup) and a short
+range scan of 100 consecutive accounts; a psycopg loop gives the latency a Python application
+sees for one prepared primary-key SELECT.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ from benchmarks.pgload import ensure_database
 PGBENCH_DB = "pgbench"
 
 
+RANGE_SCRIPT = """\\set aid random(1, 100000 * :scale - 100)
+SELECT sum(abalance), count(*) FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 99;
+"""
+SCRIPTS = {"pk": "primary-key lookup (pgbench -S)", "range": "range scan of 100 accounts"}
+
+
 @dataclass
 class PgbenchResult:
     target: str
     clients: int
+    script: str
     tps: float
     p50_ms: float
     p99_ms: float
@@ -68,27 +76,32 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run_pgbench(pgbench: str, dsn: str, target: str, clients: int,
-                seconds: int) -> PgbenchResult:
+def run_pgbench(pgbench: str, dsn: str, target: str, clients: int, seconds: int,
+                script: str = "pk") -> PgbenchResult:
     """One timed pgbench run; latencies from its per-transaction log."""
     threads = max(1, min(clients, 2))
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "log"
+        if script == "pk":
+            workload = ["-S"]
+        else:
+            (Path(tmp) / "range.sql").write_text(RANGE_SCRIPT)
+            workload = ["-f", str(Path(tmp) / "range.sql")]
         out = subprocess.run(
-            [pgbench, "-S", "-M", "extended", "-n", "-c", str(clients), "-j", str(threads),
+            [pgbench, *workload, "-M", "extended", "-n", "-c", str(clients), "-j", str(threads),
              "-T", str(seconds), "-l", f"--log-prefix={prefix}", dsn],
             capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-500:]}")
         latencies_us: list[float] = []
-        for log in Path(tmp).glob("log*"):
+        for log in Path(tmp).glob("log.*"):
             for line in log.read_text().splitlines():
                 parts = line.split()
                 if len(parts) >= 3:
                     latencies_us.append(float(parts[2]))
     tps_match = [line for line in out.stdout.splitlines() if line.startswith("tps")]
     tps = float(tps_match[0].split("=")[1].split()[0]) if tps_match else float("nan")
-    return PgbenchResult(target, clients, tps, percentile(latencies_us, 0.5) / 1000,
+    return PgbenchResult(target, clients, script, tps, percentile(latencies_us, 0.5) / 1000,
                          percentile(latencies_us, 0.99) / 1000, len(latencies_us))
 
 

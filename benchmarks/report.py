@@ -103,13 +103,13 @@ def cold_rows(report: RunReport) -> list[list[str]]:
 
 COLD_HEADER = ["query", "system", "median ms", "min-max ms", "Fig/peer", "bytes read", "rows",
                "same rows", "Fig pruning"]
-PGBENCH_HEADER = ["target", "clients", "tps", "p50 ms", "p99 ms", "transactions"]
+PGBENCH_HEADER = ["script", "target", "clients", "tps", "p50 ms", "p99 ms", "transactions"]
 LOOP_HEADER = ["target", "queries", "p50 ms", "p99 ms", "mean ms"]
 
 
 def pgbench_rows(report: RunReport) -> list[list[str]]:
-    return [[r.target, str(r.clients), f"{r.tps:.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-             str(r.transactions)] for r in report.pgbench]
+    return [[r.script, r.target, str(r.clients), f"{r.tps:.0f}", f"{r.p50_ms:.3f}",
+             f"{r.p99_ms:.3f}", str(r.transactions)] for r in report.pgbench]
 
 
 def loop_rows(report: RunReport) -> list[list[str]]:
@@ -149,12 +149,14 @@ def hot_summary(report: RunReport) -> list[str]:
     if "fig" in loops and "direct-tcp" in loops:
         added = loops["fig"].p50_ms - loops["direct-tcp"].p50_ms
         lines.append(f"Added p50 latency through Fig (psycopg loop, PK SELECT): {added:.3f} ms")
-    bench = {(r.target, r.clients): r for r in report.pgbench}
-    for clients in sorted({r.clients for r in report.pgbench}):
-        fig, direct = bench.get(("fig", clients)), bench.get(("direct-tcp", clients))
+    bench = {(r.script, r.target, r.clients): r for r in report.pgbench}
+    for script, clients in sorted({(r.script, r.clients) for r in report.pgbench}):
+        fig = bench.get((script, "fig", clients))
+        direct = bench.get((script, "direct-tcp", clients))
         if fig and direct and direct.tps:
-            lines.append(f"pgbench -S -M extended, {clients} clients: Fig {fig.tps:.0f} tps = "
-                         f"{100 * fig.tps / direct.tps:.0f}% of direct TCP ({direct.tps:.0f})")
+            lines.append(f"pgbench {script} -M extended, {clients} clients: Fig "
+                         f"{fig.tps:.0f} tps = {100 * fig.tps / direct.tps:.0f}% of direct TCP "
+                         f"({direct.tps:.0f}); p50 {fig.p50_ms:.3f} vs {direct.p50_ms:.3f} ms")
     return lines
 
 
@@ -303,22 +305,26 @@ def write_charts(report: RunReport, folder: Path, stem: str) -> list[Path]:
 
 
 def _hot_chart(report: RunReport, path: Path) -> Path:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    targets = list(dict.fromkeys(r.target for r in report.pgbench))
-    for target in targets:
-        runs = sorted((r for r in report.pgbench if r.target == target), key=lambda r: r.clients)
-        clients = [r.clients for r in runs]
-        left.plot(clients, [r.tps for r in runs], marker="o", label=target)
-        right.plot(clients, [r.p50_ms for r in runs], marker="o", label=f"{target} p50")
-        right.plot(clients, [r.p99_ms for r in runs], marker="x", linestyle="--",
-                   label=f"{target} p99")
-    left.set(xscale="log", xlabel="clients", ylabel="transactions/s",
-             title="pgbench -S -M extended: throughput")
-    right.set(xscale="log", yscale="log", xlabel="clients", ylabel="latency, ms",
-              title="pgbench: latency")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    scripts = list(dict.fromkeys(r.script for r in report.pgbench))
+    fig, axes = plt.subplots(len(scripts), 2, figsize=(11, 3.8 * len(scripts)), squeeze=False)
+    for (left, right), script in zip(axes, scripts, strict=True):
+        for index, target in enumerate(dict.fromkeys(r.target for r in report.pgbench)):
+            runs = sorted((r for r in report.pgbench if r.target == target and r.script == script),
+                          key=lambda r: r.clients)
+            clients, color = [r.clients for r in runs], f"C{index}"
+            left.plot(clients, [r.tps for r in runs], marker="o", color=color, label=target)
+            right.plot(clients, [r.p50_ms for r in runs], marker="o", color=color,
+                       label=f"{target} p50")
+            right.plot(clients, [r.p99_ms for r in runs], marker="x", linestyle="--",
+                       color=color, label=f"{target} p99")
+        left.set(xscale="log", xlabel="clients", ylabel="transactions/s", ylim=(0, None),
+                 title=f"pgbench {script} -M extended: throughput")
+        right.set(xscale="log", yscale="log", xlabel="clients", ylabel="latency, ms",
+                  title=f"pgbench {script}: latency")
+        for ax in (left, right):
+            ax.set_xticks([1, 16, 64], ["1", "16", "64"])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

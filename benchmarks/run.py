@@ -216,7 +216,7 @@ def _check_agreement(measures: list[ColdMeasure]) -> None:
 
 
 def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport) -> None:
-    from benchmarks.hotpath import find_pgbench, pgbench_init, run_loop, run_pgbench
+    from benchmarks.hotpath import SCRIPTS, find_pgbench, pgbench_init, run_loop, run_pgbench
     from fig_server.hot.embedded import find_bin_dir
     pgbench = find_pgbench(find_bin_dir(""))
     pgbench_scale = {"tiny": 1, "full": 50}.get(scale.name.split("-")[0], 10)
@@ -230,11 +230,13 @@ def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunRepor
         report.header["hot data"] = (f"pgbench scale {pgbench_scale} "
                                      f"({pgbench_scale * 100_000:,} accounts), {seconds} s per "
                                      "pgbench run after a 2 s warm-up")
-        for clients in (1, 16, 64):
-            for target, dsn in targets.items():
-                print(f"  pgbench {target} -c {clients}", flush=True)
-                run_pgbench(pgbench, dsn, target, clients, 2)  # warm-up
-                report.pgbench.append(run_pgbench(pgbench, dsn, target, clients, seconds))
+        for script in SCRIPTS:
+            for clients in (1, 16, 64):
+                for target, dsn in targets.items():
+                    print(f"  pgbench {script} {target} -c {clients}", flush=True)
+                    run_pgbench(pgbench, dsn, target, clients, 2, script)  # warm-up
+                    report.pgbench.append(
+                        run_pgbench(pgbench, dsn, target, clients, seconds, script))
     queries = 1000 if scale.name.startswith("tiny") else 5000
     for target, dsn in targets.items():
         print(f"  psycopg loop {target}", flush=True)
