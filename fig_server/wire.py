@@ -162,3 +162,14 @@ def data_row_text(values: list[str | None]) -> bytes:
             encoded = value.encode()
             parts.append(INT32.pack(len(encoded)) + encoded)
     return message(b"D", b"".join(parts))
+
+
+def row_description_names(payload: bytes) -> list[str]:
+    """Column names of a RowDescription ('T') payload."""
+    count = INT16.unpack_from(payload)[0]
+    names, pos = [], 2
+    for _ in range(count):
+        end = payload.index(b"\0", pos)
+        names.append(payload[pos:end].decode(errors="replace"))
+        pos = end + 1 + 18
+    return names

@@ -59,6 +59,8 @@ class Rewrite:
     explain: bool = False
     analyze: bool = False
     needs: list[str] = field(default_factory=list)
+    # Top-level projections were renamed by guess: plan again with Postgres's own names.
+    describe: bool = False
 
 
 # Expression kinds a pushed-down filter may contain: the cold engine (DataFusion) evaluates
@@ -183,13 +185,15 @@ EXPLAIN = re.compile(r"^\s*explain\s+(?:(analyze)\s+|\(([^)]*)\)\s*)?", re.IGNOR
 
 
 def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
-            constants: Mapping[str, dt.datetime] | None = None, slot: str = "q0"
-            ) -> Rewrite | None:
+            constants: Mapping[str, dt.datetime] | None = None, slot: str = "q0",
+            output_names: list[str] | None = None) -> Rewrite | None:
     """The plan for one statement, or None when it touches no tiered table's cold rows.
 
     constants: values (UTC) of the expressions a first call listed in `needs`.
     slot: names the statement within its session (a prepared statement's name, or the
     position in a simple query), so its temp tables are its own and stable across runs.
+    output_names: the result column names Postgres described for the statement, kept when
+    the top-level projections are rewritten (see `describe`).
     """
     explain = EXPLAIN.match(sql)
     analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
@@ -234,11 +238,14 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                 "served with the policy applied", hint="SET fig.route = 'hot' reads hot rows only")
         routes.add(part_route)
         parts.append(_rewrite_reference(tree, table_node, table, part_route, constants or {},
-                                        f"{slot}:{len(parts)}"))
+                                        f"{slot}:{len(parts)}", output_names))
     if not parts:
         return None
     final = Route.COLD if routes == {Route.COLD} else route
-    return Rewrite(final, tree.sql(dialect="postgres"), parts, bool(explain), analyze)
+    describe = output_names is None and any(
+        p.aggregated and isinstance(tree, exp.Select) for p in parts)
+    return Rewrite(final, tree.sql(dialect="postgres"), parts, bool(explain), analyze,
+                   describe=describe)
 
 
 FLIPPED = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
@@ -314,8 +321,8 @@ def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, dt.d
 
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
-                       route: Route, constants: Mapping[str, dt.datetime], slot: str
-                       ) -> ColdPart:
+                       route: Route, constants: Mapping[str, dt.datetime], slot: str,
+                       names: list[str] | None) -> ColdPart:
     column_set = set(table.column_names)
     select = node.parent_select
     filters: list[str] = []
@@ -333,7 +340,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
                 filters.append(_unqualified(condition))
             else:
                 all_pushed = False
-        aggregate = _partial_aggregate(select, node, table, route, filters, slot) \
+        aggregate = _partial_aggregate(select, node, table, route, filters, slot, names) \
             if all_pushed else None
         if aggregate is not None:
             return aggregate
@@ -405,13 +412,13 @@ AVG_TYPE = {"real": "double precision", "double precision": "double precision"}
 
 
 def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
-                       filters: list[str], slot: str) -> ColdPart | None:
+                       filters: list[str], slot: str, names: list[str] | None
+                       ) -> ColdPart | None:
     """Push GROUP BY and count/sum/min/max/avg into both tiers; the outer query combines."""
     if select.args.get("joins") or select.args.get("distinct") or any(
             select.find_all(exp.Window)):
         return None
     group = select.args.get("group")
-    _keep_output_names(select)
     aggregates = [a for a in select.find_all(exp.AggFunc) if a.parent_select is select]
     if not aggregates and group is None:
         return None
@@ -422,13 +429,15 @@ def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, 
                 key.table and key.table != node.alias_or_name):
             return None
         keys.append(key.name)
+    if any(_combine(aggregate, table, []) is None for aggregate in aggregates):
+        return None
+    # Only now, with the pushdown certain, rename projections and rewrite their aggregates.
+    _keep_output_names(select, names if select.parent is None else None)
     partials: list[str] = []
     finals: list[tuple[exp.AggFunc, str]] = []
-    for aggregate in aggregates:
-        combined = _combine(aggregate, table, partials)
-        if combined is None:
-            return None
-        finals.append((aggregate, combined))
+    for aggregate in select.find_all(exp.AggFunc):
+        if aggregate.parent_select is select:
+            finals.append((aggregate, str(_combine(aggregate, table, partials))))
     key_cols = [_quote(k) for k in keys]
     source = f"{_quote(table.schema)}.{_quote(table.name)}"
     select_list = ", ".join(key_cols + [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
@@ -468,19 +477,23 @@ def pg_column_name(node: exp.Expression) -> str:
     return "?column?"
 
 
-def _keep_output_names(select: exp.Select) -> None:
-    """Alias projections before their aggregates are rewritten, so names stay Postgres's."""
+def _keep_output_names(select: exp.Select, names: list[str] | None) -> None:
+    """Alias projections before their aggregates are rewritten, so names stay Postgres's:
+    the names Postgres described for the original statement when this is its top level."""
+    if names is not None and len(names) != len(select.expressions):
+        names = None
     for index, projection in enumerate(select.expressions):
         if not isinstance(projection, exp.Alias) and projection.find(exp.AggFunc):
-            select.expressions[index] = exp.alias_(projection, pg_column_name(projection),
-                                                   quoted=True)
+            name = names[index] if names is not None else pg_column_name(projection)
+            select.expressions[index] = exp.alias_(projection, name, quoted=True)
     select.set("expressions", select.expressions)
 
 
 def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) -> str | None:
     """The final expression over partial columns for one aggregate; adds its partials."""
     if aggregate.args.get("distinct") or isinstance(aggregate.this, exp.Distinct) or \
-            aggregate.find(exp.Filter):
+            isinstance(aggregate.parent, (exp.Filter, exp.WithinGroup)) or \
+            aggregate.find(exp.Filter, exp.Order):
         return None
     argument = aggregate.this
     if isinstance(aggregate, exp.Count) and isinstance(argument, exp.Star):
@@ -527,6 +540,12 @@ def _check_write(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]]
 
 DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
 QUERY_LIKE = re.compile(r"^\s*(?:\(\s*)*(?:select|with|table|values|explain)\b", re.IGNORECASE)
+
+
+def plan_body(sql: str) -> str:
+    """The statement an EXPLAIN explains, or the statement itself."""
+    explain = EXPLAIN.match(sql)
+    return sql[explain.end():] if explain else sql
 
 
 def split_statements(sql: str) -> list[str]:

@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 from fig_server import wire
 from fig_server.config import FigConfig
 from fig_server.errors import FigError, InvalidParameterValue
-from fig_server.planner.rewrite import ColdPart, Rewrite, rewrite
+from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable
 
 if TYPE_CHECKING:
@@ -295,10 +295,26 @@ class Federator:
     async def plan(self, backend: Injector, sql: str, tiered: TieredSet, route: str,
                    slot: str) -> Prepared:
         plan = rewrite(sql, tiered, route, slot=slot)
+        constants = None
         if plan is not None and plan.needs:
             constants = await self._evaluate(backend, plan.needs)
             plan = rewrite(sql, tiered, route, constants, slot)
+        if plan is not None and plan.describe:
+            names = await self._describe(backend, plan_body(sql))
+            plan = rewrite(sql, tiered, route, constants, slot, names)
         return Prepared(plan.sql if plan else sql, plan)
+
+    async def _describe(self, backend: Injector, sql: str) -> list[str]:
+        """The result column names of a statement, as Postgres describes it (never run)."""
+        name = wire.cstring("fig_describe")
+        answers = await backend.inject(
+            wire.message(b"P", name + wire.cstring(sql) + wire.INT16.pack(0))
+            + wire.message(b"D", b"S" + name) + wire.message(b"C", b"S" + name)
+            + wire.message(b"S"), 1)
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        return next((wire.row_description_names(p) for k, p in answers if k == ord("T")), [])
 
     async def _evaluate(self, backend: Injector, expressions: list[str]
                         ) -> dict[str, dt.datetime]:

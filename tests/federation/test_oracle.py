@@ -1,0 +1,150 @@
+"""The oracle suite: a tiered table after retention answers exactly like a plain table.
+
+The same rows go into `events` (tiered: 30 days hot, the rest only in Iceberg after
+retention) and `events_plain` (never tiered). Every query runs through Fig against both and
+must return the same column names, types and rows, under the auto and the cold routes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.conftest import FigProcess, start_fig
+
+QUERIES = [
+    # example query of the architecture document and plain scans
+    "select * from events where day = '{d1}' and status = 500 order by ts desc limit 5",
+    "select * from events order by ts limit 7",
+    "select * from events order by ts desc limit 3 offset 2",
+    "select id, ts from events where user_id = 17 order by id",
+    "select id from events where amount between 10 and 12.5 order by id",
+    "select id from events where country in ('DE', 'FR') and status <> 200 order by id",
+    "select id from events where note is null order by id",
+    "select id from events where note like 'n1%' and id < 300 order by id",
+    "select id, ts from events where ts >= '{d2}' and ts < '{d3}' order by ts, id",
+    "select count(*) from events",
+    "select count(*) from events where status = 404",
+    "select count(note), count(*) from events",
+    "select sum(amount), avg(amount), min(amount), max(amount) from events",
+    "select avg(status), sum(status), avg(user_id), sum(user_id) from events",
+    "select status, count(*) from events group by status order by status",
+    "select day, status, count(*), sum(amount) from events group by day, status "
+    "order by day, status",
+    "select country, max(ts), min(ts) from events group by country order by country",
+    "select status, count(*) c from events group by status having count(*) > 100 order by c",
+    "select count(distinct user_id) from events",
+    "select count(distinct country), count(distinct status) from events where amount > 5",
+    "select date_trunc('month', ts) m, count(*) from events group by 1 order by 1",
+    "select extract(dow from ts) d, avg(amount) from events group by 1 order by 1",
+    "select to_char(ts, 'YYYY-MM') m, sum(amount) from events group by 1 order by 1",
+    "select country, count(*) from events where ts < '{d2}' group by country order by 2 desc, 1",
+    # top-n over any column
+    "select id, amount from events order by amount desc, id limit 10",
+    "select id, user_id from events order by user_id, id limit 10",
+    "select id from events where status = 500 order by amount, id limit 5",
+    "select id, note from events order by note nulls first, id limit 5",
+    "select id, note from events order by note desc nulls last, id limit 5",
+    # windows, DISTINCT ON, CTEs, subqueries, set operations
+    "select id, row_number() over (partition by country order by ts, id) rn from events "
+    "where user_id < 5 order by id",
+    "select country, sum(amount) over (order by country) from "
+    "(select country, sum(amount) amount from events group by country) s order by 1",
+    "select distinct on (country) country, ts, id from events order by country, ts desc, id",
+    "with recent as (select * from events where status = 404) "
+    "select country, count(*) from recent group by country order by 1",
+    "with per_user as (select user_id, count(*) n from events group by user_id) "
+    "select n, count(*) from per_user group by n order by n",
+    "select id from events where user_id in (select id from users where vip) order by id",
+    "select id from events e where exists (select 1 from users u where u.id = e.user_id "
+    "and u.vip) and e.status = 500 order by id",
+    "select user_id from events where status = 500 union select id from users where vip "
+    "order by 1",
+    "select user_id from events where status = 404 intersect select id from users order by 1",
+    "select (select count(*) from events) - (select count(*) from events where status = 200)",
+    # joins with a hot-only table
+    "select u.name, count(*) from events e join users u on u.id = e.user_id "
+    "group by u.name order by u.name",
+    "select u.name, sum(e.amount) from users u left join events e on e.user_id = u.id "
+    "and e.status = 500 group by u.name order by u.name",
+    "select u.id from users u left join events e on e.user_id = u.id and e.country = 'XX' "
+    "where e.id is null order by u.id",
+    "select e.id, u.name from events e join users u on u.id = e.user_id "
+    "where u.vip and e.ts < '{d2}' order by e.ts desc, e.id limit 10",
+    "select a.id, b.id from events a join events b on a.user_id = b.user_id and a.id + 1 = b.id "
+    "order by a.id limit 20",
+    # NULLs, types, expressions
+    "select id, note, amount * 2, status::text, ts::date from events where id % 97 = 0 "
+    "order by id",
+    "select coalesce(note, '-') n, count(*) from events group by 1 order by 2 desc, 1 limit 5",
+    "select case when amount > 10 then 'big' else 'small' end k, count(*) from events "
+    "group by 1 order by 1",
+    "select min(day), max(day), min(note), max(note) from events",
+    "select bool_and(status = 200), bool_or(status = 500) from events",
+    "select string_agg(distinct country, ',' order by country) from events",
+    "select percentile_cont(0.5) within group (order by amount) from events",
+    "select id, ts at time zone 'Asia/Tokyo' from events order by ts limit 3",
+    "select count(*) filter (where status = 500), count(*) filter (where note is null) "
+    "from events",
+    "select id from events where ts > now() - interval '20 days' order by id limit 5",
+    "select user_id, count(*) from events group by user_id order by 2 desc, 1 limit 5",
+]
+
+
+def rows_of(conn: psycopg.Connection, sql: str) -> tuple[list[tuple[str, int]], list]:
+    cur = conn.execute(sql)
+    description = [(c.name, c.type_code) for c in cur.description or []]
+    return description, cur.fetchall()
+
+
+@pytest.fixture(scope="module")
+def tiered_fig() -> Iterator[tuple[FigProcess, dict[str, str]]]:
+    fig = start_fig()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start = now - dt.timedelta(days=120)
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for name in ("events", "events_plain"):
+            conn.execute(f"""
+                create table {name} (id bigint primary key, ts timestamptz not null,
+                  day date not null, status int not null, user_id bigint, country text,
+                  amount numeric(12,2), note text)""")
+            conn.execute(f"""
+                insert into {name}
+                select g, %(start)s::timestamptz + g * interval '7 minutes',
+                  (%(start)s::timestamptz + g * interval '7 minutes')::date,
+                  (array[200,200,200,200,200,200,200,404,404,500])[1 + g %% 10],
+                  g %% 50, (array['DE','FR','US','BR',null])[1 + g %% 5],
+                  round((g %% 1000) / 37.0, 2), case when g %% 3 = 0 then null else 'n' || g end
+                from generate_series(1, 24000) g""", {"start": start})
+        conn.execute("create table users (id bigint primary key, name text, vip bool)")
+        conn.execute("insert into users select g, 'user' || g, g % 4 = 0 "
+                     "from generate_series(0, 60) g")
+        conn.execute("select fig.tier_table('events', 'ts', interval '30 days')")
+        conn.execute("select fig.sync(interval '120 seconds')")
+        conn.execute("select fig.run_retention()")
+    with psycopg.connect(fig.hot_dsn) as direct:
+        hot_rows = direct.execute("select count(*) from events").fetchone()
+        assert hot_rows is not None and hot_rows[0] < 24000 * 0.4, "retention moved no rows"
+    values = {"d1": str((start + dt.timedelta(days=40)).date()),
+              "d2": str((now - dt.timedelta(days=45)).date()),
+              "d3": str((now - dt.timedelta(days=10)).date())}
+    yield fig, values
+    fig.stop()
+
+
+@pytest.mark.parametrize("route", ["auto", "cold"])
+@pytest.mark.parametrize("query", QUERIES)
+def test_tiered_table_answers_like_plain_table(tiered_fig: tuple[FigProcess, dict[str, str]],
+                                               query: str, route: str) -> None:
+    fig, values = tiered_fig
+    sql = query.format(**values)
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute(f"set fig.route = '{route}'")
+        conn.execute("set timezone = 'America/New_York'")
+        got = rows_of(conn, sql)
+        want = rows_of(conn, sql.replace("events", "events_plain"))
+    assert got[0] == want[0]
+    assert got[1] == want[1]
