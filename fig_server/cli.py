@@ -93,7 +93,7 @@ async def serve(config: FigConfig) -> None:
     cold = ColdService(config)
     cdc = CdcSupervisor(config, dsn)
     cdc.start()
-    server = FigServer(config, HotTarget.from_dsn(dsn), tiered=tiered, cold=cold)
+    server = FigServer(config, HotTarget.from_dsn(dsn), tiered=tiered, cold=cold, hot_dsn=dsn)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -22,6 +22,7 @@ class ServerConfig:
     tls: str = "off"
     tls_cert: str = ""
     tls_key: str = ""
+    tls_required_for_remote: bool = False
     max_connections: int = 500
     max_message_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
@@ -30,6 +31,14 @@ class ServerConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     method: str = "trust"
+    admin_role: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    cold_queries_per_user: int = 0
+    queries_per_second_per_user: int = 0
+    query_burst_per_user: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class DemoConfig:
 class FigConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     hot: HotConfig = field(default_factory=HotConfig)
     cold: ColdConfig = field(default_factory=ColdConfig)
     cdc: CdcConfig = field(default_factory=CdcConfig)

@@ -12,6 +12,7 @@ from fig_server import wire
 from fig_server.errors import ConnectionFailure, FigError, InternalError, ProtocolViolation
 from fig_server.planner.rewrite import split_statements
 from fig_server.planner.tiers import TieredSet
+from fig_server.protocol.auth import Authenticator
 from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
 from fig_server.session.session import Session
 
@@ -99,11 +100,20 @@ class ClientConnection:
 
     # -- startup -------------------------------------------------------------------------
 
-    async def start(self, version: int) -> bool:
-        """Open the backend and relay authentication; True once the backend is ready."""
+    async def start(self, version: int, authenticator: Authenticator | None = None) -> bool:
+        """Authenticate the client (or relay the backend's exchange when Fig trusts it), open
+        the backend; True once the backend is ready."""
+        credentials = None
+        if authenticator is not None:
+            credentials = await authenticator.authenticate(self, self.session.user)
         backend = await self.session.connect(version)
         while True:
             kind, payload = await backend.read_message()
+            if kind == b"R" and credentials is not None:
+                error = await credentials.answer(backend, payload)
+                if error is None:
+                    continue  # the client already had its AuthenticationOk from Fig
+                kind, payload = b"E", error
             if kind == b"K":
                 backend.pid, backend.secret = wire.INT32.unpack_from(payload)[0], \
                     wire.INT32.unpack_from(payload, 4)[0]

@@ -18,6 +18,9 @@ from fig_server.errors import (
     TooManyConnections,
 )
 from fig_server.hot.backend import HotTarget
+from fig_server.hot.roles import RoleDirectory
+from fig_server.protocol import tls
+from fig_server.protocol.auth import Authenticator
 from fig_server.protocol.connection import ClientConnection
 from fig_server.session.federation import ColdService, Federator, TieredCatalog
 from fig_server.session.session import Session
@@ -53,10 +56,18 @@ class FigServer:
 
     def __init__(self, config: FigConfig, target: HotTarget,
                  tls_context: ssl.SSLContext | None = None,
-                 tiered: TieredCatalog | None = None, cold: ColdService | None = None) -> None:
+                 tiered: TieredCatalog | None = None, cold: ColdService | None = None,
+                 hot_dsn: str = "") -> None:
         self.config = config
         self.target = target
-        self.tls_context = tls_context
+        self.tls_context = tls_context or tls.server_context(config)
+        self.roles: RoleDirectory | None = None
+        self.authenticator: Authenticator | None = None
+        if config.auth.method != "trust":
+            if not hot_dsn:
+                raise ValueError(f"auth method {config.auth.method} needs the hot DSN")
+            self.roles = RoleDirectory(hot_dsn)
+            self.authenticator = Authenticator(config.auth.method, self.roles)
         self.tiered = tiered
         self.cold = cold
         self.sessions: dict[int, Session] = {}
@@ -78,6 +89,8 @@ class FigServer:
             for session in list(self.sessions.values()):
                 await session.close()
             await self.server.wait_closed()
+        if self.roles is not None:
+            await self.roles.close()
 
     async def _serve_client(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
@@ -156,6 +169,9 @@ class FigServer:
             if not params.get("user"):
                 raise InvalidAuthorization(
                     "no PostgreSQL user name specified in startup packet")
+            if self.config.server.tls_required_for_remote:
+                tls.require_tls(writer.get_extra_info("peername"),
+                                writer.get_extra_info("ssl_object") is not None, params)
             await self._on_startup(code, params, reader, writer)
             return
 
@@ -182,7 +198,7 @@ class FigServer:
         connection = ClientConnection(session, reader, writer,
                                       self.config.server.max_message_bytes, federator)
         try:
-            if await connection.start(version):
+            if await connection.start(version, self.authenticator):
                 await connection.relay()
         finally:
             del self.sessions[session.pid]
