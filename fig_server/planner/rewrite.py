@@ -207,9 +207,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     refs = tiered_references(tree, tiered)
     if not refs or forced == "hot":
         return None
-    if isinstance(tree, WRITES) or any(True for _ in tree.find_all(exp.Update, exp.Delete)):
-        return _check_write(tree, refs)
-    if not isinstance(tree, (exp.Query,)):
+    writes = isinstance(tree, WRITES) or any(True for _ in tree.find_all(exp.Update, exp.Delete))
+    if not writes and not isinstance(tree, exp.Query):
         return None
     if any(isinstance(node, exp.Lock) for node in tree.walk()):
         raise FeatureNotSupported("SELECT ... FOR UPDATE/SHARE of a tiered table is not "
@@ -220,6 +219,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                         for _, _, text, _ in _time_comparisons(node, table)})
         if needs:
             return Rewrite(route, sql, needs=needs)
+    if writes:
+        return _check_write(refs, constants or {})
     parts = []
     routes = set()
     for table_node, table in refs:
@@ -274,10 +275,10 @@ def _time_conditions(ref: exp.Table, table: TieredTable) -> list[exp.Expression]
 
 def _time_conditions_with_sides(ref: exp.Table, table: TieredTable
                                 ) -> list[tuple[exp.Expression, list[Any]]]:
-    select = ref.parent_select
-    if not isinstance(select, exp.Select) or table.boundary is None or \
+    select = ref.find_ancestor(exp.Select, exp.Update, exp.Delete)
+    if select is None or table.boundary is None or \
             table.column_type(table.time_column) != "timestamp with time zone" or \
-            _outer_joined(select, ref):
+            (isinstance(select, exp.Select) and _outer_joined(select, ref)):
         return []
     out = []
     for condition in _conjuncts(select.args.get("where")):
@@ -526,11 +527,15 @@ def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) ->
     return None
 
 
-def _check_write(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]]
-                 ) -> Rewrite | None:
-    """Writes that could reach rows below the boundary are refused, never half-applied."""
-    for _, table in refs:
-        if table.boundary is not None:
+def _check_write(refs: list[tuple[exp.Table, TieredTable]],
+                 constants: Mapping[str, dt.datetime]) -> Rewrite | None:
+    """Writes that could reach rows below the boundary are refused, never half-applied;
+    writes whose time bounds keep them above it are Postgres's alone (CDC carries them)."""
+    for node, table in refs:
+        if table.boundary is None:
+            continue
+        lower, _ = _time_range(node, table, constants)
+        if lower is None or lower < table.boundary:
             raise FeatureNotSupported(
                 f"UPDATE/DELETE of {table.qualified} is not supported once rows have moved "
                 "to the cold tier (below its tier boundary)",

@@ -33,6 +33,7 @@ CONSTANTS = {
     "CURRENT_TIMESTAMP - INTERVAL '400 DAYS'": NOW - dt.timedelta(days=400),
     "'2024-06-01'": dt.datetime(2024, 6, 1, tzinfo=dt.UTC),
     "'2024-07-01'": dt.datetime(2024, 7, 1, tzinfo=dt.UTC),
+    "'2025-02-01'": dt.datetime(2025, 2, 1, tzinfo=dt.UTC),
 }
 
 
