@@ -198,7 +198,8 @@ BEGIN
     LOOP
         SELECT s.confirmed_flush_lsn INTO reached
         FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
-        IF reached >= target THEN
+        IF reached >= target
+           AND NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying') THEN
             RETURN reached;
         END IF;
         SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')

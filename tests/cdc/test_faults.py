@@ -57,6 +57,7 @@ def test_random_workload_with_kills(hot_pg: EmbeddedPostgres) -> None:
     for table in TABLES:
         conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, ts timestamptz NOT NULL, "
                      "v int, s text)")
+    for _ in TABLES:
         random_transaction(conn, rng, next_id, extra)
     runner = CdcRunner(env.config, env.dsn).start()
     kills = 0
