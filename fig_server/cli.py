@@ -20,6 +20,7 @@ from fig_server.demo import install_demo
 from fig_server.errors import FigError
 from fig_server.hot.backend import HotTarget
 from fig_server.hot.embedded import EmbeddedPostgres
+from fig_server.hot.privileges import apply_control_grants
 from fig_server.protocol.server import FigServer
 from fig_server.session.federation import ColdService, TieredCatalog
 
@@ -87,6 +88,7 @@ async def serve(config: FigConfig) -> None:
         await asyncio.to_thread(embedded.start)
     dsn = config.hot.dsn or embedded.dsn  # type: ignore[union-attr]
     await asyncio.to_thread(install_control_schema, dsn)
+    await asyncio.to_thread(apply_control_grants, dsn, config.auth.admin_role)
     tiered = TieredCatalog(dsn)
     await tiered.refresh()
     tiered.start()
