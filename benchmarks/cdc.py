@@ -65,7 +65,7 @@ BATCH = 10_000
 
 def _csv_batches(total: int) -> list[bytes]:
     """10k-row batches of events as CSV (ts is left to the server's clock_timestamp())."""
-    rows = events_for_day(7, LAST_DAY, total).drop_columns(["ts"])
+    rows = events_for_day(7, LAST_DAY, total).drop_columns(["id", "ts"])
     batches = []
     options = pacsv.WriteOptions(include_header=False)
     for start in range(0, total, BATCH):

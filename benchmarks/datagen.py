@@ -41,6 +41,7 @@ NAMESPACE = "public"
 EVENTS = "events"
 LAST_DAY = dt.date(2025, 9, 30)
 ROW_GROUP_ROWS = 131_072
+VERSION = 2  # bump whenever generated values or the schema change: it keys the cache
 USERS = 1_000_000
 
 
@@ -92,15 +93,17 @@ AGENTS = ("Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0 (Macintosh; Intel Mac 
           "curl/8.5.0", "python-requests/2.32.3", "okhttp/4.12.0", "Go-http-client/2.0")
 
 SCHEMA = Schema(
-    NestedField(1, "ts", TimestamptzType(), required=False),
-    NestedField(2, "day", DateType(), required=False),
-    NestedField(3, "status", IntegerType(), required=False),
-    NestedField(4, "user_id", LongType(), required=False),
-    NestedField(5, "country", StringType(), required=False),
-    NestedField(6, "amount", DecimalType(12, 2), required=False),
-    NestedField(7, "payload", StringType(), required=False),
+    NestedField(1, "id", LongType(), required=False),
+    NestedField(2, "ts", TimestamptzType(), required=False),
+    NestedField(3, "day", DateType(), required=False),
+    NestedField(4, "status", IntegerType(), required=False),
+    NestedField(5, "user_id", LongType(), required=False),
+    NestedField(6, "country", StringType(), required=False),
+    NestedField(7, "amount", DecimalType(12, 2), required=False),
+    NestedField(8, "payload", StringType(), required=False),
 )
 ARROW_SCHEMA = pa.schema([
+    ("id", pa.int64()),
     ("ts", pa.timestamp("us", tz="UTC")),
     ("day", pa.date32()),
     ("status", pa.int32()),
@@ -111,6 +114,7 @@ ARROW_SCHEMA = pa.schema([
 ])
 PG_EVENTS_DDL = """
 CREATE TABLE {name} (
+    id bigint PRIMARY KEY,
     ts timestamptz NOT NULL,
     day date NOT NULL,
     status integer NOT NULL,
@@ -146,8 +150,9 @@ def _decimal_from_cents(cents: np.ndarray) -> pa.Array:
                                  [None, pa.py_buffer(words.tobytes())])
 
 
-def events_for_day(seed: int, day: dt.date, rows: int) -> pa.Table:
-    """One day of events, sorted by ts; the same (seed, day, rows) always gives the same rows."""
+def events_for_day(seed: int, day: dt.date, rows: int, first_id: int = 1) -> pa.Table:
+    """One day of events, sorted by ts, ids from first_id; the same arguments always give the
+    same rows."""
     rng = np.random.default_rng([seed, day.toordinal()])
     start_us = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * 10**6
     ts = np.sort(rng.integers(0, 86_400 * 10**6, rows, dtype=np.int64)) + start_us
@@ -162,6 +167,7 @@ def events_for_day(seed: int, day: dt.date, rows: int) -> pa.Table:
     cents = np.round(rng.lognormal(7.0, 1.2, rows)).astype(np.int64)
     payload = _PAYLOADS.take(pa.array(rng.integers(0, len(_PAYLOADS), rows)))
     return pa.Table.from_arrays([
+        pa.array(np.arange(first_id, first_id + rows, dtype=np.int64)),
         pa.array(ts, pa.timestamp("us", tz="UTC")),
         pa.array(np.full(rows, (day - dt.date(1970, 1, 1)).days, dtype=np.int32), pa.date32()),
         pa.array(status),
@@ -173,9 +179,12 @@ def events_for_day(seed: int, day: dt.date, rows: int) -> pa.Table:
 
 
 def iter_days(scale: Scale, seed: int) -> Iterator[tuple[dt.date, pa.Table]]:
+    first_id = 1
     for index in range(scale.days):
         day = scale.first_day + dt.timedelta(days=index)
-        yield day, events_for_day(seed, day, scale.rows_on(index))
+        rows = scale.rows_on(index)
+        yield day, events_for_day(seed, day, rows, first_id)
+        first_id += rows
 
 
 def countries_table() -> pa.Table:
@@ -189,10 +198,12 @@ class DataSet:
 
     scale: Scale
     seed: int
+    layout: str = "generator"
 
     @property
     def root(self) -> Path:
-        return DATA_ROOT / f"{self.scale.name}-{self.scale.rows}-{self.scale.days}-s{self.seed}"
+        name = f"{self.scale.name}-{self.scale.rows}-{self.scale.days}-s{self.seed}-v{VERSION}"
+        return DATA_ROOT / (name if self.layout == "generator" else f"{name}-{self.layout}")
 
     @property
     def fig_data_dir(self) -> Path:

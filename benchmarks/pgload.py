@@ -57,6 +57,19 @@ def _loaded_key(conn: psycopg.Connection) -> str | None:
     return str(row[0]) if row else None
 
 
+def copy_events(conn: psycopg.Connection, data: DataSet, label: str) -> None:
+    """COPY every generated day into the table `events`, one transaction per day."""
+    options = pacsv.WriteOptions(include_header=False)
+    for index, (_, rows) in enumerate(iter_days(data.scale, data.seed)):
+        buffer = io.BytesIO()
+        pacsv.write_csv(rows, buffer, options)
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                "COPY events FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buffer.getbuffer())
+        if index % 10 == 9 or index == data.scale.days - 1:
+            print(f"  {label}: {index + 1}/{data.scale.days} days loaded", flush=True)
+
+
 def ensure_postgres_peer(admin_dsn: str, peer_dsn: str, data: DataSet) -> float:
     """Load every event into `peer`.events unless already there; returns seconds spent."""
     ensure_database(admin_dsn, PEER_DB)
@@ -67,14 +80,7 @@ def ensure_postgres_peer(admin_dsn: str, peer_dsn: str, data: DataSet) -> float:
         started = time.perf_counter()
         conn.execute("DROP TABLE IF EXISTS bench_meta, events")
         conn.execute(PG_EVENTS_DDL.format(name="events"))
-        options = pacsv.WriteOptions(include_header=False)
-        for index, (_, rows) in enumerate(iter_days(data.scale, data.seed)):
-            buffer = io.BytesIO()
-            pacsv.write_csv(rows, buffer, options)
-            with conn.cursor() as cur, cur.copy("COPY events FROM STDIN (FORMAT csv)") as copy:
-                copy.write(buffer.getbuffer())
-            if index % 10 == 9 or index == data.scale.days - 1:
-                print(f"  postgres peer: {index + 1}/{data.scale.days} days loaded", flush=True)
+        copy_events(conn, data, "postgres peer")
         for statement in PEER_INDEXES:
             conn.execute(statement)
         conn.execute("VACUUM ANALYZE events")

@@ -74,8 +74,9 @@ def _spread(runs: list[float]) -> str:
 
 def _pruning(p: dict[str, Any]) -> str:
     if "files_total" not in p:
-        return ""
-    text = (f"files {p['files_kept']}/{p['files_total']}, "
+        return f"route {p['route']}" if "route" in p else ""
+    text = "" if "route" not in p else f"route {p['route']}: "
+    text += (f"files {p['files_kept']}/{p['files_total']}, "
             f"row groups {p.get('row_groups_kept', '?')}/{p.get('row_groups_total', '?')}")
     if p.get("bytes_total"):
         text += f", read {100 * (p.get('bytes_read') or 0) / p['bytes_total']:.2f}% of bytes"
@@ -94,7 +95,7 @@ def cold_rows(report: RunReport) -> list[list[str]]:
             if m.skipped:
                 rows.append([query, m.system, "skipped", "", "", "", "", "", m.skipped])
                 continue
-            ratio = "" if fig is None or m is fig else f"{fig.median_ms / m.median_ms:.2f}x"
+            ratio = "" if fig is None or m.is_fig else f"{fig.median_ms / m.median_ms:.2f}x"
             agree = {True: "yes", False: "NO", None: "-"}[m.agrees]
             rows.append([query, m.system, _ms(m.median_ms), _spread(m.runs_ms), ratio,
                          _bytes(m.bytes_read), str(m.rows), agree, _pruning(m.pruning)])
@@ -225,7 +226,10 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
                   "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN "
                   "ANALYZE bytes_scanned; Postgres: EXPLAIN BUFFERS shared+temp buffer accesses x "
                   "8 KiB, so a page visited twice counts twice). "
-                  "Fig/peer < 1 means Fig is faster. \"same rows\" compares every system's "
+                  "Fig/peer divides Fig's median (over pgwire when it ran, else the in-process "
+                  "engine) by the peer's: < 1 means Fig is faster. For Fig over pgwire, bytes "
+                  "are its cold scans' (EXPLAIN ANALYZE), not the hot part of a SPLIT. "
+                  "\"same rows\" compares every system's "
                   "result with Postgres's (or, without Postgres, the first system that ran).", ""]
         parts.append(markdown_table(COLD_HEADER, cold_rows(report)))
         parts += [""] + [f"- {line}" for line in cold_summary(report)]

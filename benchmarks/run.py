@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ from benchmarks.systems import (
     normalize,
     probe_fig_pgwire,
 )
-from benchmarks.workloads import Query, cold_queries
+from benchmarks.workloads import Query, cold_queries, split_queries
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("cold", "hot", "cdc")
@@ -56,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, help="override the scale's row count")
     parser.add_argument("--days", type=int, help="override the scale's day count")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--layout", choices=("auto", "generator", "fig"), default="auto",
+                        help="fig: load hot Postgres and tier it through Fig's CDC, retention "
+                             "and compaction (Fig's own layout; needed for pgwire and split "
+                             "queries); generator: write Iceberg directly; auto: fig when "
+                             "fig_server.cdc can tier tables, else generator")
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per cold query")
@@ -167,18 +173,25 @@ def measure(system: System, query: Query, runs: int) -> ColdMeasure:
 
 def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport) -> None:
     from benchmarks.pgload import ensure_postgres_peer, load_countries
-    info = ensure_iceberg(data)
-    if info.get("seconds"):
-        print(f"  iceberg table generated in {info['seconds']} s (cached for later runs)")
+    if data.layout == "fig":
+        from benchmarks.figload import ensure_fig_layout
+        print("  building the events table through Fig (first run only)", flush=True)
+        info = ensure_fig_layout(fig, data)
+        layout = ("loaded into hot Postgres, tiered with fig.tier_table, retired from hot by "
+                  "fig.run_retention up to the tier boundary, compacted by fig.compact: Fig's "
+                  f"own layout; build {info}")
+    else:
+        info = ensure_iceberg(data)
+        layout = ("partitioned by day(ts), appended one day at a time sorted by ts (pyiceberg, "
+                  "zstd, row groups <= 131,072 rows) by the generator, imitating the layout of "
+                  "Fig's CDC and compaction")
+    print(f"  events table built in {info.get('seconds')} s (cached for later runs)")
     events = data.events()
     files = current_data_files(events)
     table_bytes = sum(size for _, size, _ in files)
     report.header["data"] = (f"{sum(n for _, _, n in files):,} events, {len(files)} data files, "
                              f"{table_bytes / 1e6:.0f} MB in Iceberg")
-    report.header["layout"] = ("Iceberg SQL catalog `fig` in Fig's data dir, table public.events "
-                               "partitioned by day(ts), appended one day at a time sorted by ts "
-                               "(pyiceberg, zstd, row groups <= 131,072 rows); written by the "
-                               "generator, not yet through Fig's CDC and compaction")
+    report.header["layout"] = f"Iceberg catalog `fig` in Fig's data dir, public.events {layout}"
     load_countries(fig.hot_dsn())
     with_postgres = data.scale.rows <= POSTGRES_PEER_MAX_ROWS
     if with_postgres:
@@ -200,6 +213,8 @@ def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport) -> No
                 measures.append(measure(system, query, runs))
             _check_agreement(measures)
             report.cold.extend(measures)
+        if data.layout == "fig":
+            run_split(fig, data, systems, runs, report)
     finally:
         for system in systems:
             system.close()
@@ -213,6 +228,32 @@ def _check_agreement(measures: list[ColdMeasure]) -> None:
         m.agrees = reference is not None and m.digest == reference.digest
     for m in ran:
         m.digest = []
+
+
+def run_split(fig: FigProcess, data: DataSet, systems: list[System], runs: int,
+              report: RunReport) -> None:
+    """A daily aggregate spanning the tier boundary, through Fig's planner (route auto), with
+    its cold and hot parts alone, against Postgres holding every row."""
+    from benchmarks.figload import tier_boundary
+    peer = next((s for s in systems if isinstance(s, PostgresSystem)), None)
+    if not any(isinstance(s, FigPgwire) for s in systems) or peer is None:
+        report.skipped.append(("split queries", "need Fig over pgwire and the Postgres peer"))
+        return
+    boundary = tier_boundary(data)
+    hot_days = (data.scale.days + 1) // 2
+    start = boundary - dt.timedelta(days=max(1, hot_days // 2))
+    split_system = FigPgwire(fig.dsn(), route="auto")
+    try:
+        for query in split_queries(start, boundary):
+            report.queries[query.name] = query.sql
+            measures = []
+            for system in (split_system, peer):
+                print(f"  {query.name}: {system.name}", flush=True)
+                measures.append(measure(system, query, runs))
+            _check_agreement(measures)
+            report.cold.extend(measures)
+    finally:
+        split_system.close()
 
 
 def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport) -> None:
@@ -243,6 +284,12 @@ def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunRepor
         report.loops.append(run_loop(dsn, target, queries, pgbench_scale * 100_000))
 
 
+def choose_layout(wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    return "fig" if importlib.util.find_spec("fig_server.cdc.service") else "generator"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = {w.strip() for w in args.only.split(",") if w.strip()}
@@ -251,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown workloads: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     scale = chosen_scale(args)
-    data = DataSet(scale, args.seed)
+    data = DataSet(scale, args.seed, choose_layout(args.layout))
     report = RunReport(header=machine_header(scale, args.seed, args.runs))
     data.root.mkdir(parents=True, exist_ok=True)
     data.root.chmod(0o755)
-    if "cold" in only:
+    if "cold" in only and data.layout == "generator":
         print("preparing data", flush=True)
         ensure_iceberg(data)
     print("starting fig serve", flush=True)

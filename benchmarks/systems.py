@@ -225,16 +225,45 @@ class FigColdInProcess(System):
                 return
 
 
-class FigPgwire(System):
-    """Fig as a user sees it: psycopg over pgwire, the planner routing to the cold tier."""
+_EXPLAIN_COUNTS = {
+    "manifests": re.compile(r"Manifests: (\d+) of (\d+)"),
+    "files": re.compile(r"Files: (\d+) of (\d+)"),
+    "row_groups": re.compile(r"Row groups: (\d+) of (\d+)"),
+    "bytes": re.compile(r"Bytes read: (\d+) of (\d+)"),
+    "units": re.compile(r"Work units run: (\d+) of (\d+)"),
+}
 
-    name = "Fig over pgwire"
-    short = "fig"
+
+def explain_pruning(text: str) -> dict[str, Any]:
+    """Fig's EXPLAIN ANALYZE pruning counts, summed over the cold scans it shows."""
+    pruning: dict[str, Any] = {}
+    for name, pattern in _EXPLAIN_COUNTS.items():
+        pairs = [(int(a), int(b)) for a, b in pattern.findall(text)]
+        if pairs:
+            kept, total = (sum(p[0] for p in pairs), sum(p[1] for p in pairs))
+            if name == "bytes":
+                pruning["bytes_read"], pruning["bytes_total"] = kept, total
+            elif name == "units":
+                pruning["units_run"], pruning["units_planned"] = kept, total
+            else:
+                pruning[f"{name}_kept"], pruning[f"{name}_total"] = kept, total
+    pruning["stopped_early"] = bool(re.search(r"Stopped early: yes", text))
+    routes = re.findall(r"Fig route: (\w+)", text)
+    if routes:
+        pruning["route"] = routes[0]
+    return pruning
+
+
+class FigPgwire(System):
+    """Fig as a user sees it: psycopg over pgwire, the planner routing to a tier."""
+
     is_fig = True
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, route: str = "cold") -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute("SET fig.route = 'cold'")
+        self.conn.execute("SELECT set_config('fig.route', %s, false)", (route,))
+        self.name = "Fig over pgwire" + (f" (route {route})" if route != "cold" else "")
+        self.short = "fig" if route == "cold" else f"fig-{route}"
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
         return self.conn.execute(query.sql).fetchall()
@@ -242,9 +271,8 @@ class FigPgwire(System):
     def reading(self, query: Query) -> Reading:
         rows = self.conn.execute("EXPLAIN ANALYZE " + query.sql).fetchall()
         text = "\n".join(str(row[0]) for row in rows)
-        match = re.search(r"bytes read\D*(\d+)", text, re.IGNORECASE)
-        return Reading(int(match.group(1)) if match else None, "EXPLAIN ANALYZE",
-                       {"explain": text[:2000]})
+        pruning = explain_pruning(text)
+        return Reading(pruning.get("bytes_read"), "EXPLAIN ANALYZE Bytes read", pruning)
 
     def close(self) -> None:
         self.conn.close()

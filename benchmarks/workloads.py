@@ -37,3 +37,16 @@ def cold_queries(example_day: dt.date, user_id: int) -> list[Query]:
               "JOIN countries c ON c.code = e.country WHERE e.status = 500 "
               "GROUP BY c.region ORDER BY c.region", uses_dimension=True),
     ]
+
+
+def split_queries(start: dt.datetime, boundary: dt.datetime) -> list[Query]:
+    """A daily aggregate from `start` across the tier boundary, and its cold and hot parts."""
+    base = ("SELECT day, count(*) AS n, sum(amount) AS total FROM events "
+            f"WHERE ts >= TIMESTAMPTZ '{start.isoformat()}'")
+    tail = " GROUP BY day ORDER BY day"
+    edge = f"TIMESTAMPTZ '{boundary.isoformat()}'"
+    return [
+        Query("split", "daily aggregate across the tier boundary (SPLIT)", base + tail),
+        Query("split-cold", "its cold part alone", f"{base} AND ts < {edge}{tail}"),
+        Query("split-hot", "its hot part alone", f"{base} AND ts >= {edge}{tail}"),
+    ]
