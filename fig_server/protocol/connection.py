@@ -7,9 +7,11 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 
 from fig_server import wire
 from fig_server.errors import ConnectionFailure, FigError, InternalError, ProtocolViolation
+from fig_server.limits import UserLimits
 from fig_server.planner.rewrite import split_statements
 from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
@@ -49,6 +51,11 @@ class ClientConnection:
         self.tiered_statements: dict[str, tuple[str, bytes]] = {}
         self._idle = asyncio.Event()
         self._divert: asyncio.Queue[tuple[int, bytes]] | None = None
+        # Per-user limits (set by the server), the refusal of the statement being held, and
+        # whether an extended-protocol batch has begun (its first message is what counts).
+        self.limits: UserLimits | None = None
+        self._refused: FigError | None = None
+        self._open_batch = False
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -164,7 +171,8 @@ class ClientConnection:
             sent = 0
             for start, end in spans:
                 kind = buffer[start]
-                if self.batch is not None or self._federates(kind, start, end):
+                if self.batch is not None or self._federates(kind, start, end) \
+                        or self._refuses(kind):
                     backend.writer.write(bytes(buffer[sent:start]))
                     sent = end
                     await self._hold(kind, bytes(buffer[start:end]))
@@ -211,7 +219,23 @@ class ClientConnection:
         except ValueError:
             return False  # a malformed message: Postgres reports it as it always does
 
+    def _refuses(self, kind: int) -> bool:
+        """Does the user's rate limit refuse the statement this message begins?"""
+        if self.limits is None or not self.limits.limits_rate:
+            return False
+        first = kind == 81 or (kind in (80, 66, 69) and not self._open_batch)  # Q, or P B E
+        self._open_batch = kind not in (81, 83)  # a Query or a Sync ends the batch
+        if first:
+            self._refused = self.limits.admit(self.session.user)
+        return self._refused is not None
+
     async def _hold(self, kind: int, raw: bytes) -> None:
+        if self._refused is not None and kind in (81, 83):
+            error, self._refused = self._refused, None
+            self.batch, self._open_batch = None, False
+            await self._wait_idle()
+            await self._fail(error)
+            return
         if kind == 81:
             await self._run_query(wire.query_text(raw[5:]))
             return
@@ -261,8 +285,9 @@ class ClientConnection:
         cancel = threading.Event()
         self.session.cold_cancel = cancel
         try:
-            await work(federator)
-            await self._wait_idle()
+            with self.limits.cold_slot(self.session.user) if self.limits else nullcontext():
+                await work(federator)
+                await self._wait_idle()
         except FigError as error:
             await self._fail(error)
         finally:

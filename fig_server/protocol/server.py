@@ -19,6 +19,7 @@ from fig_server.errors import (
 )
 from fig_server.hot.backend import HotTarget
 from fig_server.hot.roles import RoleDirectory
+from fig_server.limits import UserLimits
 from fig_server.protocol import tls
 from fig_server.protocol.auth import Authenticator
 from fig_server.protocol.connection import ClientConnection
@@ -70,6 +71,7 @@ class FigServer:
             self.authenticator = Authenticator(config.auth.method, self.roles)
         self.tiered = tiered
         self.cold = cold
+        self.limits = UserLimits(config.limits)
         self.sessions: dict[int, Session] = {}
         self.connections = 0
         self.server: asyncio.Server | None = None
@@ -197,6 +199,7 @@ class FigServer:
             federator = Federator(self.cold, self.tiered, session.database)
         connection = ClientConnection(session, reader, writer,
                                       self.config.server.max_message_bytes, federator)
+        connection.limits = self.limits
         try:
             if await connection.start(version, self.authenticator):
                 await connection.relay()

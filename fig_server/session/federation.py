@@ -126,9 +126,11 @@ class ColdService:
         return {part.table.qualified: table, part.table.name: table}
 
     def query(self, part: ColdPart, as_of: dt.datetime | None,
-              cancel: threading.Event | None) -> tuple[pa.Table, Any]:
+              cancel: threading.Event | None, timeout_s: float | None = None
+              ) -> tuple[pa.Table, Any]:
         engine, _ = self._open()
-        result = engine.query(part.cold_sql, self._tables(part), as_of=as_of, cancel=cancel)
+        result = engine.query(part.cold_sql, self._tables(part), as_of=as_of, cancel=cancel,
+                              timeout_s=timeout_s)
         return result.table, result.stats
 
     def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None) -> list[str]:
@@ -245,6 +247,8 @@ class Federator:
         self.tiered = tiered
         self.database = database
         self.locked = False
+        # The session's statement_timeout (seconds, None when off), read by prelude.
+        self.timeout_s: float | None = None
 
     def applies(self, sql: str) -> bool:
         return self.database == self.tiered.database and self.tiered.current.may_touch(sql)
@@ -259,7 +263,9 @@ class Federator:
         lock = "pg_advisory_xact_lock_shared" if in_transaction else "pg_advisory_lock_shared"
         sql = (f"SELECT {lock}({BOUNDARY_LOCK});"
                "SELECT coalesce(current_setting('fig.route', true), ''),"
-               " coalesce(current_setting('fig.as_of', true), '');" + TIERED_SQL)
+               " coalesce(current_setting('fig.as_of', true), ''),"
+               " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout');"
+               + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
         if error is not None:
@@ -267,6 +273,7 @@ class Federator:
         self.locked = not in_transaction
         rows = data_rows(answers)
         route = (rows[1][0] or "auto").strip().lower()
+        self.timeout_s = int(rows[1][2] or 0) / 1000 or None
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
@@ -339,7 +346,8 @@ class Federator:
         for part in plan.parts:
             csv = b""
             if run_cold:
-                table, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel)
+                table, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel,
+                                                       self.timeout_s)
                 prepared.stats.append(stats)
                 csv = await asyncio.to_thread(to_copy_csv, table)
             setup = (f"CREATE TEMP TABLE IF NOT EXISTS {part.temp_table} AS {part.shape_sql} "
