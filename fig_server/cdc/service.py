@@ -43,6 +43,7 @@ from fig_server.storage.typemap import PgColumn, iceberg_type
 log = logging.getLogger(__name__)
 PERIODIC_S = 0.25
 STATUS_S = 1.0
+READ_LIMIT = 5000
 
 
 @dataclass(frozen=True)
@@ -348,13 +349,16 @@ class CdcProcess:
 
     # -- flushing ----------------------------------------------------------------------
 
-    def flush_due(self) -> bool:
+    def flush_due(self, caught_up: bool = False) -> bool:
+        """Flush by rows, bytes or age, and at once when the stream has nothing more: under
+        light load that keeps lag to one commit; under heavy load batches grow by themselves
+        while a commit runs."""
         batch, cdc = self.batch, self.config.cdc
         if not batch.changes:
             return batch.end_lsn > self.applied_lsn
         if time.monotonic() < self.retry_at:
             return False
-        return (batch.rows >= cdc.flush_rows or batch.bytes >= cdc.flush_bytes
+        return (caught_up or batch.rows >= cdc.flush_rows or batch.bytes >= cdc.flush_bytes
                 or time.monotonic() - batch.first_at >= cdc.flush_interval_ms / 1000)
 
     def flush(self) -> None:
@@ -395,8 +399,11 @@ class CdcProcess:
     def pump(self, timeout: float) -> None:
         """Read and handle what the stream has, then flush if due."""
         assert self.stream is not None
+        caught_up = False
         if not self.backpressure():
-            for message in self.stream.read(timeout):
+            messages = self.stream.read(timeout)
+            caught_up = len(messages) < READ_LIMIT
+            for message in messages:
                 if isinstance(message, Keepalive):
                     if self.txn is None and not self.batch.changes:
                         self.batch.end_lsn = max(self.batch.end_lsn, message.wal_end)
@@ -411,7 +418,7 @@ class CdcProcess:
                     self.try_flush()
         else:
             time.sleep(min(timeout, 0.1))
-        if self.txn is None and self.flush_due():
+        if self.txn is None and self.flush_due(caught_up):
             self.try_flush()
 
     def periodic(self, stop_event: Any) -> None:
