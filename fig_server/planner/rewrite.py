@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, TokenError
 
 from fig_server.errors import FeatureNotSupported, SqlSyntaxError
 from fig_server.planner.tiers import TieredSet, TieredTable
@@ -77,8 +77,9 @@ WRITES = (exp.Update, exp.Delete, exp.Merge)
 def parse(sql: str) -> exp.Expression:
     try:
         tree = sqlglot.parse_one(sql, read="postgres")
-    except ParseError as exc:
-        raise SqlSyntaxError(f"syntax error: {exc.errors[0]['description'] if exc.errors else exc}"
+    except (ParseError, TokenError) as exc:  # an unterminated comment is a TokenError
+        errors = getattr(exc, "errors", None)
+        raise SqlSyntaxError(f"syntax error: {errors[0]['description'] if errors else exc}"
                              ) from exc
     if tree is None:
         raise SqlSyntaxError("empty statement")
