@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from fig_server.cold.errors import classify_datafusion_error
 from fig_server.cold.executor import Executor, ProcessExecutor, ThreadExecutor
 from fig_server.cold.literals import bind_parameters
 from fig_server.cold.metadata import MetadataCache
-from fig_server.cold.predicates import pruning_filter
+from fig_server.cold.predicates import exact_filter, pruning_filter
 from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
 from fig_server.cold.topn import cannot_beat, domain_value, sort_key
@@ -72,13 +72,19 @@ class ColdEngine:
     """The cold query engine; one per server, shared by sessions (thread-safe)."""
 
     def __init__(self, workers: int = 0, *, executor: Executor | None = None,
-                 use_processes: bool = True, queue_size: int = 0) -> None:
+                 use_processes: bool = True, queue_size: int = 0, eager: bool = False) -> None:
         count = workers or os.cpu_count() or 1
         if executor is None:
             executor = ProcessExecutor(count) if use_processes else ThreadExecutor(count)
         self.executor = executor
         self.cache = MetadataCache()
         self.queue_size = queue_size or 4 * executor.slots
+        if eager:
+            self.warm()
+
+    def warm(self) -> None:
+        """Start the workers now, in the background, so no query waits for their start-up."""
+        self.executor.warm()
 
     def query(self, sql: str, tables: Mapping[str, Table], params: list[Any] | None = None,
               as_of: dt.datetime | None = None, cancel: threading.Event | None = None,
@@ -112,7 +118,8 @@ class ColdEngine:
         stats = ScanStats()
         started = time.monotonic()
         for scan in prepared.scans:
-            for _ in Pruner(scan, self.cache, stats).units():
+            for _ in _work_items(Pruner(scan, self.cache, stats), scan, self.executor.slots,
+                                 lambda: False):
                 pass
         stats.plan_ms = (time.monotonic() - started) * 1000
         return explain_lines(prepared.plan, prepared.scans, stats, analyze=False)
@@ -132,16 +139,19 @@ class ColdEngine:
         if params is not None or any(True for _ in tree.find_all(exp.Parameter)):
             tree = bind_parameters(tree, params)
         snapshots = {key: _snapshot(table, as_of) for key, table in tables.items()}
-        schemas: dict[str, Schema] = {key: table.schema() for key, table in tables.items()}
+        schemas: dict[str, Schema] = {key: _schema(table, snapshots[key] if as_of else None)
+                                      for key, table in tables.items()}
         plan = plan_query(tree, schemas)
         scans, props = [], []
         for part in plan.parts:
             table = tables[part.binding.key]
+            count_filter = exact_filter(part.where, part.binding.resolve) \
+                if part.count_columns is not None else None
             scans.append(ScanSpec(
                 name=part.binding.key, io=table.io, snapshot=snapshots[part.binding.key],
                 schema=part.binding.schema, specs=table.specs(),
                 row_filter=pruning_filter(part.where, part.binding.resolve),
-                fields=part.fields, order=part.order))
+                fields=part.fields, order=part.order, count_filter=count_filter))
             props.append(tuple(sorted((str(k), str(v)) for k, v in table.io.properties.items())))
         return _Prepared(plan, scans, props)
 
@@ -150,19 +160,29 @@ class ColdEngine:
         pruner = Pruner(scan, self.cache, stats)
         units: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
-        planner = threading.Thread(target=_plan_into, args=(pruner, units, stop, stats),
+        planner = threading.Thread(target=_plan_into,
+                                   args=(pruner, scan, self.executor.slots, units, stop, stats),
                                    name="fig-cold-planner", daemon=True)
         planner.start()
         try:
-            return self._dispatch(part, scan, io_props, units, stop, stats, control)
+            results = self._dispatch(part, scan, io_props, units, stop, stats, control)
         finally:
             stop.set()
+        if pruner.metadata_rows and part.count_columns is not None:
+            results.append(pa.table({name: pa.array([pruner.metadata_rows], pa.int64())
+                                     for name in part.count_columns}))
+        if len(results) == 1:
+            return results[0]
+        if results:
+            return pa.concat_tables(results, promote_options="permissive")
+        return worker.run_sql(_empty_input(scan), part.worker_sql)
 
     def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,
-                  control: _Control) -> pa.Table:
+                  control: _Control) -> list[pa.Table]:
+        """Run work items as slots free up; for top-n keep a heap and stop when it wins."""
         order = scan.order
-        in_flight: dict[Future[bytes], WorkUnit] = {}
+        in_flight: dict[Future[bytes], tuple[WorkUnit, ...]] = {}
         results: list[pa.Table] = []
         heap: pa.Table | None = None
         threshold = None
@@ -180,7 +200,7 @@ class ColdEngine:
                         break
                     if isinstance(item, _Failure):
                         raise item.error
-                    if order is not None and cannot_beat(item.best, threshold, order):
+                    if order is not None and cannot_beat(item[0].best, threshold, order):
                         planning_done = True
                         stop.set()
                         _mark_stopped(stats, control)
@@ -193,10 +213,12 @@ class ColdEngine:
                     continue
                 done, _ = wait(list(in_flight), timeout=0.05, return_when=FIRST_COMPLETED)
                 for future in done:
-                    unit = in_flight.pop(future)
+                    if future not in in_flight:  # dropped by the heap a moment ago
+                        continue
+                    item = in_flight.pop(future)
                     table = worker.from_ipc(self._result(future))
-                    stats.units_run += 1
-                    stats.bytes_read += unit.bytes
+                    stats.units_run += len(item)
+                    stats.bytes_read += sum(unit.bytes for unit in item)
                     if order is None or part.merge_sql is None:
                         results.append(table)
                         continue
@@ -204,25 +226,23 @@ class ColdEngine:
                         pa.concat_tables([heap, table], promote_options="permissive"),
                         part.merge_sql)
                     threshold = _threshold(heap, scan)
-                    for other, other_unit in list(in_flight.items()):
-                        if cannot_beat(other_unit.best, threshold, order) and other.cancel():
+                    for other, other_item in list(in_flight.items()):
+                        if cannot_beat(other_item[0].best, threshold, order):
+                            # A running unit is one row group: let it finish, unawaited.
+                            other.cancel()
                             del in_flight[other]
                             _mark_stopped(stats, control)
         finally:
-            for future in in_flight:
-                future.cancel()
+            for future in in_flight:  # cancel, timeout or error: stop running units too
+                self.executor.abort(future)
         if heap is not None:
-            return heap
-        if results:
-            return pa.concat_tables(results, promote_options="permissive")
-        return worker.run_sql(_empty_input(scan), part.worker_sql)
+            return [heap]
+        return results
 
     def _submit(self, task: UnitTask) -> Future[bytes]:
         try:
             return self.executor.submit(task)
-        except BrokenProcessPool as exc:
-            if isinstance(self.executor, ProcessExecutor):
-                self.executor.reset()
+        except BrokenProcessPool as exc:  # executors built on concurrent.futures pools
             raise InternalError("a cold worker process died") from exc
 
     def _result(self, future: Future[bytes]) -> bytes:
@@ -231,15 +251,21 @@ class ColdEngine:
         except FigError:
             raise
         except BrokenProcessPool as exc:
-            if isinstance(self.executor, ProcessExecutor):
-                self.executor.reset()
             raise InternalError("a cold worker process died") from exc
         except Exception as exc:
             raise classify_datafusion_error(exc) from exc
 
 
-def _plan_into(pruner: Pruner, units: queue.Queue[Any], stop: threading.Event,
-               stats: ScanStats) -> None:
+def _work_items(pruner: Pruner, scan: ScanSpec, slots: int,
+                stop: Callable[[], bool]) -> Iterator[tuple[WorkUnit, ...]]:
+    """Batches of whole files for plain scans; single row-group units, best first, for top-n."""
+    if scan.order is None:
+        return pruner.batches(slots, stop)
+    return ((unit,) for unit in pruner.units(stop))
+
+
+def _plan_into(pruner: Pruner, scan: ScanSpec, slots: int, units: queue.Queue[Any],
+               stop: threading.Event, stats: ScanStats) -> None:
     """Planner thread: push units into the bounded queue until done or told to stop."""
     started = time.monotonic()
 
@@ -252,8 +278,8 @@ def _plan_into(pruner: Pruner, units: queue.Queue[Any], stop: threading.Event,
                 continue
 
     try:
-        for unit in pruner.units(stop.is_set):
-            put(unit)
+        for item in _work_items(pruner, scan, slots, stop.is_set):
+            put(item)
         stats.plan_ms += (time.monotonic() - started) * 1000
         put(_DONE)
     except BaseException as exc:  # handed to the dispatching thread, which raises it
@@ -301,6 +327,15 @@ def _snapshot(table: Table, as_of: dt.datetime | None) -> Snapshot | None:
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=dt.UTC)
     return table.snapshot_as_of_timestamp(int(as_of.timestamp() * 1000))
+
+
+def _schema(table: Table, snapshot: Snapshot | None) -> Schema:
+    """The schema a snapshot was written with (time travel), else the table's current one."""
+    if snapshot is not None and snapshot.schema_id is not None:
+        for schema in table.schemas().values():
+            if schema.schema_id == snapshot.schema_id:
+                return schema
+    return table.schema()
 
 
 def _final(plan: QueryPlan, scanned: dict[str, pa.Table]) -> pa.Table:

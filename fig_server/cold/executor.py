@@ -1,15 +1,27 @@
-"""Where work units run: a process pool (forkserver) by default, threads for small setups.
+"""Where work units run: worker processes (forkserver) that can be stopped mid-unit, or threads.
 A Ray executor can implement the same interface."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import queue
+import shutil
+import tempfile
 import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from fig_server.cold import worker
 from fig_server.cold.units import UnitTask
+from fig_server.errors import InternalError, QueryCanceled
+
+# How often a lane waiting on its worker looks for an abort request.
+_POLL_S = 0.02
 
 
 class Executor(ABC):
@@ -20,53 +32,228 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, task: UnitTask) -> Future[bytes]: ...
 
+    def abort(self, future: Future[bytes]) -> None:
+        """Stop a task: drop it if still queued; executors that can also stop a running one."""
+        future.cancel()
+
+    def warm(self) -> None:  # noqa: B027 - optional hook, nothing to start by default
+        """Start whatever the first query would otherwise wait for (in the background)."""
+
     @abstractmethod
     def close(self) -> None: ...
 
 
+def scratch_root() -> str:
+    """A private folder for workers' per-batch file links: in memory when /dev/shm exists."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix="fig-cold-", dir=base)
+
+
 class ProcessExecutor(Executor):
-    """Worker processes started lazily with forkserver; each builds its SessionContext once."""
+    """One lane per slot: a thread feeding one worker process over a pipe.
 
-    def __init__(self, workers: int) -> None:
+    A lane can kill its process in the middle of a unit (client cancel, statement timeout) and
+    starts a new one; processes are forked from a forkserver that has the worker module
+    imported already, so a restart costs milliseconds, not a DataFusion import.
+    """
+
+    def __init__(self, workers: int, *, eager: bool = False) -> None:
         self.slots = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self.scratch = scratch_root()
+        self._tasks: queue.Queue[tuple[Future[bytes], UnitTask] | None] = queue.Queue()
+        self._lanes: list[_Lane] = []
         self._lock = threading.Lock()
+        self._closed = False
+        if eager:
+            self.warm()
 
-    def _ensure(self) -> ProcessPoolExecutor:
+    def warm(self) -> None:
         with self._lock:
-            if self._pool is None:
-                context = multiprocessing.get_context("forkserver")
-                self._pool = ProcessPoolExecutor(self.slots, mp_context=context,
-                                                 initializer=worker.initialize)
-            return self._pool
+            if self._closed or self._lanes:
+                return
+            self._lanes = [_Lane(self._tasks, self.scratch, i) for i in range(self.slots)]
+            for lane in self._lanes:
+                lane.start()
 
     def submit(self, task: UnitTask) -> Future[bytes]:
-        return self._ensure().submit(worker.run_unit, task)
+        if self._closed:
+            raise InternalError("the cold engine is closed")
+        self.warm()
+        future: Future[bytes] = Future()
+        self._tasks.put((future, task))
+        return future
+
+    def abort(self, future: Future[bytes]) -> None:
+        if future.cancel():
+            return
+        for lane in self._lanes:
+            lane.abort(future)
+
+    def worker_pids(self) -> list[int]:
+        """Live worker processes (for tests and monitoring)."""
+        return [pid for lane in self._lanes if (pid := lane.pid()) is not None]
 
     def reset(self) -> None:
-        """Drop a broken pool (a worker died); the next submit starts a new one."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Kept for callers of the first cut: lanes restart dead workers by themselves."""
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if self._closed:
+                return
+            self._closed = True
+            lanes = list(self._lanes)
+        for lane in lanes:
+            lane.stop()
+        for _ in lanes:
+            self._tasks.put(None)
+        for lane in lanes:
+            lane.join(timeout=10)
+        while True:  # futures nobody will run any more
+            try:
+                item = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class _Lane(threading.Thread):
+    """Feeds queued tasks to one worker process; kills and replaces it on abort or death."""
+
+    def __init__(self, tasks: queue.Queue[tuple[Future[bytes], UnitTask] | None], scratch: str,
+                 index: int) -> None:
+        super().__init__(name=f"fig-cold-lane-{index}", daemon=True)
+        self._tasks = tasks
+        self._scratch = scratch
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._current: Future[bytes] | None = None
+        self._abort = threading.Event()
+        self._stopping = threading.Event()
+        self._guard = threading.Lock()
+
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
+
+    def abort(self, future: Future[bytes]) -> None:
+        with self._guard:
+            if self._current is future:
+                self._abort.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._abort.set()
+
+    def run(self) -> None:
+        try:
+            self._start_process()
+            while True:
+                item = self._tasks.get()
+                if item is None or self._stopping.is_set():
+                    if item is not None:
+                        item[0].cancel()
+                    break
+                future, task = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                with self._guard:
+                    self._current = future
+                    self._abort.clear()
+                try:
+                    self._run(future, task)
+                finally:
+                    with self._guard:
+                        self._current = None
+        finally:
+            self._shutdown()
+
+    def _run(self, future: Future[bytes], task: UnitTask) -> None:
+        try:
+            if self._process is None or not self._process.is_alive():
+                self._start_process()
+            outcome = self._exchange(task)
+        except BaseException as exc:  # the future carries it to the dispatching thread
+            future.set_exception(exc)
+            return
+        ok, payload = outcome
+        if ok:
+            future.set_result(payload)
+        else:
+            future.set_exception(payload)
+
+    def _exchange(self, task: UnitTask) -> tuple[bool, Any]:
+        conn, process = self._conn, self._process
+        assert conn is not None and process is not None
+        try:
+            conn.send(task)
+        except (OSError, ValueError) as exc:
+            self._kill()
+            raise InternalError("a cold worker process died") from exc
+        while True:
+            ready = wait([conn, process.sentinel], timeout=_POLL_S)
+            if self._abort.is_set():
+                self._kill()
+                raise QueryCanceled("canceling statement: work unit stopped")
+            if conn in ready:
+                try:
+                    outcome: tuple[bool, Any] = conn.recv()
+                    return outcome
+                except (EOFError, OSError) as exc:
+                    self._kill()
+                    raise InternalError("a cold worker process died") from exc
+            if ready:  # the sentinel alone: the process exited without answering
+                self._kill()
+                raise InternalError("a cold worker process died")
+
+    def _start_process(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["fig_server.cold.worker"])
+        parent, child = context.Pipe()
+        process = context.Process(target=worker.serve, args=(child, self._scratch),
+                                  name=f"fig-cold-{self.name}", daemon=True)
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+
+    def _kill(self) -> None:
+        process, conn = self._process, self._conn
+        self._process, self._conn = None, None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            pid = process.pid
+            process.kill()
+            process.join()
+            process.close()
+            shutil.rmtree(os.path.join(self._scratch, str(pid)), ignore_errors=True)
+
+    def _shutdown(self) -> None:
+        conn, process = self._conn, self._process
+        if conn is not None and process is not None and process.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+            process.join(timeout=2)
+        self._kill()
 
 
 class ThreadExecutor(Executor):
-    """Work units in threads of this process (DataFusion and pyarrow release the GIL)."""
+    """Work units in threads of this process (DataFusion and pyarrow release the GIL).
+
+    A running unit cannot be stopped here; only queued ones are dropped on abort.
+    """
 
     def __init__(self, workers: int) -> None:
         self.slots = workers
+        self.scratch = scratch_root()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fig-cold",
-                                        initializer=worker.initialize)
+                                        initializer=worker.initialize,
+                                        initargs=(self.scratch,))
 
     def submit(self, task: UnitTask) -> Future[bytes]:
-        return self._pool.submit(worker.run_unit, task)
+        return self._pool.submit(worker.run_task, task)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)

@@ -71,6 +71,62 @@ def pruning_filter(where: exp.Expression | None, resolve: ResolveColumn) -> Bool
     return _translate(where, False, resolve) or AlwaysTrue()
 
 
+_EXACT_TYPES = (IntegerType, LongType, StringType, DateType, TimestampType, TimestamptzType)
+
+
+def exact_filter(where: exp.Expression | None,
+                 resolve: ResolveColumn) -> BooleanExpression | None:
+    """A pyiceberg expression accepting exactly the rows WHERE accepts, or None when unsure.
+
+    Only conjunctions of column-vs-constant comparisons (=, <, <=, >, >=, BETWEEN, IN) on
+    integer, string, date and timestamp columns, whose constants bind without rounding.
+    """
+    if where is None:
+        return AlwaysTrue()
+    translated = []
+    for conjunct in _conjuncts(where):
+        if not _exact_atom(conjunct, resolve):
+            return None
+        predicate = _translate(conjunct, False, resolve)
+        if predicate is None:
+            return None
+        translated.append(predicate)
+    result = translated[0]
+    for predicate in translated[1:]:
+        result = And(result, predicate)
+    return result
+
+
+def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
+
+
+def _exact_atom(node: exp.Expression, resolve: ResolveColumn) -> bool:
+    if isinstance(node, exp.Between) and not node.args.get("symmetric"):
+        values = [node.args["low"], node.args["high"]]
+    elif isinstance(node, exp.In) and not (node.args.get("query") or node.args.get("unnest")):
+        values = list(node.expressions)
+    elif type(node) in _OPS and _OPS[type(node)] != "<>":
+        values = [node.expression]
+    else:
+        return False
+    column = node.this
+    if not isinstance(column, exp.Column):
+        return False
+    field = resolve(column)
+    if field is None or not isinstance(field.field_type, _EXACT_TYPES):
+        return False
+    for value in values:
+        const = constant(value)
+        if const is None or const.value is None or _coerce(const, field.field_type) is None:
+            return False
+    return bool(values)
+
+
 def _translate(node: exp.Expression, negated: bool,
                resolve: ResolveColumn) -> BooleanExpression | None:
     if isinstance(node, exp.Paren):

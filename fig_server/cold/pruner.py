@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from pyiceberg.expressions.visitors import (
     extract_field_ids,
     inclusive_projection,
     manifest_evaluator,
+    strict_projection,
 )
 from pyiceberg.io import FileIO
 from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent, ManifestFile
@@ -49,6 +51,16 @@ class ScanSpec:
     row_filter: BooleanExpression
     fields: list[NestedField]
     order: OrderKey | None = None
+    # Set when the query is count(*) only and this filter is exactly its WHERE: files whose
+    # partition implies it are counted from their manifest record counts, never read.
+    count_filter: BooleanExpression | None = None
+
+
+# Batches per worker slot: enough to balance uneven files, few enough to keep per-batch
+# overhead (a listing table, a SQL plan, an IPC result) small.
+BATCHES_PER_SLOT = 4
+MAX_BATCH_FILES = 256
+MAX_BATCH_BYTES = 256 << 20
 
 
 class Pruner:
@@ -62,6 +74,57 @@ class Pruner:
         self._metrics = evaluator.eval
         self._filter_ids = extract_field_ids(evaluator.expr) \
             if not isinstance(scan.row_filter, AlwaysTrue) else set()
+        self._strict: dict[int, Callable[[Any], bool]] = {}
+        self.metadata_rows = 0
+
+    def batches(self, slots: int,
+                stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[WorkUnit, ...]]:
+        """Whole-file units grouped for one worker each (scans without ORDER BY ... LIMIT).
+
+        Levels 1 and 2 run first (cached manifests), so the batch size is known from the
+        number of files; footers are then read as batches are yielded. Files answered from
+        metadata alone add to metadata_rows instead.
+        """
+        if self.scan.snapshot is None:
+            return
+        files = [kept for kept in self._kept_files(stop) if not self._counted(*kept)]
+        size = max(1, min(MAX_BATCH_FILES, math.ceil(len(files) / (slots * BATCHES_PER_SLOT))))
+        batch: list[WorkUnit] = []
+        batch_bytes = 0
+        for data_file, _ in files:
+            if stop():
+                return
+            unit = self._file_unit(data_file, native=True)
+            if unit is None:
+                continue
+            if not unit.native:
+                yield (unit,)
+                continue
+            batch.append(unit)
+            batch_bytes += unit.bytes
+            if len(batch) >= size or batch_bytes >= MAX_BATCH_BYTES:
+                yield tuple(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            yield tuple(batch)
+
+    def _counted(self, data_file: DataFile, spec_id: int) -> bool:
+        """Count a file from its record count when its partition implies the whole filter."""
+        count_filter = self.scan.count_filter
+        if count_filter is None:
+            return False
+        if spec_id not in self._strict:
+            if isinstance(count_filter, AlwaysTrue):
+                self._strict[spec_id] = lambda _: True
+            else:
+                spec, schema = self.scan.specs[spec_id], self.scan.schema
+                projected = strict_projection(schema, spec)(count_filter)
+                partition_schema = Schema(*spec.partition_type(schema).fields)
+                self._strict[spec_id] = expression_evaluator(partition_schema, projected, True)
+        if not self._strict[spec_id](data_file.partition):
+            return False
+        self.metadata_rows += int(data_file.record_count)
+        return True
 
     def units(self, stop: Callable[[], bool] = lambda: False) -> Iterator[WorkUnit]:
         """Work units in scan order, or best-first by the ORDER BY column's bounds."""
@@ -69,16 +132,16 @@ class Pruner:
             return
         files = self._kept_files(stop)
         if self.scan.order is None:
-            for data_file in files:
+            for data_file, _ in files:
                 if stop():
                     return
                 unit = self._file_unit(data_file)
                 if unit is not None:
                     yield unit
         else:
-            yield from self._best_first(list(files), self.scan.order, stop)
+            yield from self._best_first([f for f, _ in files], self.scan.order, stop)
 
-    def _kept_files(self, stop: Callable[[], bool]) -> Iterator[DataFile]:
+    def _kept_files(self, stop: Callable[[], bool]) -> Iterator[tuple[DataFile, int]]:
         """Levels 1 and 2: data files whose partition values and metrics might match."""
         scan, stats = self.scan, self.stats
         assert scan.snapshot is not None
@@ -106,7 +169,7 @@ class Pruner:
                     stats.bytes_total += data_file.file_size_in_bytes
                 if keep_partition(data_file.partition) and self._metrics(data_file):
                     stats.files_kept += 1
-                    yield data_file
+                    yield data_file, spec_id
 
     _summary_incomplete = False
 
@@ -140,13 +203,13 @@ class Pruner:
         self.stats.row_groups_kept += len(kept)
         return kept
 
-    def _file_unit(self, data_file: DataFile) -> WorkUnit | None:
+    def _file_unit(self, data_file: DataFile, native: bool = False) -> WorkUnit | None:
         footer = self.cache.footer(self.scan.io, data_file.file_path)
         kept = self._kept_row_groups(footer)
-        return self._unit(data_file.file_path, footer, kept) if kept else None
+        return self._unit(data_file.file_path, footer, kept, native=native) if kept else None
 
     def _unit(self, path: str, footer: Footer, row_groups: list[int],
-              best: Any = None) -> WorkUnit:
+              best: Any = None, native: bool = False) -> WorkUnit:
         columns = []
         names: list[str] = []
         for field in self.scan.fields:
@@ -154,14 +217,17 @@ class Pruner:
             if file_name is None and not footer.names_by_field_id \
                     and field.name in footer.arrow_schema.names:
                 file_name = field.name  # files written without field ids: match by name
-            columns.append(ColumnRead(file_name, field.name, arrow_type(field.field_type)))
+            column = ColumnRead(file_name, field.name, arrow_type(field.field_type))
+            columns.append(column)
+            native = native and _readable_by_name(column, footer)
             if file_name is not None:
                 names.append(file_name)
         size = _chunk_bytes(footer, row_groups, names)
         rows = sum(int(footer.metadata.row_group(i).num_rows) for i in row_groups)
         self.stats.bytes_estimated += size
         self.stats.units_planned += 1
-        return WorkUnit(path, tuple(row_groups), tuple(columns), rows, size, best)
+        return WorkUnit(path, tuple(row_groups), tuple(columns), rows, size, best,
+                        native=native and bool(columns))
 
     def _best_first(self, files: list[DataFile], key: OrderKey,
                     stop: Callable[[], bool]) -> Iterator[WorkUnit]:
@@ -200,6 +266,21 @@ class Pruner:
         nans = (data_file.nan_value_counts or {}).get(field_id)
         return best_key(bound(data_file.lower_bounds), bound(data_file.upper_bounds),
                         nulls, values, nans, key)
+
+
+def _readable_by_name(column: ColumnRead, footer: Footer) -> bool:
+    """Whether DataFusion's reader, matching columns by name, reads this column right: same
+    name and type, or absent under that name too (then NULL); never floats, whose Parquet
+    min/max leave NaN out and DataFusion 55 then drops or rewrites NaN values (seen: a
+    column of -1.0 and NaN read back as -1.0 twice)."""
+    if pa.types.is_floating(column.type):
+        return False
+    schema = footer.arrow_schema
+    if column.file_name is None:
+        return column.name not in schema.names
+    if column.file_name != column.name or schema.get_field_index(column.name) < 0:
+        return False
+    return bool(schema.field(column.name).type == column.type)
 
 
 def _chunk_bytes(footer: Footer, row_groups: list[int], names: list[str]) -> int:

@@ -67,6 +67,9 @@ class ScanPart:
     worker_sql: str
     order: OrderKey | None = None
     merge_sql: str | None = None
+    # Partial columns of a worker SQL that is only count(*) (no GROUP BY): files whose
+    # partitions imply the WHERE can be answered from manifest record counts.
+    count_columns: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -271,8 +274,21 @@ def _aggregate_plan(select: exp.Select, binding: TableBinding) -> QueryPlan | No
     names = _alias_outputs(split.final, select)
     where = select.args.get("where")
     part = ScanPart(binding, "__cold_0", unqualify(where.this) if where else None, fields,
-                    split.worker.sql(dialect=PG))
+                    split.worker.sql(dialect=PG), count_columns=_count_star_columns(split.worker))
     return QueryPlan("aggregate", [part], split.final.sql(dialect=PG), names)
+
+
+def _count_star_columns(worker: exp.Select) -> tuple[str, ...] | None:
+    """The partials' names when the worker computes nothing but count(*)."""
+    if worker.args.get("group") or not worker.expressions:
+        return None
+    names = []
+    for item in worker.expressions:
+        if not (isinstance(item, exp.Alias) and isinstance(item.this, exp.Count)
+                and isinstance(item.this.this, exp.Star)):
+            return None
+        names.append(item.alias)
+    return tuple(names)
 
 
 def _resolve_group_item(item: exp.Expression, select: exp.Select,

@@ -57,13 +57,14 @@ class WorkUnit:
     num_rows: int
     bytes: int
     best: Any = field(default=None, compare=False)
+    native: bool = False  # whole file, names agree with the table: DataFusion reads it
 
 
 @dataclass(frozen=True)
 class UnitTask:
-    """Everything a worker needs, picklable: the unit, the SQL over it, how to open files."""
+    """Everything a worker needs, picklable: units (run as one input), SQL, how to open files."""
 
-    unit: WorkUnit
+    units: tuple[WorkUnit, ...]
     sql: str
     io_properties: tuple[tuple[str, str], ...]
 

@@ -1,9 +1,18 @@
-"""What runs in a worker: read one unit's row groups and columns, run DataFusion over them,
-return Arrow IPC. Each worker builds its SessionContext once."""
+"""What runs in a worker: read a task's files (DataFusion's own Parquet reader when the files
+fit the table's current schema, pyarrow otherwise), run the task's SQL, return Arrow IPC.
+Each worker builds its SessionContext once."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import signal
+import tempfile
 import threading
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,22 +21,54 @@ from pyiceberg.io import FileIO, load_file_io
 
 from fig_server.cold.errors import classify_datafusion_error
 from fig_server.cold.units import UnitTask, WorkUnit
+from fig_server.errors import FigError
 
 UNIT_TABLE = "__unit"
 ROW_MARKER = "__fig_row"
 
 _local = threading.local()
+_settings: dict[str, str] = {}
 
 
-def initialize() -> None:
+def initialize(scratch: str | None = None) -> None:
     """Pool initializer: one SessionContext per worker (per thread for thread pools)."""
+    if scratch is not None:
+        _settings["scratch"] = scratch
     _context()
+
+
+def serve(conn: Connection, scratch: str) -> None:
+    """Worker process main loop: tasks in over the pipe, (ok, IPC bytes or error) out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
+    _settings["scratch"] = os.path.join(scratch, str(os.getpid()))
+    os.makedirs(_settings["scratch"], exist_ok=True)
+    _context()
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        outcome: tuple[bool, Any]
+        try:
+            outcome = (True, run_task(task))
+        except FigError as exc:
+            outcome = (False, exc)
+        except Exception as exc:  # every failure is answered, as an error with a SQLSTATE
+            outcome = (False, classify_datafusion_error(exc))
+        try:
+            conn.send(outcome)
+        except (OSError, ValueError):
+            return
 
 
 def _context() -> SessionContext:
     ctx: SessionContext | None = getattr(_local, "ctx", None)
     if ctx is None:
-        config = SessionConfig().with_target_partitions(1)
+        config = (SessionConfig().with_target_partitions(1)
+                  .set("datafusion.execution.parquet.pushdown_filters", "true")
+                  .set("datafusion.execution.parquet.reorder_filters", "true"))
         ctx = SessionContext(config)
         _local.ctx = ctx
         _local.io = {}
@@ -35,6 +76,7 @@ def _context() -> SessionContext:
 
 
 def _file_io(properties: tuple[tuple[str, str], ...], path: str) -> FileIO:
+    _context()
     cache: dict[tuple[tuple[str, str], ...], FileIO] = _local.io
     if properties not in cache:
         cache[properties] = load_file_io(dict(properties), path)
@@ -71,30 +113,121 @@ def shape(data: pa.Table, unit: WorkUnit) -> pa.Table:
 def run_sql(table: pa.Table, sql: str) -> pa.Table:
     """Run SQL over one in-memory table named __unit."""
     ctx = _context()
-    name = UNIT_TABLE
     if not table.num_columns:
         table = pa.table([pa.nulls(table.num_rows, pa.bool_())], names=[ROW_MARKER])
-    if ctx.table_exist(name):
-        ctx.deregister_table(name)
+    _drop_unit_table(ctx)
     batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    ctx.register_record_batches(name, [batches])
+    ctx.register_record_batches(UNIT_TABLE, [batches])
     try:
-        return ctx.sql(sql).to_arrow_table()
+        return _plain_strings(ctx.sql(sql).to_arrow_table())
     except Exception as exc:  # DataFusion raises plain Exception subclasses
         raise classify_datafusion_error(exc) from exc
     finally:
-        ctx.deregister_table(name)
+        _drop_unit_table(ctx)
+
+
+def native_path(path: str) -> str | None:
+    """The local file a URI names, when DataFusion can open it itself."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    if "://" not in path and os.path.isabs(path):
+        return path
+    return None
+
+
+def run_native(units: tuple[WorkUnit, ...], sql: str) -> pa.Table:
+    """Run SQL over whole files read by DataFusion: one listing table over links to them.
+
+    The table schema is the query's columns with their current types; DataFusion maps file
+    columns by name, casts, and fills absent ones with NULL (the pruner only marks a unit
+    native when names in the file agree with the table's). Row-group pruning is its own.
+    The folder of links is kept per set of files: DataFusion caches footers by path, and the
+    same query plans the same batches again.
+    """
+    ctx = _context()
+    schema = pa.schema([pa.field(c.name, c.type) for c in units[0].columns])
+    _drop_unit_table(ctx)
+    ctx.register_listing_table(UNIT_TABLE, _links(units), file_extension=".parquet",
+                               schema=schema)
+    try:
+        return _plain_strings(ctx.sql(sql).to_arrow_table())
+    except Exception as exc:  # DataFusion raises plain Exception subclasses
+        raise classify_datafusion_error(exc) from exc
+    finally:
+        _drop_unit_table(ctx)
+
+
+_MAX_LINK_FOLDERS = 512
+
+
+def _links(units: tuple[WorkUnit, ...]) -> str:
+    """A folder holding links to exactly these files, made once per worker thread (LRU)."""
+    folders: OrderedDict[str, str] | None = getattr(_local, "links", None)
+    if folders is None:
+        folders = _local.links = OrderedDict()
+    paths = [native_path(u.path) for u in units]
+    key = hashlib.sha1("\n".join(p or "" for p in paths).encode()).hexdigest()
+    if key in folders:
+        folders.move_to_end(key)
+        return folders[key]
+    scratch = _settings.get("scratch") or tempfile.gettempdir()
+    root = os.path.join(scratch, f"t{threading.get_ident()}")
+    folder = os.path.join(root, key)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    for index, path in enumerate(paths):
+        assert path is not None
+        os.symlink(path, os.path.join(folder, f"{index:06d}.parquet"))
+    folders[key] = folder
+    while len(folders) > _MAX_LINK_FOLDERS:
+        _, old = folders.popitem(last=False)
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def run_task(task: UnitTask) -> bytes:
+    """Worker entry point: the task's units in, Arrow IPC stream bytes out."""
+    native = tuple(u for u in task.units if u.native and native_path(u.path) is not None)
+    other = [u for u in task.units if not (u.native and native_path(u.path) is not None)]
+    results = []
+    if native:
+        results.append(run_native(native, task.sql))
+    if other:
+        tables = [read_unit(u, _file_io(task.io_properties, u.path)) for u in other]
+        data = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        results.append(run_sql(data, task.sql))
+    result = results[0] if len(results) == 1 else pa.concat_tables(
+        results, promote_options="permissive")
+    return to_ipc(result)
 
 
 def run_unit(task: UnitTask) -> bytes:
-    """Worker entry point: one unit in, Arrow IPC stream bytes out."""
-    table = read_unit(task.unit, _file_io(task.io_properties, task.unit.path))
-    result = run_sql(table, task.sql)
+    """Kept for callers of the first cut."""
+    return run_task(task)
+
+
+def to_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, result.schema) as writer:
-        writer.write_table(result)
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 
 
 def from_ipc(payload: bytes) -> pa.Table:
     return pa.ipc.open_stream(payload).read_all()
+
+
+def _drop_unit_table(ctx: SessionContext) -> None:
+    if ctx.table_exist(UNIT_TABLE):
+        ctx.deregister_table(UNIT_TABLE)
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """View strings (DataFusion's Parquet reader) as plain strings, so results concatenate."""
+    if not any(pa.types.is_string_view(t) or pa.types.is_binary_view(t)
+               for t in table.schema.types):
+        return table
+    fields = [pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else
+                       pa.binary() if pa.types.is_binary_view(f.type) else f.type, f.nullable)
+              for f in table.schema]
+    return table.cast(pa.schema(fields))
