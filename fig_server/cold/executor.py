@@ -10,6 +10,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
@@ -60,6 +61,7 @@ class ProcessExecutor(Executor):
     def __init__(self, workers: int, *, eager: bool = False) -> None:
         self.slots = workers
         self.scratch = scratch_root()
+        weakref.finalize(self, shutil.rmtree, self.scratch, True)
         self._tasks: queue.Queue[tuple[Future[bytes], UnitTask] | None] = queue.Queue()
         self._lanes: list[_Lane] = []
         self._lock = threading.Lock()
@@ -92,6 +94,10 @@ class ProcessExecutor(Executor):
     def worker_pids(self) -> list[int]:
         """Live worker processes (for tests and monitoring)."""
         return [pid for lane in self._lanes if (pid := lane.pid()) is not None]
+
+    def busy_pids(self) -> list[int]:
+        """Worker processes running a task right now."""
+        return [pid for lane in self._lanes if lane.busy() and (pid := lane.pid()) is not None]
 
     def reset(self) -> None:
         """Kept for callers of the first cut: lanes restart dead workers by themselves."""
@@ -137,6 +143,9 @@ class _Lane(threading.Thread):
         process = self._process
         return process.pid if process is not None and process.is_alive() else None
 
+    def busy(self) -> bool:
+        return self._current is not None
+
     def abort(self, future: Future[bytes]) -> None:
         with self._guard:
             if self._current is future:
@@ -166,6 +175,8 @@ class _Lane(threading.Thread):
                 finally:
                     with self._guard:
                         self._current = None
+                if self._process is None and not self._stopping.is_set():
+                    self._start_process()  # a killed worker's replacement starts at once
         finally:
             self._shutdown()
 
@@ -247,6 +258,7 @@ class ThreadExecutor(Executor):
     def __init__(self, workers: int) -> None:
         self.slots = workers
         self.scratch = scratch_root()
+        weakref.finalize(self, shutil.rmtree, self.scratch, True)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fig-cold",
                                         initializer=worker.initialize,
                                         initargs=(self.scratch,))
