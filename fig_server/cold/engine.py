@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import sqlglot
 from datafusion import SessionContext
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
@@ -27,7 +28,7 @@ from fig_server.cold import worker
 from fig_server.cold.errors import classify_datafusion_error
 from fig_server.cold.executor import Executor, ProcessExecutor, ThreadExecutor
 from fig_server.cold.literals import bind_parameters
-from fig_server.cold.metadata import MetadataCache
+from fig_server.cold.metadata import Lru, MetadataCache
 from fig_server.cold.predicates import exact_filter, pruning_filter
 from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
@@ -61,6 +62,26 @@ class _Control:
         return (time.monotonic() - self.started) * 1000
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """What only the SQL, its parameters and the schemas decide: cached across queries."""
+
+    plan: QueryPlan
+    row_filters: list[BooleanExpression]
+    count_filters: list[BooleanExpression | None]
+
+
+def _plan(sql: str, params: list[Any] | None, schemas: dict[str, Schema]) -> _Planned:
+    tree = _parse(sql)
+    if params is not None or any(True for _ in tree.find_all(exp.Parameter)):
+        tree = bind_parameters(tree, params)
+    plan = plan_query(tree, schemas)
+    row_filters = [pruning_filter(p.where, p.binding.resolve) for p in plan.parts]
+    count_filters = [exact_filter(p.where, p.binding.resolve) if p.count_columns is not None
+                     else None for p in plan.parts]
+    return _Planned(plan, row_filters, count_filters)
+
+
 @dataclass
 class _Prepared:
     plan: QueryPlan
@@ -78,6 +99,7 @@ class ColdEngine:
             executor = ProcessExecutor(count) if use_processes else ThreadExecutor(count)
         self.executor = executor
         self.cache = MetadataCache()
+        self._plans = Lru(1024)
         self.queue_size = queue_size or 4 * executor.slots
         if eager:
             self.warm()
@@ -135,22 +157,21 @@ class ColdEngine:
 
     def _prepare(self, sql: str, tables: Mapping[str, Table], params: list[Any] | None,
                  as_of: dt.datetime | None) -> _Prepared:
-        tree = _parse(sql)
-        if params is not None or any(True for _ in tree.find_all(exp.Parameter)):
-            tree = bind_parameters(tree, params)
         snapshots = {key: _snapshot(table, as_of) for key, table in tables.items()}
         schemas: dict[str, Schema] = {key: _schema(table, snapshots[key] if as_of else None)
                                       for key, table in tables.items()}
-        plan = plan_query(tree, schemas)
+        key = (sql, repr(params), tuple(sorted(
+            (name, str(table.metadata.table_uuid), schemas[name].schema_id)
+            for name, table in tables.items())))
+        planned = self._plans.get_or_load(key, lambda: _plan(sql, params, schemas))
+        plan = planned.plan
         scans, props = [], []
-        for part in plan.parts:
+        for part, row_filter, count_filter in zip(plan.parts, planned.row_filters,
+                                                  planned.count_filters, strict=True):
             table = tables[part.binding.key]
-            count_filter = exact_filter(part.where, part.binding.resolve) \
-                if part.count_columns is not None else None
             scans.append(ScanSpec(
                 name=part.binding.key, io=table.io, snapshot=snapshots[part.binding.key],
-                schema=part.binding.schema, specs=table.specs(),
-                row_filter=pruning_filter(part.where, part.binding.resolve),
+                schema=part.binding.schema, specs=table.specs(), row_filter=row_filter,
                 fields=part.fields, order=part.order, count_filter=count_filter))
             props.append(tuple(sorted((str(k), str(v)) for k, v in table.io.properties.items())))
         return _Prepared(plan, scans, props)

@@ -32,7 +32,7 @@ class Footer:
         return int(self.metadata.num_row_groups)
 
 
-class _Lru:
+class Lru:
     """A small thread-safe LRU map."""
 
     def __init__(self, capacity: int) -> None:
@@ -59,9 +59,9 @@ class MetadataCache:
 
     def __init__(self, max_manifest_lists: int = 256, max_manifests: int = 4096,
                  max_footers: int = 16384) -> None:
-        self._lists = _Lru(max_manifest_lists)
-        self._manifests = _Lru(max_manifests)
-        self._footers = _Lru(max_footers)
+        self._lists = Lru(max_manifest_lists)
+        self._manifests = Lru(max_manifests)
+        self._footers = Lru(max_footers)
 
     def manifests(self, io: FileIO, snapshot: Snapshot) -> list[ManifestFile]:
         return self._lists.get_or_load(snapshot.manifest_list,
