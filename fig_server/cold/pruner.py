@@ -280,7 +280,25 @@ def _readable_by_name(column: ColumnRead, footer: Footer) -> bool:
         return column.name not in schema.names
     if column.file_name != column.name or schema.get_field_index(column.name) < 0:
         return False
-    return bool(schema.field(column.name).type == column.type)
+    return _widens_to(schema.field(column.name).type, column.type)
+
+
+def _widens_to(file_type: pa.DataType, table_type: pa.DataType) -> bool:
+    """Same values after DataFusion's cast: equal types, string or binary flavours, and
+    Iceberg's promotions (int to long, wider decimals of the same scale)."""
+    if file_type == table_type:
+        return True
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    binaries = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
+    for family in (strings, binaries):
+        if any(f(file_type) for f in family) and any(f(table_type) for f in family):
+            return True
+    if pa.types.is_int32(file_type) and pa.types.is_int64(table_type):
+        return True
+    if pa.types.is_decimal(file_type) and pa.types.is_decimal(table_type):
+        return bool(file_type.scale == table_type.scale
+                    and file_type.precision <= table_type.precision)
+    return False
 
 
 def _chunk_bytes(footer: Footer, row_groups: list[int], names: list[str]) -> int:

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 
 import duckdb
 import pyarrow as pa
@@ -18,9 +19,17 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
-from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
+from pyiceberg.types import (
+    DecimalType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
 
-from fig_server.cold import ColdEngine, ProcessExecutor
+from fig_server.cold import ColdEngine, ProcessExecutor, ScanStats
+from fig_server.cold.pruner import Pruner
 from fig_server.errors import QueryCanceled, UndefinedColumn
 from tests.cold.compare import rows, same_rows
 from tests.cold.tables import build_events
@@ -206,3 +215,33 @@ def test_time_travel_uses_the_snapshot_schema(processes: ColdEngine,
     assert same_rows(got.table, want)
     with pytest.raises(UndefinedColumn):
         processes.query("SELECT extra FROM renamed", {"renamed": layout.table}, as_of=as_of)
+
+
+def test_promoted_types_are_read_natively_and_right(processes: ColdEngine,
+                                                    catalog: SqlCatalog) -> None:
+    schema = Schema(NestedField(1, "n", IntegerType()), NestedField(2, "s", StringType()),
+                    NestedField(3, "d", DecimalType(9, 2)))
+    table = catalog.create_table("public.promoted", schema=schema)
+    table.append(pa.table({"n": pa.array([1, 2, 3, None], pa.int32()),
+                           "s": pa.array(["x", "y", "x", None], pa.large_string()),
+                           "d": pa.array([Decimal("1.25"), None, Decimal("-3.50"),
+                                          Decimal("9.99")], pa.decimal128(9, 2))}))
+    with table.update_schema() as update:
+        update.update_column("n", LongType())
+        update.update_column("d", DecimalType(12, 2))
+    table.append(pa.table({"n": pa.array([2**40, 5], pa.int64()),
+                           "s": pa.array(["y", "z"], pa.string()),
+                           "d": pa.array([Decimal("1234567.89"), Decimal("0.01")],
+                                         pa.decimal128(12, 2))}))
+    tables = {"promoted": table}
+    con = duckdb.connect()
+    con.register("promoted", table.scan().to_arrow())
+    for sql in ("SELECT s, sum(n) AS t, min(d) AS lo, max(d) AS hi, count(*) AS c "
+                "FROM promoted WHERE n > 1 OR n IS NULL GROUP BY s",
+                "SELECT n, s, d FROM promoted WHERE s <> 'x'"):
+        assert same_rows(processes.query(sql, tables).table,
+                         con.execute(sql).to_arrow_table()), sql
+    prepared = processes._prepare("SELECT n, s, d FROM promoted", tables, None, None)
+    units = [u for batch in Pruner(prepared.scans[0], processes.cache, ScanStats()).batches(2)
+             for u in batch]
+    assert len(units) == 2 and all(u.native for u in units)
