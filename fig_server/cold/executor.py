@@ -86,6 +86,7 @@ class ProcessExecutor(Executor):
         return future
 
     def abort(self, future: Future[bytes]) -> None:
+        future.fig_abort = True  # type: ignore[attr-defined]  # seen by a lane taking it now
         if future.cancel():
             return
         for lane in self._lanes:
@@ -157,7 +158,10 @@ class _Lane(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._start_process()
+            try:
+                self._start_process()
+            except Exception:  # retried per task, whose future then carries the error
+                self._process = None
             while True:
                 item = self._tasks.get()
                 if item is None or self._stopping.is_set():
@@ -170,6 +174,8 @@ class _Lane(threading.Thread):
                 with self._guard:
                     self._current = future
                     self._abort.clear()
+                    if getattr(future, "fig_abort", False):
+                        self._abort.set()
                 try:
                     self._run(future, task)
                 finally:

@@ -25,6 +25,8 @@ def explain_lines(plan: QueryPlan, scans: list[ScanSpec], stats: ScanStats,
                          f"LIMIT {scan.order.limit} (column bounds of files and row groups)")
     lines.append(f"  Manifests: {stats.manifests_kept} of {stats.manifests_total} survived")
     lines.append(f"  Files: {stats.files_kept} of {stats.files_total} survived")
+    if stats.files_from_metadata:
+        lines.append(f"  Counted from manifests (not read): {stats.files_from_metadata} files")
     lines.append(f"  Row groups: {stats.row_groups_kept} of {stats.row_groups_total} survived "
                  "(in files that survived)")
     lines.append(f"  Estimated bytes: {stats.bytes_estimated} of {stats.bytes_total} "

@@ -124,6 +124,7 @@ class Pruner:
         if not self._strict[spec_id](data_file.partition):
             return False
         self.metadata_rows += int(data_file.record_count)
+        self.stats.files_from_metadata += 1
         return True
 
     def units(self, stop: Callable[[], bool] = lambda: False) -> Iterator[WorkUnit]:

@@ -23,6 +23,7 @@ class ScanStats:
     bytes_read: int = 0
     units_planned: int = 0
     units_run: int = 0
+    files_from_metadata: int = 0
     stopped_early: bool = False
     stopped_after_ms: float = 0.0
     plan_ms: float = 0.0
@@ -32,7 +33,7 @@ class ScanStats:
         """Accumulate another table's scan into this one (multi-table queries)."""
         for name in ("manifests_total", "manifests_kept", "files_total", "files_kept",
                      "row_groups_total", "row_groups_kept", "bytes_total", "bytes_estimated",
-                     "bytes_read", "units_planned", "units_run"):
+                     "bytes_read", "units_planned", "units_run", "files_from_metadata"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped_early = self.stopped_early or other.stopped_early
         self.stopped_after_ms = max(self.stopped_after_ms, other.stopped_after_ms)

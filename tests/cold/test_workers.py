@@ -193,6 +193,9 @@ def test_count_star_from_manifests(processes: ColdEngine, daily: Table, where: s
     assert got.table.schema.field("n").type == pa.int64()
     if metadata_only:
         assert got.stats.units_run == 0
+        assert got.stats.files_from_metadata == got.stats.files_kept > 0
+        lines = processes.explain(sql, {"daily": daily}, analyze=True)
+        assert f"  Counted from manifests (not read): {got.stats.files_kept} files" in lines
     else:
         assert got.stats.units_run > 0
 
