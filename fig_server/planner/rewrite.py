@@ -59,6 +59,8 @@ class Rewrite:
     explain: bool = False
     analyze: bool = False
     needs: list[str] = field(default_factory=list)
+    # Other column-free expressions compared with a column: (column type, expression).
+    values_needed: list[tuple[str, str]] = field(default_factory=list)
     # Top-level projections were renamed by guess: plan again with Postgres's own names.
     describe: bool = False
 
@@ -186,7 +188,7 @@ EXPLAIN = re.compile(r"^\s*explain\s+(?:(analyze)\s+|\(([^)]*)\)\s*)?", re.IGNOR
 
 
 def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
-            constants: Mapping[str, dt.datetime] | None = None, slot: str = "q0",
+            constants: Mapping[str, Any] | None = None, slot: str = "q0",
             output_names: list[str] | None = None) -> Rewrite | None:
     """The plan for one statement, or None when it touches no tiered table's cold rows.
 
@@ -218,8 +220,11 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     if constants is None:
         needs = sorted({text for node, table in refs
                         for _, _, text, _ in _time_comparisons(node, table)})
-        if needs:
-            return Rewrite(route, sql, needs=needs)
+        values = sorted({(kind, text) for node, table in refs
+                         for _, items in _value_comparisons(node, table)
+                         for _, kind, text in items})
+        if needs or values:
+            return Rewrite(route, sql, needs=needs, values_needed=values)
     if writes:
         return _check_write(refs, constants or {})
     parts = []
@@ -303,7 +308,7 @@ def _time_conditions_with_sides(ref: exp.Table, table: TieredTable
     return out
 
 
-def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, dt.datetime]
+def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, Any]
                 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """The lower and upper bounds the query puts on the time column, where known safely.
 
@@ -323,7 +328,7 @@ def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, dt.d
 
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
-                       route: Route, constants: Mapping[str, dt.datetime], slot: str,
+                       route: Route, constants: Mapping[str, Any], slot: str,
                        names: list[str] | None) -> ColdPart:
     column_set = set(table.column_names)
     select = node.parent_select
@@ -335,11 +340,14 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
         filters.extend(_constant_bounds(node, table, constants))
         # Time comparisons are pushed with their values as the session evaluated them above.
         evaluated = {id(c) for c in _time_conditions(node, table) if constants}
+        substituted = {id(condition): _substitute(condition, items, constants)
+                       for condition, items in _value_comparisons(node, table)}
         for condition in _conjuncts(select.args.get("where")):
             if id(condition) in evaluated:
                 continue
-            if _pushable(condition, node, column_set, single):
-                filters.append(_unqualified(condition))
+            candidate = substituted.get(id(condition)) or condition
+            if _pushable(candidate, node, column_set, single):
+                filters.append(_unqualified(candidate))
             else:
                 all_pushed = False
         aggregate = _partial_aggregate(select, node, table, route, filters, slot, names) \
@@ -360,8 +368,64 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     return ColdPart(table, cold_sql, shape_sql, temp)
 
 
+COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _value_comparisons(ref: exp.Table, table: TieredTable
+                       ) -> list[tuple[exp.Expression, list[tuple[exp.Expression, str, str]]]]:
+    """Conjuncts comparing a column with column-free expressions that are not literals
+    (current_date - 100, a function of constants): (condition, [(node, column type, SQL)]).
+    Postgres evaluates them in the session; their values then prune the cold part."""
+    select = ref.parent_select
+    if not isinstance(select, exp.Select) or table.boundary is None or \
+            _outer_joined(select, ref):
+        return []
+    out = []
+    time_handled = table.column_type(table.time_column) == "timestamp with time zone"
+    for condition in _conjuncts(select.args.get("where")):
+        if isinstance(condition, exp.Between):
+            column, others = condition.this, [condition.args["low"], condition.args["high"]]
+        elif isinstance(condition, COMPARISONS):
+            column, others = condition.this, [condition.expression]
+            if not isinstance(column, exp.Column):
+                column, others = condition.expression, [condition.this]
+        else:
+            continue
+        if not isinstance(column, exp.Column) or column.table not in ("", ref.alias_or_name) \
+                or column.name not in table.column_names or \
+                (time_handled and column.name == table.time_column):
+            continue
+        kind = table.column_type(column.name)
+        items = [(node, kind, node.sql(dialect="postgres")) for node in others
+                 if _column_free(node) and not isinstance(node, (exp.Literal, exp.Null))
+                 and not (isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal))]
+        if items:
+            out.append((condition, items))
+    return out
+
+
+def _substitute(condition: exp.Expression, items: list[tuple[exp.Expression, str, str]],
+                constants: Mapping[str, Any]) -> exp.Expression | None:
+    """The condition with its evaluated expressions replaced by typed literals."""
+    copy = condition.copy()
+    originals = {id(node) for node, _, _ in items}
+    for original, copied in zip(condition.walk(), copy.walk(), strict=True):
+        if id(original) not in originals:
+            continue
+        _, kind, text = next(item for item in items if item[0] is original)
+        value = constants.get(f"{kind}:{text}")
+        if value is None:
+            return None
+        copied.replace(parse(f"SELECT CAST({_literal(value)} AS {kind})").expressions[0])
+    return copy
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _constant_bounds(ref: exp.Table, table: TieredTable,
-                     constants: Mapping[str, dt.datetime]) -> list[str]:
+                     constants: Mapping[str, Any]) -> list[str]:
     """Time bounds with their values as evaluated by Postgres, for the cold part's pruning.
 
     Only bounds that keep a superset of the rows: lower bounds always, upper bounds from
@@ -529,7 +593,7 @@ def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) ->
 
 
 def _check_write(refs: list[tuple[exp.Table, TieredTable]],
-                 constants: Mapping[str, dt.datetime]) -> Rewrite | None:
+                 constants: Mapping[str, Any]) -> Rewrite | None:
     """Writes that could reach rows below the boundary are refused, never half-applied;
     writes whose time bounds keep them above it are Postgres's alone (CDC carries them)."""
     for node, table in refs:

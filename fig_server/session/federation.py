@@ -303,8 +303,8 @@ class Federator:
                    slot: str) -> Prepared:
         plan = rewrite(sql, tiered, route, slot=slot)
         constants = None
-        if plan is not None and plan.needs:
-            constants = await self._evaluate(backend, plan.needs)
+        if plan is not None and (plan.needs or plan.values_needed):
+            constants = await self._evaluate(backend, plan.needs, plan.values_needed)
             plan = rewrite(sql, tiered, route, constants, slot)
         if plan is not None and plan.describe:
             names = await self._describe(backend, plan_body(sql))
@@ -323,19 +323,25 @@ class Federator:
             raise BackendError(error)
         return next((wire.row_description_names(p) for k, p in answers if k == ord("T")), [])
 
-    async def _evaluate(self, backend: Injector, expressions: list[str]
-                        ) -> dict[str, dt.datetime]:
-        """Values of column-free timestamptz expressions, computed by this session's Postgres."""
-        columns = ", ".join(
-            f"to_char(CAST(({text}) AS timestamptz) AT TIME ZONE 'UTC', "
-            "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')" for text in expressions)
-        answers = await backend.inject(wire.message(b"Q", wire.cstring(f"SELECT {columns}")), 1)
+    async def _evaluate(self, backend: Injector, times: list[str],
+                        values: list[tuple[str, str]]) -> dict[str, Any]:
+        """Column-free expressions of the statement, computed by this session's Postgres:
+        timestamptz ones as UTC datetimes (for routing), others as text of their column type."""
+        columns = [f"to_char(CAST(({text}) AS timestamptz) AT TIME ZONE 'UTC', "
+                   "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')" for text in times]
+        columns += [f"CAST(CAST(({text}) AS {kind}) AS text)" for kind, text in values]
+        answers = await backend.inject(
+            wire.message(b"Q", wire.cstring(f"SELECT {', '.join(columns)}")), 1)
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)
-        values = data_rows(answers)[0]
-        return {text: dt.datetime.fromisoformat(value)
-                for text, value in zip(expressions, values, strict=True) if value}
+        row = data_rows(answers)[0]
+        out: dict[str, Any] = {text: dt.datetime.fromisoformat(value)
+                               for text, value in zip(times, row, strict=False) if value}
+        for (kind, text), value in zip(values, row[len(times):], strict=True):
+            if value is not None:
+                out[f"{kind}:{text}"] = value
+        return out
 
     async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
                    as_of: dt.datetime | None, cancel: threading.Event) -> None:

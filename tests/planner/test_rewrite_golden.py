@@ -36,13 +36,19 @@ CONSTANTS = {
     "'2025-02-01'": dt.datetime(2025, 2, 1, tzinfo=dt.UTC),
 }
 
+VALUES = {"CURRENT_DATE - 100": "2024-11-21"}
+
 
 def render(sql: str, route: str) -> str:
     try:
         plan = rewrite(sql, TIERED, route)
         needs = plan.needs if plan is not None else []
-        if needs:
-            plan = rewrite(sql, TIERED, route, {k: CONSTANTS[k] for k in needs})
+        values = plan.values_needed if plan is not None else []
+        if needs or values:
+            constants: dict[str, object] = {k: CONSTANTS[k] for k in needs}
+            constants.update({f"{kind}:{text}": VALUES[text] for kind, text in values})
+            plan = rewrite(sql, TIERED, route, constants)
+            needs = needs + [f"{text} as {kind}" for kind, text in values]
     except FeatureNotSupported as error:
         return f"error {error.sqlstate}: {error.message}"
     evaluated = [f"evaluated in session: {text}" for text in needs]
