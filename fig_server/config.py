@@ -157,10 +157,10 @@ def load_config(path: str | Path | None = None, **overrides: dict[str, Any]) -> 
         raise FileNotFoundError(f"config file not found: {config_path}")
     sections: dict[str, Any] = {}
     for section_field in dataclasses.fields(FigConfig):
-        cls = section_field.default_factory  # type: ignore[misc]
-        values = _section_values(cls, raw.pop(section_field.name, {}), section_field.name)  # type: ignore[arg-type]
+        cls: Any = section_field.default_factory
+        values = _section_values(cls, raw.pop(section_field.name, {}), section_field.name)
         values.update(overrides.get(section_field.name, {}))
-        sections[section_field.name] = cls(**values)  # type: ignore[operator]
+        sections[section_field.name] = cls(**values)
     if raw:
         raise ValueError(f"unknown config sections: {', '.join(sorted(raw))}")
     return FigConfig(**sections)

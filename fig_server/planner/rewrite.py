@@ -83,7 +83,7 @@ def parse(sql: str) -> exp.Expression:
         errors = getattr(exc, "errors", None)
         raise SqlSyntaxError(f"syntax error: {errors[0]['description'] if errors else exc}"
                              ) from exc
-    if tree is None:
+    if not isinstance(tree, exp.Expression):
         raise SqlSyntaxError("empty statement")
     return tree
 
@@ -227,13 +227,13 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
             return Rewrite(route, sql, needs=needs, values_needed=values)
     if writes:
         return _check_write(refs, constants or {})
-    parts = []
-    routes = set()
+    parts: list[ColdPart] = []
+    routes: set[Route] = set()
     for table_node, table in refs:
         if table.boundary is None and route is Route.SPLIT:
             continue  # nothing has left hot yet: hot alone holds every row
         part_route = route
-        if route is Route.SPLIT:
+        if route is Route.SPLIT and table.boundary is not None:
             lower, upper = _time_range(table_node, table, constants or {})
             if lower is not None and lower >= table.boundary:
                 continue  # every row this reference can reach is still in hot
@@ -296,7 +296,7 @@ def _time_conditions_with_sides(ref: exp.Table, table: TieredTable
             if _is_time_column(left, ref, table):
                 sides = [(right, type(condition))]
             elif _is_time_column(right, ref, table):
-                sides = [(left, FLIPPED[type(condition)])]
+                sides = [(left, FLIPPED[type(condition)])]  # type: ignore[index]
         items = []
         for node, kind in sides:
             if _column_free(node):
@@ -371,8 +371,11 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
 COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
 
+ValueItems = list[tuple[exp.Expression, str, str]]
+
+
 def _value_comparisons(ref: exp.Table, table: TieredTable
-                       ) -> list[tuple[exp.Expression, list[tuple[exp.Expression, str, str]]]]:
+                       ) -> list[tuple[exp.Expression, ValueItems]]:
     """Conjuncts comparing a column with column-free expressions that are not literals
     (current_date - 100, a function of constants): (condition, [(node, column type, SQL)]).
     Postgres evaluates them in the session; their values then prune the cold part."""
@@ -380,9 +383,11 @@ def _value_comparisons(ref: exp.Table, table: TieredTable
     if not isinstance(select, exp.Select) or table.boundary is None or \
             _outer_joined(select, ref):
         return []
-    out = []
+    out: list[tuple[exp.Expression, ValueItems]] = []
     time_handled = table.column_type(table.time_column) == "timestamp with time zone"
     for condition in _conjuncts(select.args.get("where")):
+        column: exp.Expression
+        others: list[exp.Expression]
         if isinstance(condition, exp.Between):
             column, others = condition.this, [condition.args["low"], condition.args["high"]]
         elif isinstance(condition, COMPARISONS):
@@ -396,7 +401,7 @@ def _value_comparisons(ref: exp.Table, table: TieredTable
                 (time_handled and column.name == table.time_column):
             continue
         kind = table.column_type(column.name)
-        items = [(node, kind, node.sql(dialect="postgres")) for node in others
+        items: ValueItems = [(node, kind, node.sql(dialect="postgres")) for node in others
                  if _column_free(node) and not isinstance(node, (exp.Literal, exp.Null))
                  and not (isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal))]
         if items:
@@ -438,7 +443,7 @@ def _constant_bounds(ref: exp.Table, table: TieredTable,
             continue
         if kind is exp.EQ and not literal:
             kind = exp.GTE
-        out.append(f"{_quote(table.time_column)} {symbols[kind]} "
+        out.append(f"{_quote(table.time_column)} {symbols[kind]} "  # type: ignore[index]
                    f"CAST('{value.isoformat(sep=' ')}' AS timestamptz)")
     return out
 
@@ -512,9 +517,9 @@ def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, 
                 f"{_where(_cold_filters(table, route, filters))}{group_by}")
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
     temp = _temp_name(table, shape_sql, slot)
-    names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
+    partial_names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
     hot_where = _where([_hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
-    parts_sql = (f"SELECT {names} FROM pg_temp.{temp} "
+    parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp} "
                  f"UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}")
     for aggregate, combined in finals:
         aggregate.replace(parse(f"SELECT {combined}").expressions[0])

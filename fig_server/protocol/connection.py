@@ -429,7 +429,7 @@ class ClientConnection:
             for start, _ in spans:
                 if data[start] == 90:  # 'Z' ReadyForQuery
                     session.in_flight -= 1
-                    session.transaction_status = data[start + 5:start + 6]
+                    session.transaction_status = bytes(data[start + 5:start + 6])
                     if session.in_flight <= 0:
                         self._idle.set()
             if spans:

@@ -199,7 +199,7 @@ def data_rows(messages: list[tuple[int, bytes]]) -> list[list[str | None]]:
         if kind != ord("D"):
             continue
         count = wire.INT16.unpack_from(payload)[0]
-        pos, values = 2, []
+        pos, values = 2, list[str | None]()
         for _ in range(count):
             length = wire.INT32.unpack_from(payload, pos)[0]
             pos += 4
@@ -344,7 +344,7 @@ class Federator:
         return out
 
     async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
-                   as_of: dt.datetime | None, cancel: threading.Event) -> None:
+                   as_of: dt.datetime | None, cancel: threading.Event | None) -> None:
         """Create each cold part's temp table and, when run_cold, fill it from Iceberg."""
         plan = prepared.rewrite
         if plan is None:
