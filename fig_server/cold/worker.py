@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datafusion import SessionConfig, SessionContext
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
 from pyiceberg.io import FileIO, load_file_io
 
 from fig_server.cold.errors import classify_datafusion_error
@@ -25,6 +25,10 @@ from fig_server.errors import FigError
 
 UNIT_TABLE = "__unit"
 ROW_MARKER = "__fig_row"
+
+# Memory (MiB) DataFusion may use per worker ([cold] memory_limit_mb); set in the server's
+# environment before workers start, so forkserver children inherit it. 0 or unset: unlimited.
+MEMORY_LIMIT_ENV = "FIG_COLD_MEMORY_LIMIT_MB"
 
 _local = threading.local()
 _settings: dict[str, str] = {}
@@ -69,10 +73,20 @@ def _context() -> SessionContext:
         config = (SessionConfig().with_target_partitions(1)
                   .set("datafusion.execution.parquet.pushdown_filters", "true")
                   .set("datafusion.execution.parquet.reorder_filters", "true"))
-        ctx = SessionContext(config)
+        ctx = SessionContext(config, _runtime())
         _local.ctx = ctx
         _local.io = {}
     return ctx
+
+
+def _runtime() -> RuntimeEnvBuilder | None:
+    """A bounded memory pool without spilling when a limit is set: going over it fails the
+    query (Resources exhausted, classified as 53200) instead of filling disk."""
+    limit_mb = int(os.environ.get(MEMORY_LIMIT_ENV) or 0)
+    if limit_mb <= 0:
+        return None
+    return (RuntimeEnvBuilder().with_disk_manager_disabled()
+            .with_greedy_memory_pool(limit_mb * 1024 * 1024))
 
 
 def _file_io(properties: tuple[tuple[str, str], ...], path: str) -> FileIO:
