@@ -20,10 +20,17 @@ State tables (written by the functions below and by the CDC process, fig_server.
     last_commit_ts (commit time of the newest transaction in cold), retention_ran_at,
     last_error, last_error_at, updated_at.
 
+``fig.cold_write_requests`` / ``fig.cold_write_rows`` (logged; written through
+``fig.request_cold_write``, stamped by the CDC process, fig_server.cdc.cold_writes)
+    one request per UPDATE/DELETE that reaches rows only in cold: table, kind, column names,
+    then per row the old time value and the row (old row for DELETE, new row for UPDATE) as
+    Postgres text in UTC/ISO; done_at, applied_rows and error once handled.
+
 Requests from ``fig.run_retention()`` and ``fig.compact()`` reach the CDC process as
 session advisory locks (visible at once in pg_locks, unlike rows of an open transaction):
 class RETENTION_LOCK (key 0) and COMPACT_LOCK (key = table oid modulo 2^31 - 1). The caller
-then waits for the CDC process to stamp its completion time.
+then waits for the CDC process to stamp its completion time. ``fig.wait_cold_write(id)``
+does the same with class COLD_WRITE_LOCK (key = request id modulo 2^31 - 1).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import psycopg
 
 RETENTION_LOCK = 7201
 COMPACT_LOCK = 7202
+COLD_WRITE_LOCK = 7204
 SUPPORTED_TYPES = ("int2", "int4", "int8", "float4", "float8", "text", "varchar", "bpchar",
                    "name", "json", "jsonb", "bool", "date", "time", "timestamp", "timestamptz",
                    "uuid", "bytea")
@@ -76,6 +84,24 @@ CREATE UNLOGGED TABLE IF NOT EXISTS fig.cdc_state (
     last_error_at timestamptz,
     updated_at timestamptz
 );
+CREATE TABLE IF NOT EXISTS fig.cold_write_requests (
+    id bigserial PRIMARY KEY,
+    table_oid oid NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('DELETE', 'UPDATE')),
+    columns text[] NOT NULL,
+    row_count bigint NOT NULL,
+    requested_by name NOT NULL DEFAULT session_user,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    done_at timestamptz,
+    applied_rows bigint,
+    error text
+);
+CREATE TABLE IF NOT EXISTS fig.cold_write_rows (
+    request_id bigint NOT NULL REFERENCES fig.cold_write_requests ON DELETE CASCADE,
+    old_time text,
+    row_values text[] NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cold_write_rows_request ON fig.cold_write_rows (request_id);
 """
 
 _CHECK_COLUMNS = """
@@ -271,6 +297,105 @@ BEGIN
 END $fn$;
 """
 
+_COLD_WRITES = """
+CREATE OR REPLACE FUNCTION fig.request_cold_write(rel regclass, kind text, staging text,
+                                                  set_columns text[])
+RETURNS TABLE (request bigint, cold_rows bigint) LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $fn$
+DECLARE
+    tiered fig.tiered_tables;
+    pk text[];
+    cols text[];
+    stage text := format('pg_temp.%I', staging);
+    hot_match text;
+    self_match text;
+    n bigint;
+    new_id bigint;
+BEGIN
+    SELECT * INTO tiered FROM fig.tiered_tables WHERE table_oid = rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fig.request_cold_write: % is not tiered', rel
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO pk
+    FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.att
+    WHERE i.indrelid = rel AND i.indisprimary;
+    IF kind = 'UPDATE' AND set_columns && pk THEN
+        RAISE EXCEPTION 'UPDATE of the primary key of % cannot reach rows in the cold tier', rel
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'delete the old rows and insert the new ones';
+    END IF;
+    SELECT array_agg(attname::text ORDER BY attnum) INTO cols FROM pg_attribute
+    WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped;
+    SELECT string_agg(format('h.%1$I = w.%1$I', c), ' AND '),
+           string_agg(format('d.%1$I = w.%1$I', c), ' AND ') INTO hot_match, self_match
+    FROM unnest(pk) AS c;
+    -- Rows still in hot are changed there by the statement itself and reach cold through CDC.
+    EXECUTE format('DELETE FROM %s w WHERE EXISTS (SELECT 1 FROM ONLY %s h WHERE %s)',
+                   stage, rel, hot_match);
+    -- UPDATE ... FROM may join a row more than once: Postgres changes it once.
+    EXECUTE format('DELETE FROM %s w USING %s d WHERE w.ctid > d.ctid AND %s',
+                   stage, stage, self_match);
+    IF kind = 'UPDATE' THEN
+        EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL OR %I >= $1', stage,
+                       tiered.time_column, tiered.time_column) INTO n USING tiered.boundary;
+        IF n > 0 THEN
+            RAISE EXCEPTION 'UPDATE would move % rows of % from the cold tier to or above its '
+                'tier boundary (%)', n, rel, tiered.boundary
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'delete those rows and insert them again with the new time';
+        END IF;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %s', stage) INTO n;
+    IF n = 0 THEN
+        RETURN QUERY SELECT NULL::bigint, 0::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO fig.cold_write_requests AS r (table_oid, kind, columns, row_count)
+    VALUES (rel, kind, cols, n) RETURNING r.id INTO new_id;
+    EXECUTE format('INSERT INTO fig.cold_write_rows (request_id, old_time, row_values) '
+                   'SELECT $1, fig_old_time::text, ARRAY[%s] FROM %s',
+                   (SELECT string_agg(format('%I::text', c), ', ') FROM unnest(cols) AS c),
+                   stage) USING new_id;
+    RETURN QUERY SELECT new_id, n;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.wait_cold_write(request bigint, timeout interval DEFAULT '300s')
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    started timestamptz := clock_timestamp();
+    lock_key int := (request % 2147483647)::int;
+    found_row fig.cold_write_requests;
+BEGIN
+    PERFORM pg_advisory_lock_shared(@COLDWRITE@, lock_key);
+    BEGIN
+        LOOP
+            SELECT * INTO found_row FROM fig.cold_write_requests WHERE id = request;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'fig.wait_cold_write: no request %', request
+                    USING ERRCODE = 'undefined_object';
+            END IF;
+            EXIT WHEN found_row.done_at IS NOT NULL;
+            IF clock_timestamp() > started + timeout THEN
+                PERFORM fig._wait_error('writing cold rows', timeout);
+            END IF;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_advisory_unlock_shared(@COLDWRITE@, lock_key);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock_shared(@COLDWRITE@, lock_key);
+    IF found_row.error IS NOT NULL THEN
+        RAISE EXCEPTION 'writing cold rows of % failed: %', found_row.table_oid::regclass,
+            found_row.error USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN found_row.applied_rows;
+END $fn$;
+"""
+
 _VIEWS = """
 CREATE OR REPLACE VIEW fig.tables AS
 SELECT format('%I.%I', t.schema_name, t.table_name) AS table_name,
@@ -303,9 +428,10 @@ FROM fig.cdc_state c LEFT JOIN pg_replication_slots r ON r.slot_name = c.slot_na
 def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
-    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _VIEWS
+    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _VIEWS
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
-                         ("@COMPACT@", str(COMPACT_LOCK))):
+                         ("@COMPACT@", str(COMPACT_LOCK)),
+                         ("@COLDWRITE@", str(COLD_WRITE_LOCK))):
         script = script.replace(token, value)
     return script
 

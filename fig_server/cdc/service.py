@@ -24,7 +24,12 @@ from pyiceberg.exceptions import NoSuchTableError
 from fig_server.cdc import pgoutput as pgo
 from fig_server.cdc.applier import ColumnSpec, TableApplier, Unexpressible
 from fig_server.cdc.changes import Change, RowDelete, RowInsert, RowUpdate, TableTruncate
-from fig_server.cdc.control import COMPACT_LOCK, RETENTION_LOCK, install_control_schema
+from fig_server.cdc.control import (
+    COLD_WRITE_LOCK,
+    COMPACT_LOCK,
+    RETENTION_LOCK,
+    install_control_schema,
+)
 from fig_server.cdc.initial_copy import CopySnapshot, copy_table, primary_key
 from fig_server.cdc.replication import (
     Keepalive,
@@ -112,10 +117,12 @@ class CdcProcess:
         self.retry_at = 0.0
         self.in_periodic = False
         self.stream: ReplicationStream | None = None
+        from fig_server.cdc.cold_writes import ColdWriteHandler
         from fig_server.cdc.maintenance import Maintenance
         from fig_server.cdc.retention import RetentionRunner
         self.retention = RetentionRunner(self)
         self.maintenance = Maintenance(self)
+        self.cold_writes = ColdWriteHandler(self)
         self.refresh_tables()
         release_slot(self.conn, self.slot)
         self.stream = ReplicationStream(dsn, self.slot, self.publication)
@@ -431,7 +438,11 @@ class CdcProcess:
             self.refresh_tables()
             requests = self.conn.execute(
                 "SELECT classid::int, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid IN (%s, %s) AND granted", (RETENTION_LOCK, COMPACT_LOCK)).fetchall()
+                "AND classid IN (%s, %s, %s) AND granted",
+                (RETENTION_LOCK, COMPACT_LOCK, COLD_WRITE_LOCK)).fetchall()
+            # Cold writes first: a session waits for them with its hot statement uncommitted.
+            for key in sorted({k for c, k in requests if c == COLD_WRITE_LOCK}):
+                self.cold_writes.requested(key)
             if any(c == RETENTION_LOCK for c, _ in requests) or now >= self.next_retention:
                 self.next_retention = now + self.config.tiering.retention_interval_s
                 self.retention.run_all()

@@ -48,6 +48,23 @@ class ColdPart:
 
 
 @dataclass
+class ColdWrite:
+    """An UPDATE or DELETE that may reach rows below the boundary, applied to both tiers.
+
+    part loads the candidate cold rows (whole rows, time < boundary, pushable filters) into a
+    temp table; stage_sql, run by the backend over that temp table (aliased as the target),
+    returns the rows to write in cold: for DELETE the old rows, for UPDATE the new rows with
+    the SET list applied; each followed by the old time value.
+    """
+
+    kind: str  # DELETE | UPDATE
+    table: TieredTable
+    part: ColdPart
+    stage_sql: str
+    set_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Rewrite:
     """The plan of one statement. When `needs` is set, nothing else is: the caller evaluates
     those column-free expressions (compared with a time column) in the client's session and
@@ -63,6 +80,8 @@ class Rewrite:
     values_needed: list[tuple[str, str]] = field(default_factory=list)
     # Top-level projections were renamed by guess: plan again with Postgres's own names.
     describe: bool = False
+    # Set for an UPDATE/DELETE that must reach cold rows; sql is then the original statement.
+    write: ColdWrite | None = None
 
 
 # Expression kinds a pushed-down filter may contain: the cold engine (DataFusion) evaluates
@@ -226,7 +245,7 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         if needs or values:
             return Rewrite(route, sql, needs=needs, values_needed=values)
     if writes:
-        return _check_write(refs, constants or {})
+        return _check_write(sql, tree, refs, constants or {}, slot, bool(explain))
     parts: list[ColdPart] = []
     routes: set[Route] = set()
     for table_node, table in refs:
@@ -336,20 +355,8 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     all_pushed = True
     top_n = ""
     if isinstance(select, exp.Select) and not _outer_joined(select, node):
-        single = not select.args.get("joins")
-        filters.extend(_constant_bounds(node, table, constants))
-        # Time comparisons are pushed with their values as the session evaluated them above.
-        evaluated = {id(c) for c in _time_conditions(node, table) if constants}
-        substituted = {id(condition): _substitute(condition, items, constants)
-                       for condition, items in _value_comparisons(node, table)}
-        for condition in _conjuncts(select.args.get("where")):
-            if id(condition) in evaluated:
-                continue
-            candidate = substituted.get(id(condition)) or condition
-            if _pushable(candidate, node, column_set, single):
-                filters.append(_unqualified(candidate))
-            else:
-                all_pushed = False
+        filters, all_pushed = _pushed_filters(select, node, table, constants,
+                                              single=not select.args.get("joins"))
         aggregate = _partial_aggregate(select, node, table, route, filters, slot, names) \
             if all_pushed else None
         if aggregate is not None:
@@ -366,6 +373,26 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp)
+
+
+def _pushed_filters(statement: exp.Expression, node: exp.Table, table: TieredTable,
+                    constants: Mapping[str, Any], single: bool) -> tuple[list[str], bool]:
+    """Filters of the statement's WHERE the cold part can apply, and whether that is all."""
+    filters = _constant_bounds(node, table, constants)
+    # Time comparisons are pushed with their values as the session evaluated them above.
+    evaluated = {id(c) for c in _time_conditions(node, table) if constants}
+    substituted = {id(condition): _substitute(condition, items, constants)
+                   for condition, items in _value_comparisons(node, table)}
+    all_pushed = True
+    for condition in _conjuncts(statement.args.get("where")):
+        if id(condition) in evaluated:
+            continue
+        candidate = substituted.get(id(condition)) or condition
+        if _pushable(candidate, node, set(table.column_names), single):
+            filters.append(_unqualified(candidate))
+        else:
+            all_pushed = False
+    return filters, all_pushed
 
 
 COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
@@ -597,20 +624,82 @@ def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) ->
     return None
 
 
-def _check_write(refs: list[tuple[exp.Table, TieredTable]],
-                 constants: Mapping[str, Any]) -> Rewrite | None:
-    """Writes that could reach rows below the boundary are refused, never half-applied;
-    writes whose time bounds keep them above it are Postgres's alone (CDC carries them)."""
+def _check_write(sql: str, tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]],
+                 constants: Mapping[str, Any], slot: str, explain: bool) -> Rewrite | None:
+    """Writes whose time bounds keep them above the boundary are Postgres's alone (CDC carries
+    them); others are planned to reach cold too, or refused, never half-applied."""
+    reaching = []
     for node, table in refs:
         if table.boundary is None:
             continue
         lower, _ = _time_range(node, table, constants)
         if lower is None or lower < table.boundary:
-            raise FeatureNotSupported(
-                f"UPDATE/DELETE of {table.qualified} is not supported once rows have moved "
-                "to the cold tier (below its tier boundary)",
-                hint="INSERT works; TRUNCATE reaches cold through CDC")
-    return None
+            reaching.append((node, table))
+    if not reaching:
+        return None
+    node, table = reaching[0]
+    if explain:
+        raise _write_refused(table, "EXPLAIN of an UPDATE/DELETE that may reach cold rows")
+    if not isinstance(tree, (exp.Update, exp.Delete)) or tree.this is not node or len(refs) > 1:
+        raise _write_refused(table, "a write naming the table anywhere but as the target of "
+                             "one UPDATE or DELETE")
+    if tree.args.get("returning"):
+        raise _write_refused(table, "RETURNING")
+    return Rewrite(Route.SPLIT, sql, write=_cold_write(tree, node, table, constants, slot))
+
+
+def _write_refused(table: TieredTable, construct: str) -> FeatureNotSupported:
+    return FeatureNotSupported(
+        f"{construct} is not supported on {table.qualified} once rows have moved to the cold "
+        "tier (below its tier boundary)",
+        hint="a plain UPDATE or DELETE of the table, outside a transaction block, reaches cold")
+
+
+def _cold_write(tree: exp.Update | exp.Delete, node: exp.Table, table: TieredTable,
+                constants: Mapping[str, Any], slot: str) -> ColdWrite:
+    """The candidate cold rows and the backend query computing what to write in cold."""
+    alias = node.alias_or_name
+    if not node.alias:
+        for column in tree.find_all(exp.Column):  # public.events.id -> events.id
+            if column.table == node.name:
+                column.set("db", None)
+    sources = tree.args.get("using") if isinstance(tree, exp.Delete) else (
+        [tree.args["from_"].this] if tree.args.get("from_") else [])
+    filters, _ = _pushed_filters(tree, node, table, constants, single=not sources)
+    columns = list(table.column_names)
+    cols = ", ".join(_quote(c) for c in columns)
+    source = f"{_quote(table.schema)}.{_quote(table.name)}"
+    shape_sql = f"SELECT {cols} FROM {source}"
+    cold_sql = f"{shape_sql}{_where(_cold_filters(table, Route.SPLIT, filters))}"
+    part = ColdPart(table, cold_sql, shape_sql, _temp_name(table, shape_sql, f"{slot}:w"))
+    assigned = _assignments(tree, table) if isinstance(tree, exp.Update) else {}
+    qualified = f"{_quote(alias)}."
+    projections = [assigned[c].sql(dialect="postgres") if c in assigned
+                   else qualified + _quote(c) for c in columns]
+    projections.append(qualified + _quote(table.time_column))
+    from_items = [f"pg_temp.{part.temp_table} AS {_quote(alias)}"]
+    from_items += [item.sql(dialect="postgres") for item in sources or []]
+    where = tree.args.get("where")
+    with_ = tree.args.get("with_")
+    stage_sql = ((with_.sql(dialect="postgres") + " " if with_ else "")
+                 + f"SELECT {', '.join(projections)} FROM {', '.join(from_items)}"
+                 + (" " + where.sql(dialect="postgres") if where else ""))
+    kind = "UPDATE" if isinstance(tree, exp.Update) else "DELETE"
+    return ColdWrite(kind, table, part, stage_sql, list(assigned))
+
+
+def _assignments(tree: exp.Update, table: TieredTable) -> dict[str, exp.Expression]:
+    """Column -> new value expression of an UPDATE's SET list."""
+    out = {}
+    for item in tree.expressions:
+        target, value = (item.this, item.expression) if isinstance(item, exp.EQ) else (None, None)
+        if not isinstance(target, exp.Column) or target.name not in table.column_names:
+            raise _write_refused(table, "this form of SET list (row or subscripted assignment)")
+        if isinstance(value, exp.Column) and value.name.lower() == "default" \
+                and not value.table:
+            raise _write_refused(table, "SET column = DEFAULT")
+        out[target.name] = value
+    return out
 
 
 DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")

@@ -15,6 +15,7 @@ from fig_server.limits import UserLimits
 from fig_server.planner.rewrite import split_statements
 from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
+from fig_server.session.cold_writes import run_cold_write
 from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
 from fig_server.session.session import Session
 
@@ -319,11 +320,19 @@ class ClientConnection:
         async def work(federator: Federator) -> None:
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
-            prepared = [await federator.plan(self, statement, tiered, route, f"q{index}")
+            prepared = [await federator.plan(self, statement, tiered, route, f"q{index}",
+                                             writes=True)
                         for index, statement in enumerate(split_statements(sql))]
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
                 await self._explain(federator, explain, as_of)
+                return
+            writes = [p for p in prepared if p.rewrite and p.rewrite.write]
+            if writes:  # an UPDATE/DELETE reaching cold rows: both tiers, one command tag
+                answers = await run_cold_write(
+                    federator, self, writes + [p for p in prepared if p not in writes],
+                    self.session.transaction_status == b"T", as_of, self.session.cold_cancel)
+                self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
                 return
             for statement in prepared:
                 await federator.load(self, statement, True, as_of, self.session.cold_cancel)

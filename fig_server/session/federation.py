@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 
 from fig_server import wire
 from fig_server.config import FigConfig
-from fig_server.errors import FigError, InvalidParameterValue
+from fig_server.errors import FeatureNotSupported, FigError, InvalidParameterValue
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable
 
@@ -300,12 +300,19 @@ class Federator:
             await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
 
     async def plan(self, backend: Injector, sql: str, tiered: TieredSet, route: str,
-                   slot: str) -> Prepared:
+                   slot: str, writes: bool = False) -> Prepared:
+        """writes: the caller runs UPDATE/DELETE that reach cold (simple Query); elsewhere
+        such statements are refused, never relayed to hot alone."""
         plan = rewrite(sql, tiered, route, slot=slot)
         constants = None
         if plan is not None and (plan.needs or plan.values_needed):
             constants = await self._evaluate(backend, plan.needs, plan.values_needed)
             plan = rewrite(sql, tiered, route, constants, slot)
+        if plan is not None and plan.write is not None and not writes:
+            raise FeatureNotSupported(
+                f"UPDATE/DELETE of {plan.write.table.qualified} that may reach rows below its "
+                "tier boundary is not supported over the extended query protocol",
+                hint="send it as a simple query (no parameters), outside a transaction block")
         if plan is not None and plan.describe:
             names = await self._describe(backend, plan_body(sql))
             plan = rewrite(sql, tiered, route, constants, slot, names)

@@ -57,6 +57,9 @@ def render(sql: str, route: str) -> str:
     lines = [*evaluated, f"route {plan.route.value}{' explain' if plan.explain else ''}"
              f"{' analyze' if plan.analyze else ''}", f"backend: {plan.sql}"]
     lines += [f"cold: {part.cold_sql}" for part in plan.parts]
+    if plan.write is not None:
+        lines += [f"cold write {plan.write.kind}: {plan.write.part.cold_sql}",
+                  f"stage: {plan.write.stage_sql}"]
     return "\n".join(lines)
 
 

@@ -1,0 +1,117 @@
+"""UPDATE and DELETE over both tiers as one statement with one command tag.
+
+Steps, all on the client's own backend session (outside any transaction block):
+1. fig.sync(), so Iceberg holds every committed change and "only in cold" is exact;
+2. the candidate cold rows (time < boundary, pushable filters) go into a temp table;
+3. Postgres computes the rows to write (WHERE, USING/FROM, subqueries and the SET list are
+   its own) into a staging table with the target's NOT NULL and CHECK constraints, and
+   fig.request_cold_write keeps those not in hot and records them as a request;
+4. BEGIN; the original statement on hot; fig.wait_cold_write (the CDC process commits the
+   request to Iceberg); COMMIT. A failure before COMMIT rolls hot back and leaves cold as it
+   was; the command tag counts hot rows plus cold-only rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+from fig_server import wire
+from fig_server.errors import FeatureNotSupported
+from fig_server.planner.rewrite import ColdWrite, Rewrite, Route
+from fig_server.session.federation import (
+    BackendError,
+    Federator,
+    Injector,
+    Prepared,
+    _first_error,
+    data_rows,
+)
+
+STAGE = "fig_cold_write"
+
+
+async def _run(backend: Injector, sql: str) -> list[tuple[int, bytes]]:
+    """One Query on the backend; on error, roll back any open transaction and raise it."""
+    answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
+    error = _first_error(answers)
+    if error is not None:
+        if answers[-1][0] == ord("Z") and answers[-1][1][:1] != b"I":
+            await backend.inject(wire.message(b"Q", wire.cstring("ROLLBACK")), 1)
+        raise BackendError(error)
+    return answers
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def stage_sql(write: ColdWrite) -> str:
+    """Stage the rows to write in cold and record them as a request: (request id, rows)."""
+    table = write.table
+    rel = f"{_quote(table.schema)}.{_quote(table.name)}"
+    columns = "ARRAY[" + ", ".join(_literal(c) for c in write.set_columns) + "]::text[]"
+    return (f"BEGIN; CREATE TEMP TABLE {STAGE} (LIKE {rel} INCLUDING CONSTRAINTS) "
+            f"ON COMMIT DROP; ALTER TABLE pg_temp.{STAGE} ADD COLUMN fig_old_time "
+            f"{table.column_type(table.time_column)}; "
+            f"INSERT INTO pg_temp.{STAGE} {write.stage_sql}; "
+            f"SELECT * FROM fig.request_cold_write({_literal(rel)}::regclass, "
+            f"{_literal(write.kind)}, {_literal(STAGE)}, {columns}); COMMIT")
+
+
+def _with_count(answers: list[tuple[int, bytes]], extra: int) -> list[tuple[int, bytes]]:
+    """The statement's answers (no BEGIN tag), its command tag counting `extra` more rows,
+    ending in ReadyForQuery idle."""
+    out = []
+    tags = [i for i, (kind, _) in enumerate(answers) if kind == ord("C")]
+    for index, (kind, payload) in enumerate(answers):
+        if kind == ord("C") and index == tags[0] and len(tags) > 1:
+            continue  # BEGIN
+        if kind == ord("Z"):
+            continue
+        if kind == ord("C") and index == tags[-1]:
+            verb, _, count = payload.rstrip(b"\0").decode().rpartition(" ")
+            payload = wire.cstring(f"{verb} {int(count) + extra}")
+        out.append((kind, payload))
+    out.append((ord("Z"), b"I"))
+    return out
+
+
+def refusal(table: str, why: str, hint: str) -> FeatureNotSupported:
+    return FeatureNotSupported(f"UPDATE/DELETE of {table} that may reach rows below its tier "
+                               f"boundary {why}", hint=hint)
+
+
+async def run_cold_write(federator: Federator, backend: Injector, statements: list[Prepared],
+                         in_block: bool, as_of: dt.datetime | None,
+                         cancel: threading.Event | None) -> list[tuple[int, bytes]]:
+    """Apply one UPDATE/DELETE to both tiers; the answers to send to the client."""
+    plan = statements[0].rewrite
+    write = plan.write if plan is not None else None
+    assert plan is not None and write is not None
+    name = write.table.qualified
+    if in_block:
+        raise refusal(name, "cannot run inside a transaction block",
+                      "cold writes cannot join a Postgres transaction: run it on its own, "
+                      "outside BEGIN ... COMMIT")
+    if len(statements) > 1:
+        raise refusal(name, "must be sent as a query of its own",
+                      "send it without other statements in the same query string")
+    if as_of is not None:
+        raise refusal(name, "cannot run while fig.as_of is set", "RESET fig.as_of")
+    sql = plan.sql
+    await _run(backend, "SELECT fig.sync()")
+    candidates = Prepared("", Rewrite(Route.SPLIT, "", [write.part]))
+    await federator.load(backend, candidates, True, None, cancel or threading.Event())
+    row = data_rows(await _run(backend, stage_sql(write)))[0]
+    request, cold_rows = row[0], int(row[1] or 0)
+    if request is None:
+        return await _run(backend, sql)
+    answers = await _run(backend, f"BEGIN ISOLATION LEVEL READ COMMITTED;\n{sql}")
+    await _run(backend, f"SELECT fig.wait_cold_write({int(request)})")
+    await _run(backend, "COMMIT")
+    return _with_count(answers, cold_rows)
