@@ -25,6 +25,7 @@ from fig_server.cdc import pgoutput as pgo
 from fig_server.cdc.applier import ColumnSpec, TableApplier, Unexpressible
 from fig_server.cdc.changes import Change, RowDelete, RowInsert, RowUpdate, TableTruncate
 from fig_server.cdc.control import (
+    ATTACH_LOCK,
     COLD_WRITE_LOCK,
     COMPACT_LOCK,
     RETENTION_LOCK,
@@ -117,12 +118,14 @@ class CdcProcess:
         self.retry_at = 0.0
         self.in_periodic = False
         self.stream: ReplicationStream | None = None
+        from fig_server.cdc.attach import Attacher
         from fig_server.cdc.cold_writes import ColdWriteHandler
         from fig_server.cdc.maintenance import Maintenance
         from fig_server.cdc.retention import RetentionRunner
         self.retention = RetentionRunner(self)
         self.maintenance = Maintenance(self)
         self.cold_writes = ColdWriteHandler(self)
+        self.attacher = Attacher(self)
         self.refresh_tables()
         release_slot(self.conn, self.slot)
         self.stream = ReplicationStream(dsn, self.slot, self.publication)
@@ -148,7 +151,8 @@ class CdcProcess:
         rows = self.conn.execute(
             "SELECT t.table_oid::bigint, t.schema_name, t.table_name, t.time_column, "
             "t.hot_retention, t.state FROM fig.tiered_tables t "
-            "JOIN pg_class c ON c.oid = t.table_oid").fetchall()
+            "JOIN pg_class c ON c.oid = t.table_oid "
+            "WHERE t.state <> 'attached'").fetchall()  # attached: Iceberg's, not CDC's
         return {row[0]: TieredTable(*row) for row in rows}
 
     def refresh_tables(self) -> None:
@@ -190,12 +194,16 @@ class CdcProcess:
             if iceberg is not None and not read_checkpoint(iceberg).copy_done:
                 iceberg = None
         if iceberg is None:
-            iceberg = copy_table(
-                self.conn, self.catalog, table.identifier, table.relid, table.time_column,
-                self.applied_lsn,
-                lambda done, total, rate: self.status.table(
-                    table.relid, None, copied_rows=done, copy_total_rows=total,
-                    copy_rows_per_s=rate))
+            # Its own connection: the copy holds one open COPY in a read-only snapshot while
+            # progress is written through self.conn.
+            with psycopg.connect(session_conninfo(self.dsn, application_name="fig_cdc_copy"),
+                                 autocommit=True) as copy_conn:
+                iceberg = copy_table(
+                    copy_conn, self.catalog, table.identifier, table.relid, table.time_column,
+                    self.applied_lsn,
+                    lambda done, total, rate: self.status.table(
+                        table.relid, None, copied_rows=done, copy_total_rows=total,
+                        copy_rows_per_s=rate))
         checkpoint = read_checkpoint(iceberg)
         self.checkpoints[table.relid] = checkpoint
         if checkpoint.copy_snapshot:
@@ -438,11 +446,13 @@ class CdcProcess:
             self.refresh_tables()
             requests = self.conn.execute(
                 "SELECT classid::int, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid IN (%s, %s, %s) AND granted",
-                (RETENTION_LOCK, COMPACT_LOCK, COLD_WRITE_LOCK)).fetchall()
+                "AND classid IN (%s, %s, %s, %s) AND granted",
+                (RETENTION_LOCK, COMPACT_LOCK, COLD_WRITE_LOCK, ATTACH_LOCK)).fetchall()
             # Cold writes first: a session waits for them with its hot statement uncommitted.
             for key in sorted({k for c, k in requests if c == COLD_WRITE_LOCK}):
                 self.cold_writes.requested(key)
+            for key in sorted({k for c, k in requests if c == ATTACH_LOCK}):
+                self.attacher.requested(key)
             if any(c == RETENTION_LOCK for c, _ in requests) or now >= self.next_retention:
                 self.next_retention = now + self.config.tiering.retention_interval_s
                 self.retention.run_all()
