@@ -33,7 +33,6 @@ from fig_server.storage.tables import (
 from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, text_to_arrow
 
 log = logging.getLogger(__name__)
-APPEND_ROWS = 500_000
 Progress = Callable[[int, int, float], None]
 
 
@@ -115,7 +114,8 @@ def _to_iceberg_arrow(table: Table, batch: pa.RecordBatch) -> pa.Table:
 
 
 def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str, str],
-               relid: int, time_column: str, start_lsn: int, progress: Progress) -> Table:
+               relid: int, time_column: str, start_lsn: int, progress: Progress,
+               batch_rows: int = 500_000) -> Table:
     """(Re)create the Iceberg table and fill it from one snapshot; returns the table.
 
     The final commit records the snapshot, the WAL insert position at the snapshot and
@@ -156,7 +156,7 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
                 pending.append(_to_iceberg_arrow(table, batch))
                 pending_rows += batch.num_rows
                 copied += batch.num_rows
-                if pending_rows >= APPEND_ROWS:
+                if pending_rows >= batch_rows:
                     commit(final=False)
                     rate = copied / max(time.monotonic() - started, 1e-6)
                     progress(copied, max(total, copied), rate)

@@ -203,7 +203,8 @@ class CdcProcess:
                     self.applied_lsn,
                     lambda done, total, rate: self.status.table(
                         table.relid, None, copied_rows=done, copy_total_rows=total,
-                        copy_rows_per_s=rate))
+                        copy_rows_per_s=rate),
+                    batch_rows=max(self.config.cdc.flush_rows, 1000) * 5)
         checkpoint = read_checkpoint(iceberg)
         self.checkpoints[table.relid] = checkpoint
         if checkpoint.copy_snapshot:

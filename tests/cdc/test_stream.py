@@ -49,6 +49,26 @@ def test_copy_then_stream(env: tuple[CdcEnv, psycopg.Connection]) -> None:
     assert row == (conn.execute("SELECT count(*) FROM ev").fetchone()[0], "active", 500)
 
 
+def test_copy_in_several_commits_reports_progress(hot_pg: EmbeddedPostgres) -> None:
+    cdc = make_env(hot_pg, flush_rows=100)  # copy batches of 5 x 1000 rows
+    install_control_schema(cdc.dsn)
+    runner = CdcRunner(cdc.config, cdc.dsn).start()
+    try:
+        with cdc.connect() as conn:
+            conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, ts timestamptz NOT NULL)")
+            conn.execute("INSERT INTO big SELECT g, timestamptz '2024-01-01' + g * interval "
+                         "'1 minute' FROM generate_series(1, 12000) g")
+            conn.execute("SELECT fig.tier_table('big', 'ts', interval '3650 days')")
+            wait_active(conn, "big")
+            assert_equal(cdc, conn, "big")
+            row = conn.execute("SELECT copied_rows, copy_total_rows FROM fig.tables "
+                               "WHERE table_name = 'public.big'").fetchone()
+            assert row == (12000, 12000)
+    finally:
+        runner.stop()
+        drop_env(hot_pg, cdc)
+
+
 def test_types_round_trip(env: tuple[CdcEnv, psycopg.Connection]) -> None:
     cdc, conn = env
     conn.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
