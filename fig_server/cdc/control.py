@@ -30,7 +30,9 @@ Requests from ``fig.run_retention()`` and ``fig.compact()`` reach the CDC proces
 session advisory locks (visible at once in pg_locks, unlike rows of an open transaction):
 class RETENTION_LOCK (key 0) and COMPACT_LOCK (key = table oid modulo 2^31 - 1). The caller
 then waits for the CDC process to stamp its completion time. ``fig.wait_cold_write(id)``
-does the same with class COLD_WRITE_LOCK (key = request id modulo 2^31 - 1).
+does the same with class COLD_WRITE_LOCK (key = request id modulo 2^31 - 1), and
+``fig.attach_iceberg(name)`` with the bigint key ATTACH_LOCK << 32 | hashtext(name), stamped in
+``fig.iceberg_attachments`` (fig_server.cdc.attach).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import psycopg
 RETENTION_LOCK = 7201
 COMPACT_LOCK = 7202
 COLD_WRITE_LOCK = 7204
+ATTACH_LOCK = 7205
 SUPPORTED_TYPES = ("int2", "int4", "int8", "float4", "float8", "text", "varchar", "bpchar",
                    "name", "json", "jsonb", "bool", "date", "time", "timestamp", "timestamptz",
                    "uuid", "bytea")
@@ -100,6 +103,12 @@ CREATE TABLE IF NOT EXISTS fig.cold_write_rows (
     request_id bigint NOT NULL REFERENCES fig.cold_write_requests ON DELETE CASCADE,
     old_time text,
     row_values text[] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fig.iceberg_attachments (
+    name_hash int PRIMARY KEY,
+    name text,
+    done_at timestamptz,
+    error text
 );
 CREATE INDEX IF NOT EXISTS cold_write_rows_request ON fig.cold_write_rows (request_id);
 """
@@ -396,6 +405,52 @@ BEGIN
 END $fn$;
 """
 
+_ATTACH = """
+CREATE OR REPLACE FUNCTION fig._refuse_attached_write() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION '%.% is an attached Iceberg table: it is read-only', TG_TABLE_SCHEMA,
+        TG_TABLE_NAME USING ERRCODE = 'feature_not_supported',
+        HINT = 'write to the Iceberg table with an Iceberg writer';
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.attach_iceberg(iceberg_table text, timeout interval DEFAULT '60s')
+RETURNS text LANGUAGE plpgsql AS $fn$
+DECLARE
+    started timestamptz := clock_timestamp();
+    key_hash int := hashtext(iceberg_table);
+    lock_key bigint := (@ATTACH@::bigint << 32) | (hashtext(iceberg_table)::bigint & 4294967295);
+    found_row fig.iceberg_attachments;
+BEGIN
+    IF position('.' IN coalesce(iceberg_table, '')) = 0 THEN
+        RAISE EXCEPTION 'fig.attach_iceberg: expected namespace.table, got %', iceberg_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pg_advisory_lock_shared(lock_key);
+    BEGIN
+        LOOP
+            SELECT * INTO found_row FROM fig.iceberg_attachments
+            WHERE name_hash = key_hash AND done_at >= started;
+            EXIT WHEN FOUND;
+            IF clock_timestamp() > started + timeout THEN
+                PERFORM fig._wait_error('fig.attach_iceberg', timeout);
+            END IF;
+            PERFORM pg_sleep(0.02);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_advisory_unlock_shared(lock_key);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock_shared(lock_key);
+    IF found_row.error IS NOT NULL THEN
+        RAISE EXCEPTION 'fig.attach_iceberg(%): %', iceberg_table, found_row.error
+            USING ERRCODE = CASE WHEN found_row.name IS NULL THEN 'undefined_table'
+                                 ELSE 'object_not_in_prerequisite_state' END;
+    END IF;
+    RETURN format('%s is attached: its rows are read from Iceberg', iceberg_table);
+END $fn$;
+"""
+
 _VIEWS = """
 CREATE OR REPLACE VIEW fig.tables AS
 SELECT format('%I.%I', t.schema_name, t.table_name) AS table_name,
@@ -428,10 +483,11 @@ FROM fig.cdc_state c LEFT JOIN pg_replication_slots r ON r.slot_name = c.slot_na
 def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
-    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _VIEWS
+    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH + _VIEWS
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
                          ("@COMPACT@", str(COMPACT_LOCK)),
-                         ("@COLDWRITE@", str(COLD_WRITE_LOCK))):
+                         ("@COLDWRITE@", str(COLD_WRITE_LOCK)),
+                         ("@ATTACH@", str(ATTACH_LOCK))):
         script = script.replace(token, value)
     return script
 

@@ -120,6 +120,14 @@ def tiered_references(tree: exp.Expression, tiered: TieredSet
     return refs
 
 
+# The boundary of an attached Iceberg table (fig.attach_iceberg): every row is cold.
+ATTACHED_BOUNDARY = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+
+
+def cold_only(table: TieredTable) -> bool:
+    return table.boundary == ATTACHED_BOUNDARY
+
+
 def literal_for(table: TieredTable, value: str) -> str:
     kind = table.column_type(table.time_column)
     cast = {"timestamp without time zone": "timestamp", "date": "date"}.get(kind, "timestamptz")
@@ -256,7 +264,7 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
             lower, upper = _time_range(table_node, table, constants or {})
             if lower is not None and lower >= table.boundary:
                 continue  # every row this reference can reach is still in hot
-            if upper is not None and upper < table.boundary:
+            if (upper is not None and upper < table.boundary) or cold_only(table):
                 part_route = Route.COLD
         if table.row_security:
             raise FeatureNotSupported(
@@ -638,6 +646,9 @@ def _check_write(sql: str, tree: exp.Expression, refs: list[tuple[exp.Table, Tie
     if not reaching:
         return None
     node, table = reaching[0]
+    if cold_only(table):
+        raise FeatureNotSupported(f"{table.qualified} is an attached Iceberg table: it is "
+                                  "read-only", hint="write to it with an Iceberg writer")
     if explain:
         raise _write_refused(table, "EXPLAIN of an UPDATE/DELETE that may reach cold rows")
     if not isinstance(tree, (exp.Update, exp.Delete)) or tree.this is not node or len(refs) > 1:

@@ -42,6 +42,7 @@ COPY_CHUNK = 256 * 1024
 TIERED_SQL = """SELECT json_build_object(
   'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column,
   'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
+    WHEN t.boundary = 'infinity' THEN '9999-12-31T00:00:00+00:00'  -- attached: all cold
     ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
   'rls', c.relrowsecurity,
   'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
