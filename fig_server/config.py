@@ -75,6 +75,7 @@ class CdcConfig:
 @dataclass(frozen=True)
 class TieringConfig:
     retention_interval_s: int = 60
+    drop_cold_on_drop_table: bool = True
 
 
 @dataclass(frozen=True)

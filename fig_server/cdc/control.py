@@ -33,6 +33,10 @@ then waits for the CDC process to stamp its completion time. ``fig.wait_cold_wri
 does the same with class COLD_WRITE_LOCK (key = request id modulo 2^31 - 1), and
 ``fig.attach_iceberg(name)`` with the bigint key ATTACH_LOCK << 32 | hashtext(name), stamped in
 ``fig.iceberg_attachments`` (fig_server.cdc.attach).
+
+DROP TABLE of a tiered table untiers it: the event trigger fig_untier_dropped (sql_drop)
+moves its row from fig.tiered_tables to ``fig.dropped_tables``, where the CDC process finds
+it and drops or keeps the Iceberg table per [tiering] drop_cold_on_drop_table.
 """
 
 from __future__ import annotations
@@ -109,6 +113,12 @@ CREATE TABLE IF NOT EXISTS fig.iceberg_attachments (
     name text,
     done_at timestamptz,
     error text
+);
+CREATE TABLE IF NOT EXISTS fig.dropped_tables (
+    table_oid oid PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    dropped_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS cold_write_rows_request ON fig.cold_write_rows (request_id);
 """
@@ -451,6 +461,27 @@ BEGIN
 END $fn$;
 """
 
+_DROP = """
+CREATE OR REPLACE FUNCTION fig._untier_dropped() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    WITH gone AS (
+        DELETE FROM fig.tiered_tables t USING pg_event_trigger_dropped_objects() d
+        WHERE d.classid = 'pg_class'::regclass AND d.objid = t.table_oid AND d.objsubid = 0
+        RETURNING t.table_oid, t.schema_name, t.table_name, t.state)
+    INSERT INTO fig.dropped_tables (table_oid, schema_name, table_name)
+    SELECT table_oid, schema_name, table_name FROM gone WHERE state <> 'attached'
+    ON CONFLICT (table_oid) DO NOTHING;
+END $fn$;
+
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'fig_untier_dropped') THEN
+        CREATE EVENT TRIGGER fig_untier_dropped ON sql_drop
+            EXECUTE FUNCTION fig._untier_dropped();
+    END IF;
+END $do$;
+"""
+
 _VIEWS = """
 CREATE OR REPLACE VIEW fig.tables AS
 SELECT format('%I.%I', t.schema_name, t.table_name) AS table_name,
@@ -483,7 +514,7 @@ FROM fig.cdc_state c LEFT JOIN pg_replication_slots r ON r.slot_name = c.slot_na
 def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
-    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH + _VIEWS
+    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH + _DROP + _VIEWS
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
                          ("@COMPACT@", str(COMPACT_LOCK)),
                          ("@COLDWRITE@", str(COLD_WRITE_LOCK)),

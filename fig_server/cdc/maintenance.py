@@ -138,6 +138,16 @@ class Maintenance:
                 log.warning("could not delete %s", path)
         log.info("dropped cold table %s (%d files)", ".".join(identifier), len(files))
 
+    def unmanage(self, identifier: tuple[str, str]) -> None:
+        """Keep an Iceberg table Fig no longer feeds: drop_unmanaged then leaves it alone."""
+        try:
+            table = self.process.catalog.load_table(identifier)
+        except NoSuchTableError:
+            return
+        with table.transaction() as tx:
+            tx.set_properties({MANAGED: "false"})
+        log.info("kept cold table %s (no longer managed by Fig)", ".".join(identifier))
+
     def drop_unmanaged(self, wanted: set[TieredTable]) -> None:
         """Drop Fig-managed Iceberg tables whose Postgres table is no longer tiered."""
         if time.monotonic() < self.next_drop_check:

@@ -158,9 +158,10 @@ class CdcProcess:
     def refresh_tables(self) -> None:
         """Bring appliers, publication and Iceberg in line with fig.tiered_tables."""
         wanted = self._load_tiered()
+        self._handle_dropped()
         for relid in [r for r in self.tables if r not in wanted]:
             self.flush()
-            self.forget(relid, drop=True)
+            self.forget(relid, drop=True)  # untiered: fig.untier_table drops the cold copy
         for relid, table in wanted.items():
             known = self.tables.get(relid)
             if table.state == "paused":
@@ -170,6 +171,22 @@ class CdcProcess:
             if known is None or known.state != table.state or relid not in self.appliers:
                 self.activate(table)
         self.maintenance.drop_unmanaged(set(wanted.values()))
+
+    def _handle_dropped(self) -> None:
+        """Tables dropped by DROP TABLE (fig._untier_dropped): forget them, and drop or keep
+        their Iceberg table as configured; a kept one is no longer Fig-managed."""
+        drop = self.config.tiering.drop_cold_on_drop_table
+        rows = self.conn.execute(
+            "SELECT table_oid::bigint, schema_name, table_name FROM fig.dropped_tables").fetchall()
+        for relid, schema, name in rows:
+            if relid in self.tables:
+                self.flush()
+                self.forget(relid, drop=drop)
+            elif drop:
+                self.maintenance.drop_table((schema, name))
+            if not drop:
+                self.maintenance.unmanage((schema, name))
+            self.conn.execute("DELETE FROM fig.dropped_tables WHERE table_oid = %s", (relid,))
 
     def _in_publication(self, relid: int) -> bool:
         return bool(self.conn.execute(
