@@ -15,13 +15,16 @@ import uvloop
 
 from fig_server.cdc import service as cdc_service
 from fig_server.cdc.control import install_control_schema
+from fig_server.cold.worker import MEMORY_LIMIT_ENV
 from fig_server.config import FigConfig, load_config
 from fig_server.demo import install_demo
 from fig_server.errors import FigError
 from fig_server.hot.backend import HotTarget
 from fig_server.hot.embedded import EmbeddedPostgres
 from fig_server.hot.privileges import apply_control_grants
+from fig_server.hot.query_log import install_query_log
 from fig_server.protocol.server import FigServer
+from fig_server.session.audit_log import AuditLog
 from fig_server.session.federation import ColdService, TieredCatalog
 
 log = logging.getLogger("fig")
@@ -89,18 +92,25 @@ async def serve(config: FigConfig) -> None:
     dsn = config.hot.dsn or embedded.dsn  # type: ignore[union-attr]
     await asyncio.to_thread(install_control_schema, dsn)
     await asyncio.to_thread(apply_control_grants, dsn, config.auth.admin_role)
+    await asyncio.to_thread(install_query_log, dsn, config.auth.admin_role)
+    # Cold workers (started later, from a forkserver) read their memory limit from here.
+    os.environ[MEMORY_LIMIT_ENV] = str(config.cold.memory_limit_mb)
+    audit = AuditLog(config.audit, config.data_dir, dsn) if config.audit.enabled else None
     tiered = TieredCatalog(dsn)
     await tiered.refresh()
     tiered.start()
     cold = ColdService(config)
     cdc = CdcSupervisor(config, dsn)
     cdc.start()
-    server = FigServer(config, HotTarget.from_dsn(dsn), tiered=tiered, cold=cold, hot_dsn=dsn)
+    server = FigServer(config, HotTarget.from_dsn(dsn), tiered=tiered, cold=cold, hot_dsn=dsn,
+                       audit=audit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     supervise = asyncio.create_task(cdc.watch())
+    if audit is not None:
+        audit.start()
     try:
         port = await server.start()
         state = {"host": config.server.host, "port": port, "pid": os.getpid(), "hot_dsn": dsn}
@@ -113,6 +123,8 @@ async def serve(config: FigConfig) -> None:
     finally:
         supervise.cancel()
         await server.stop()
+        if audit is not None:
+            await audit.stop()
         await tiered.stop()
         await asyncio.to_thread(cdc.stop)
         await asyncio.to_thread(cold.close)

@@ -39,6 +39,7 @@ class LimitsConfig:
     cold_queries_per_user: int = 0
     queries_per_second_per_user: int = 0
     query_burst_per_user: int = 0
+    max_result_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ class ColdConfig:
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     workers: int = 0
+    memory_limit_mb: int = 0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool = True
+    file_max_bytes: int = 64 * 1024 * 1024
+    file_keep: int = 5
+    statement_max_chars: int = 2048
+    query_log_max_rows: int = 100_000
+    price_per_gb: float = 0.10
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class FigConfig:
     cdc: CdcConfig = field(default_factory=CdcConfig)
     tiering: TieringConfig = field(default_factory=TieringConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -116,16 +129,18 @@ class FigConfig:
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a TOML or environment value to the field's declared type."""
     kind = tuple if annotation == tuple[str, ...] else annotation
-    if kind not in (int, str, bool, tuple):
+    if kind not in (int, float, str, bool, tuple):
         raise TypeError(f"unsupported config type {annotation} at {where}")
     if isinstance(value, str) and kind is not str:
         if kind is bool:
             return value.strip().lower() in ("1", "true", "yes", "on")
-        if kind is int:
-            return int(value)
+        if kind in (int, float):
+            return kind(value)
         return tuple(item.strip() for item in value.split(",") if item.strip())
     if kind is tuple:
         return tuple(str(item) for item in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"config {where}: expected {kind.__name__}, got {value!r}")
     return value

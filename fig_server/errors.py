@@ -91,6 +91,10 @@ class OutOfMemory(FigError):
     sqlstate = "53200"
 
 
+class ProgramLimitExceeded(FigError):
+    sqlstate = "54000"
+
+
 class InvalidParameterValue(FigError):
     sqlstate = "22023"
 

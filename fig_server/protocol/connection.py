@@ -15,6 +15,7 @@ from fig_server.limits import UserLimits
 from fig_server.planner.rewrite import split_statements
 from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
+from fig_server.session.audit import StatementAudit, StatementRecord, route_of
 from fig_server.session.cold_writes import run_cold_write
 from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
 from fig_server.session.session import Session
@@ -31,6 +32,10 @@ SMALL_MESSAGE_TYPES = frozenset(b"CDEHScfX")
 SMALL_MESSAGE_BYTES = 10_000
 # How a backend ErrorResponse that ends the session begins (Postgres sends severity first).
 FATAL_SEVERITIES = (b"SFATAL\0", b"SPANIC\0")
+# Messages the audit notes: Query, Parse, Bind, Execute, Sync, FunctionCall from the client;
+# CommandComplete, ErrorResponse, ParameterStatus from the backend (never a DataRow).
+AUDITED_CLIENT = frozenset(b"QPBESF")
+AUDITED_BACKEND = frozenset(b"CES")
 
 
 class ClientConnection:
@@ -57,6 +62,10 @@ class ClientConnection:
         self.limits: UserLimits | None = None
         self._refused: FigError | None = None
         self._open_batch = False
+        # The statement audit (set by the server when enabled) and the record of the request
+        # Fig is holding, until it is forwarded or answered by Fig itself.
+        self.audit: StatementAudit | None = None
+        self._entry: StatementRecord | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -167,6 +176,7 @@ class ClientConnection:
         backend = session.backend
         assert backend is not None
         buffer = self.client_buffer
+        audit = self.audit
         while True:
             spans, rest, bad = self._frames()
             sent = 0
@@ -177,6 +187,11 @@ class ClientConnection:
                     backend.writer.write(bytes(buffer[sent:start]))
                     sent = end
                     await self._hold(kind, bytes(buffer[start:end]))
+                elif audit is not None and kind in AUDITED_CLIENT:
+                    record = audit.on_client(kind, buffer, start, end)
+                    if kind in COUNTS_AS_REQUEST:
+                        audit.pending.append(record)
+                        session.in_flight += 1
                 elif kind in COUNTS_AS_REQUEST:
                     session.in_flight += 1
                 elif kind == 88:  # 'X' Terminate
@@ -231,6 +246,10 @@ class ClientConnection:
         return self._refused is not None
 
     async def _hold(self, kind: int, raw: bytes) -> None:
+        if self.audit is not None and kind in AUDITED_CLIENT:
+            record = self.audit.on_client(kind, raw, 0, len(raw))
+            if kind in COUNTS_AS_REQUEST:
+                self._entry = record
         if self._refused is not None and kind in (81, 83):
             error, self._refused = self._refused, None
             self.batch, self._open_batch = None, False
@@ -239,6 +258,7 @@ class ClientConnection:
             return
         if kind == 81:
             await self._run_query(wire.query_text(raw[5:]))
+            self._answered()
             return
         if self.batch is None:
             self.batch = []
@@ -246,6 +266,20 @@ class ClientConnection:
         if kind == 83:  # 'S' Sync ends the batch
             batch, self.batch = self.batch, None
             await self._run_batch(batch)
+            self._answered()
+
+    def _answered(self) -> None:
+        """The held request was answered by Fig alone (EXPLAIN): its record is complete."""
+        entry, self._entry = self._entry, None
+        if entry is not None and self.audit is not None:
+            self.audit.finish(entry)
+
+    def _note(self, prepared: list[Prepared]) -> None:
+        """What the audit records of a statement over tiered tables: route, cold scans."""
+        if self._entry is not None and self.federator is not None:
+            self._entry.prepared = prepared
+            self._entry.route = route_of(prepared)
+            self._entry.matcher = self.federator.tiered.current.matcher
 
     async def _wait_idle(self) -> None:
         while self.session.in_flight > 0:
@@ -276,6 +310,9 @@ class ClientConnection:
         backend = self.session.backend
         assert backend is not None
         self.session.in_flight += requests
+        if self.audit is not None:
+            self.audit.pending.append(self._entry)
+            self._entry = None
         backend.writer.write(data)
 
     async def _federate(self, work: Callable[[Federator], Awaitable[None]]) -> None:
@@ -298,6 +335,9 @@ class ClientConnection:
 
     async def _fail(self, error: FigError) -> None:
         """Report an error of Fig's so the transaction state is what Postgres would make it."""
+        entry, self._entry = self._entry, None
+        if entry is not None and self.audit is not None:
+            self.audit.finish(entry, error.fields().get("C", error.sqlstate))
         if self.session.transaction_status == b"T":
             fields = error.fields()
             raise_sql = ("DO $fig$ BEGIN RAISE EXCEPTION USING ERRCODE = "
@@ -323,6 +363,7 @@ class ClientConnection:
             prepared = [await federator.plan(self, statement, tiered, route, f"q{index}",
                                              writes=True)
                         for index, statement in enumerate(split_statements(sql))]
+            self._note(prepared)
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
                 await self._explain(federator, explain, as_of)
@@ -364,6 +405,8 @@ class ClientConnection:
         moved since it was parsed, parse it again under the same name (Close + Parse)."""
         sql, parsed = self.tiered_statements[name]
         prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
+        if self._entry is not None:
+            self._entry.prepared.append(prepared)
         await federator.load(self, prepared, True, as_of, self.session.cold_cancel)
         payload = wire.replace_parse_sql(parsed, prepared.sql)
         if payload == parsed:
@@ -389,11 +432,14 @@ class ClientConnection:
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
             parsed: set[str] = set()
             out = []
+            self._note([])
             for raw in batch:
                 kind, payload = raw[0], raw[5:]
                 if kind == 80:
                     name, sql = wire.parse_text(payload)
                     prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
+                    if self._entry is not None:
+                        self._entry.prepared.append(prepared)
                     if prepared.rewrite is not None:
                         parsed.add(name)
                         await federator.load(self, prepared, run_cold, as_of,
@@ -407,6 +453,8 @@ class ClientConnection:
                         parsed.add(name)
                         await self._refresh_statement(federator, name, tiered, route, as_of)
                 out.append(raw)
+            if self._entry is not None:
+                self._entry.route = route_of(self._entry.prepared)
             self._forward(b"".join(out), 1)
 
         await self._federate(work)
@@ -418,6 +466,7 @@ class ClientConnection:
         reader, writer = backend.reader, self.writer
         buffer = bytearray()
         ended = False  # the last message relayed was a FATAL error: the close is expected
+        audit = self.audit
         while True:
             chunk = await reader.read(READ_SIZE)
             if not chunk:
@@ -435,12 +484,16 @@ class ClientConnection:
                 self._divert_messages(data, spans)
                 buffer = bytearray(data[rest:])
                 continue
-            for start, _ in spans:
+            for start, end in spans:
                 if data[start] == 90:  # 'Z' ReadyForQuery
                     session.in_flight -= 1
                     session.transaction_status = bytes(data[start + 5:start + 6])
                     if session.in_flight <= 0:
                         self._idle.set()
+                    if audit is not None:
+                        audit.on_ready()
+                elif audit is not None and data[start] in AUDITED_BACKEND:
+                    audit.on_backend(data[start], data, start, end)
             if spans:
                 last = spans[-1][0]
                 ended = data[last] == 69 and data[last + 5:last + 12] in FATAL_SEVERITIES

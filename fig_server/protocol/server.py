@@ -23,6 +23,8 @@ from fig_server.limits import UserLimits
 from fig_server.protocol import tls
 from fig_server.protocol.auth import Authenticator
 from fig_server.protocol.connection import ClientConnection
+from fig_server.session.audit import StatementAudit
+from fig_server.session.audit_log import AuditLog
 from fig_server.session.federation import ColdService, Federator, TieredCatalog
 from fig_server.session.session import Session
 
@@ -58,8 +60,9 @@ class FigServer:
     def __init__(self, config: FigConfig, target: HotTarget,
                  tls_context: ssl.SSLContext | None = None,
                  tiered: TieredCatalog | None = None, cold: ColdService | None = None,
-                 hot_dsn: str = "") -> None:
+                 hot_dsn: str = "", audit: AuditLog | None = None) -> None:
         self.config = config
+        self.audit = audit
         self.target = target
         self.tls_context = tls_context or tls.server_context(config)
         self.roles: RoleDirectory | None = None
@@ -200,9 +203,13 @@ class FigServer:
         connection = ClientConnection(session, reader, writer,
                                       self.config.server.max_message_bytes, federator)
         connection.limits = self.limits
+        if self.audit is not None:
+            connection.audit = StatementAudit(self.audit, session)
         try:
             if await connection.start(version, self.authenticator):
                 await connection.relay()
         finally:
+            if connection.audit is not None:
+                connection.audit.close()
             del self.sessions[session.pid]
             await session.close()

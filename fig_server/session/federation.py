@@ -23,7 +23,12 @@ import pyarrow.csv as pacsv
 
 from fig_server import wire
 from fig_server.config import FigConfig
-from fig_server.errors import FeatureNotSupported, FigError, InvalidParameterValue
+from fig_server.errors import (
+    FeatureNotSupported,
+    FigError,
+    InvalidParameterValue,
+    ProgramLimitExceeded,
+)
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable
 
@@ -132,6 +137,12 @@ class ColdService:
         engine, _ = self._open()
         result = engine.query(part.cold_sql, self._tables(part), as_of=as_of, cancel=cancel,
                               timeout_s=timeout_s)
+        limit = self.config.limits.max_result_rows
+        if limit and result.table.num_rows > limit:
+            raise ProgramLimitExceeded(
+                f"cold part of {part.table.qualified} returned {result.table.num_rows} rows, "
+                f"more than [limits] max_result_rows = {limit}",
+                hint="Narrow the statement (a time range, a filter, LIMIT) or raise the limit.")
         return result.table, result.stats
 
     def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None) -> list[str]:

@@ -1,0 +1,158 @@
+"""Statement capture for the audit: the pumps report the few messages that matter (Query,
+Parse, Bind, Execute, Sync from the client; CommandComplete, ErrorResponse, ReadyForQuery from
+the backend) and each request becomes one record when its ReadyForQuery arrives.
+
+Nothing here decodes rows or SQL: texts are kept as raw (bounded) bytes and turned into
+documents later, off the event loop (see audit_log).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fig_server.session.audit_log import AuditLog
+    from fig_server.session.session import Session
+
+# Prepared statement texts remembered per connection (for Binds of named statements).
+MAX_STATEMENTS = 4096
+FUNCTION_CALL = b"<function call>"
+
+
+@dataclass(slots=True)
+class StatementRecord:
+    """One request (a Query, or extended-protocol messages up to Sync) and how it ended."""
+
+    started: float  # wall clock, seconds
+    clock: float  # perf_counter at the start, for the duration
+    text: bytes  # raw SQL, at most the configured bytes, possibly followed by NUL and more
+    route: str = "relay"
+    rows: int = 0
+    command: bytes = b""
+    sqlstate: str = ""
+    duration_s: float = 0.0
+    # Set for statements over tiered tables: the session's Prepared statements (their cold
+    # ScanStats) and the tiered-name matcher, read by the writer once the record is done.
+    prepared: list[Any] = field(default_factory=list)
+    matcher: Any = None
+    origin: Any = None  # the StatementAudit of the connection (user, client, application)
+
+
+class StatementAudit:
+    """One connection's capture: texts of the current batch, records waiting for their Z."""
+
+    def __init__(self, log: AuditLog, session: Session) -> None:
+        self.log = log
+        self.user = session.user
+        self.database = session.database
+        self.client = session.peer
+        self.application = session.params.get("application_name", "")
+        self.max_bytes = log.statement_max_bytes
+        # One entry per request sent to the backend, in order; None for a request that ran
+        # nothing (a Sync after Parse/Describe only): its ReadyForQuery is matched all the same.
+        self.pending: deque[StatementRecord | None] = deque()
+        self._statements: dict[bytes, bytes] = {}
+        self._bound: bytes = b""
+        self._executed: bytes | None = None
+        self._batch_start: tuple[float, float] | None = None
+
+    # -- client side -----------------------------------------------------------------
+
+    def on_client(self, kind: int, buf: bytes | bytearray, start: int, end: int
+                  ) -> StatementRecord | None:
+        """Note a Q, P, B, E, S or F message; a new record when it ends a request."""
+        if kind == 81:  # 'Q'
+            self._batch_start = None
+            return self._record(bytes(buf[start + 5:min(end - 1, start + 5 + self.max_bytes)]),
+                                (time.time(), time.perf_counter()))
+        if self._batch_start is None:
+            self._batch_start = (time.time(), time.perf_counter())
+        if kind == 80:  # 'P'
+            # A malformed message (no NUL) is Postgres's to report: noted as an empty text.
+            name_end = buf.find(0, start + 5, end)
+            if name_end < 0:
+                name_end = end
+            text = bytes(buf[name_end + 1:min(end, name_end + 1 + self.max_bytes)])
+            if len(self._statements) >= MAX_STATEMENTS:
+                self._statements.clear()
+            self._statements[bytes(buf[start + 5:name_end])] = text
+            self._bound = text
+        elif kind == 66:  # 'B'
+            portal_end = buf.find(0, start + 5, end)
+            name_end = buf.find(0, portal_end + 1, end) if portal_end >= 0 else -1
+            name = bytes(buf[portal_end + 1:name_end]) if name_end >= 0 else b"\0"
+            self._bound = self._statements.get(name, b"")
+        elif kind == 69:  # 'E'
+            if self._executed is None:
+                self._executed = self._bound
+        elif kind == 83:  # 'S'
+            return self.end_batch()
+        elif kind == 70:  # 'F'
+            return self._record(FUNCTION_CALL, self._batch_start)
+        return None
+
+    def end_batch(self) -> StatementRecord | None:
+        """The Sync's record: None when nothing was executed (a Parse or Describe only)."""
+        executed, self._executed = self._executed, None
+        began, self._batch_start = self._batch_start, None
+        return None if executed is None else self._record(executed, began)
+
+    def _record(self, text: bytes, began: tuple[float, float] | None) -> StatementRecord:
+        if began is None:
+            began = (time.time(), time.perf_counter())
+        return StatementRecord(began[0], began[1], text, origin=self)
+
+    # -- backend side ----------------------------------------------------------------
+
+    def on_backend(self, kind: int, buf: bytes | bytearray, start: int, end: int) -> None:
+        """Note a CommandComplete, ErrorResponse or ParameterStatus of the backend."""
+        if kind == 83:  # 'S': application_name is reported when it changes
+            if buf.startswith(b"application_name\0", start + 5):
+                value = bytes(buf[start + 22:end - 1])
+                self.application = value.decode(errors="replace")
+            return
+        record = self.pending[0] if self.pending else None
+        if record is None:
+            return
+        if kind == 67:  # 'C'
+            tag = bytes(buf[start + 5:end - 1])
+            record.command = tag
+            count = tag.rpartition(b" ")[2]
+            if count.isdigit():
+                record.rows += int(count)
+        else:  # 'E'
+            at = buf.find(b"\0C", start + 5, end)
+            if at >= 0:
+                record.sqlstate = bytes(buf[at + 2:at + 7]).decode(errors="replace")
+
+    def on_ready(self) -> None:
+        """ReadyForQuery: the oldest waiting request is done."""
+        if self.pending:
+            record = self.pending.popleft()
+            if record is not None:
+                self.finish(record)
+
+    def finish(self, record: StatementRecord, sqlstate: str = "") -> None:
+        record.duration_s = time.perf_counter() - record.clock
+        if sqlstate:
+            record.sqlstate = sqlstate
+        self.log.submit(record)
+
+    def close(self) -> None:
+        """The connection ended: requests still waiting are recorded as they stand."""
+        while self.pending:
+            record = self.pending.popleft()
+            if record is not None:
+                self.finish(record, record.sqlstate or "08006")
+
+
+def route_of(prepared: list[Any]) -> str:
+    """The route of a request's statements: their planner route, SPLIT when they differ,
+    relay when none of them needed the planner."""
+    routes = {p.rewrite.route.value for p in prepared if p.rewrite is not None}
+    if not routes:
+        return "relay"
+    return routes.pop() if len(routes) == 1 else "SPLIT"
