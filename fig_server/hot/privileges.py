@@ -9,7 +9,6 @@ from psycopg import sql
 
 log = logging.getLogger(__name__)
 
-# Functions any user may call: read-your-writes for the cold tier changes nothing.
 # Functions every session needs: read-your-writes, and the cold-write steps Fig runs inside
 # the client's own session for UPDATE/DELETE below the boundary (SECURITY DEFINER).
 PUBLIC_FUNCTIONS = ("sync", "request_cold_write", "wait_cold_write")
