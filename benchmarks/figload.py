@@ -82,7 +82,10 @@ def ensure_fig_layout(fig: FigProcess, data: DataSet) -> dict[str, object]:
             _stream_through_cdc(conn, fig, data, boundary, info)
         for step, statement in (
                 ("retention", f"SELECT fig.run_retention({FINISH})"),
-                ("compaction", f"SELECT fig.compact('public.events', {FINISH})")):
+                ("compaction", f"SELECT fig.compact('public.events', {FINISH})"),
+                # Retention's deletes still pass through the CDC stream: let it drain them
+                # so the CDC workload starts from a caught-up stream.
+                ("cdc_drained", f"SELECT fig.sync({WAIT})")):
             try:
                 conn.execute(statement)
                 info[step] = "done"

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_iceberg(data)
     print("starting fig serve", flush=True)
     fig = start_fig(data.fig_data_dir)
-    started = time.perf_counter()
+    started, start_load = time.perf_counter(), os.getloadavg()[0]
     try:
         if "cold" in only and data.layout == "fig":
             fig, data = build_fig_layout(fig, data, report)
@@ -345,15 +345,22 @@ def main(argv: list[str] | None = None) -> int:
         fig.stop()
     report.header["duration"] = f"{time.perf_counter() - started:.0f} s of workloads"
     report.header["machine"] += ", at end " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    cores = os.cpu_count() or 1
+    # The run itself keeps about `cores` busy; beyond twice that, others were running too.
+    if start_load > cores or os.getloadavg()[1] > 2 * cores:
+        report.header["warning"] = (
+            "other jobs saturated the machine during this run (load average above the core "
+            "count): absolute timings are inflated and noisy; compare systems within a query")
     print()
     print_report(report)
-    write_results(report)
+    write_results(report, "" if only == set(WORKLOADS) else "-".join(sorted(only)))
     return 0
 
 
-def write_results(report: RunReport) -> None:
+def write_results(report: RunReport, subset: str) -> None:
+    """results/<date>.md for a full run; a run of some workloads only gets its own name."""
     RESULTS.mkdir(exist_ok=True)
-    stem = dt.date.today().isoformat()
+    stem = dt.date.today().isoformat() + (f"-{subset}" if subset else "")
     charts = write_charts(report, RESULTS, stem)
     markdown = RESULTS / f"{stem}.md"
     write_markdown(report, markdown, charts)
