@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -255,31 +256,34 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
 
 
 def _grouped_bars(ax: Any, report: RunReport, value: Any, label: Any, log: bool) -> None:
+    """One group per query holding only the systems that took part in it; a colour per
+    system across groups; skipped systems marked in grey."""
     queries = list(report.queries)
-    systems = list(dict.fromkeys(m.system for m in report.cold if not m.skipped))
-    width = 0.8 / max(1, len(systems))
-    colors = plt.get_cmap("tab10")
-    for index, system in enumerate(systems):
-        heights, skipped = [], []
-        for query in queries:
-            found = [m for m in report.cold if m.query == query and m.system == system]
-            number = value(found[0]) if found and not found[0].skipped else None
-            heights.append(number if number else math.nan)
-            skipped.append(bool(found and found[0].skipped))
-        xs = [q + (index - (len(systems) - 1) / 2) * width for q in range(len(queries))]
-        bars = ax.bar(xs, heights, width, label=system, color=colors(index))
-        for x, was_skipped in zip(xs, skipped, strict=True):
-            if was_skipped:
-                ax.annotate("skipped", (x, 0), xycoords=("data", "axes fraction"),
-                            xytext=(0, 4), textcoords="offset points", rotation=90,
-                            ha="center", va="bottom", fontsize=7, color="grey")
-        ax.bar_label(bars, labels=[label(h) for h in heights], fontsize=6, padding=1)
+    systems = list(dict.fromkeys(m.system for m in report.cold))
+    colors = {system: plt.get_cmap("tab10")(index) for index, system in enumerate(systems)}
+    width = 0.8 / max(1, max(len({m.system for m in report.cold if m.query == q})
+                             for q in queries))
+    for position, query in enumerate(queries):
+        present = [m for m in report.cold if m.query == query]
+        for index, m in enumerate(present):
+            x = position + (index - (len(present) - 1) / 2) * width
+            number = None if m.skipped else value(m)
+            if number is None or (isinstance(number, float) and math.isnan(number)):
+                ax.annotate("skipped" if m.skipped else "n/a", (x, 0),
+                            xycoords=("data", "axes fraction"), xytext=(0, 4),
+                            textcoords="offset points", rotation=90, ha="center",
+                            va="bottom", fontsize=7, color="grey")
+                continue
+            bars = ax.bar([x], [number], width, color=colors[m.system])
+            ax.bar_label(bars, labels=[label(number)], fontsize=6, padding=1, rotation=90)
     ax.set_xticks(range(len(queries)), queries)
     if log:
         ax.set_yscale("log")
+        ax.margins(y=0.15)
     ax.grid(axis="y", which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
-              ncol=min(len(systems), 5), frameon=False)
+    handles = [matplotlib.patches.Patch(color=colors[s], label=s) for s in systems]
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
+              ncol=min(len(systems), 4), frameon=False)
 
 
 def write_charts(report: RunReport, folder: Path, stem: str) -> list[Path]:
