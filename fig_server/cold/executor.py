@@ -100,9 +100,6 @@ class ProcessExecutor(Executor):
         """Worker processes running a task right now."""
         return [pid for lane in self._lanes if lane.busy() and (pid := lane.pid()) is not None]
 
-    def reset(self) -> None:
-        """Kept for callers of the first cut: lanes restart dead workers by themselves."""
-
     def close(self) -> None:
         with self._lock:
             if self._closed:

@@ -215,11 +215,6 @@ def run_task(task: UnitTask) -> bytes:
     return to_ipc(result)
 
 
-def run_unit(task: UnitTask) -> bytes:
-    """Kept for callers of the first cut."""
-    return run_task(task)
-
-
 def to_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
