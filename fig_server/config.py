@@ -73,6 +73,7 @@ class AuditConfig:
     statement_max_chars: int = 2048
     query_log_max_rows: int = 100_000
     price_per_gb: float = 0.10
+    group_relayed: bool = True
 
 
 @dataclass(frozen=True)

@@ -10,54 +10,48 @@ from psycopg import sql
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("ts", "user_name", "client_addr", "application_name", "database", "statement",
-           "route", "tables", "command", "rows", "bytes_scanned", "bytes_total",
-           "manifests_kept", "manifests_total", "files_kept", "files_total", "row_groups_kept",
-           "row_groups_total", "duration_ms", "outcome", "sqlstate", "cost_usd")
+# The view's columns, as fields of the stored JSON documents.
+COLUMNS = (
+    ("ts", "timestamptz"), ("user_name", "text"), ("client_addr", "text"),
+    ("application_name", "text"), ("database", "text"), ("statement", "text"), ("route", "text"),
+    ("tables", "text[]"), ("command", "text"), ("rows", "bigint"), ("bytes_scanned", "bigint"),
+    ("bytes_total", "bigint"), ("manifests_kept", "integer"), ("manifests_total", "integer"),
+    ("files_kept", "integer"), ("files_total", "integer"), ("row_groups_kept", "integer"),
+    ("row_groups_total", "integer"), ("duration_ms", "double precision"), ("outcome", "text"),
+    ("sqlstate", "text"), ("cost_usd", "numeric"), ("calls", "integer"),
+)
 
+# Rows are stored as the audit file's JSON documents (json, not jsonb: only validated on the
+# way in, so a busy server's inserts stay cheap); the view reads each document once.
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS fig;
-CREATE TABLE IF NOT EXISTS fig.query_log (
+DO $$ BEGIN
+    -- the first cut kept the log as a table of columns
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('fig.query_log')
+               AND relkind = 'r') THEN
+        DROP TABLE fig.query_log CASCADE;
+    END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS fig.query_log_docs (
     id bigserial PRIMARY KEY,
-    ts timestamptz NOT NULL,
-    user_name text NOT NULL,
-    client_addr text,
-    application_name text,
-    database text,
-    statement text,
-    route text NOT NULL,
-    tables text[] NOT NULL DEFAULT '{}',
-    command text,
-    rows bigint NOT NULL DEFAULT 0,
-    bytes_scanned bigint NOT NULL DEFAULT 0,
-    bytes_total bigint NOT NULL DEFAULT 0,
-    manifests_kept integer NOT NULL DEFAULT 0,
-    manifests_total integer NOT NULL DEFAULT 0,
-    files_kept integer NOT NULL DEFAULT 0,
-    files_total integer NOT NULL DEFAULT 0,
-    row_groups_kept integer NOT NULL DEFAULT 0,
-    row_groups_total integer NOT NULL DEFAULT 0,
-    duration_ms double precision NOT NULL,
-    outcome text NOT NULL,
-    sqlstate text,
-    cost_usd numeric NOT NULL DEFAULT 0
+    doc json NOT NULL
 );
-COMMENT ON TABLE fig.query_log IS
+CREATE OR REPLACE VIEW fig.query_log AS
+    SELECT d.id, r.* FROM fig.query_log_docs d,
+        json_to_record(d.doc) AS r(""" + ", ".join(f"{n} {k}" for n, k in COLUMNS) + """);
+COMMENT ON VIEW fig.query_log IS
     'One row per statement through Fig (newest [audit] query_log_max_rows kept)';
 CREATE OR REPLACE VIEW fig.query_cost_by_user AS
-    SELECT user_name, count(*) AS queries, sum(bytes_scanned)::bigint AS bytes_scanned,
-           sum(cost_usd) AS cost_usd
+    SELECT user_name, sum(calls)::bigint AS queries,
+           sum(bytes_scanned)::bigint AS bytes_scanned, sum(cost_usd) AS cost_usd
     FROM fig.query_log GROUP BY user_name;
-REVOKE ALL ON fig.query_log, fig.query_cost_by_user FROM PUBLIC;
+REVOKE ALL ON fig.query_log_docs, fig.query_log, fig.query_cost_by_user FROM PUBLIC;
 """
 
-INSERT_SQL = sql.SQL(
-    "INSERT INTO fig.query_log ({columns}) SELECT {columns} "
-    "FROM json_populate_recordset(NULL::fig.query_log, %s::json)").format(
-        columns=sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS))
+COPY_SQL = "COPY fig.query_log_docs (doc) FROM STDIN"
 
-PRUNE_SQL = ("DELETE FROM fig.query_log WHERE id <= "
-             "(SELECT max(id) FROM fig.query_log) - %s")
+PRUNE_SQL = ("DELETE FROM fig.query_log_docs WHERE id <= "
+             "(SELECT max(id) FROM fig.query_log_docs) - %s")
 
 
 def install_query_log(dsn: str, admin_role: str) -> None:
@@ -67,14 +61,14 @@ def install_query_log(dsn: str, admin_role: str) -> None:
         conn.execute(SCHEMA_SQL)
         if admin_role:
             admin = sql.Identifier(admin_role)
-            conn.execute(sql.SQL("REVOKE ALL ON fig.query_log, fig.query_cost_by_user "
-                                 "FROM {}").format(admin))
+            conn.execute(sql.SQL("REVOKE ALL ON fig.query_log_docs, fig.query_log, "
+                                 "fig.query_cost_by_user FROM {}").format(admin))
             conn.execute(sql.SQL("GRANT SELECT ON fig.query_log, fig.query_cost_by_user "
                                  "TO {}").format(admin))
 
 
 class QueryLogSink:
-    """Inserts batches of audit documents (JSON text) into fig.query_log; used by one thread
+    """Copies batches of audit documents (JSON text) into fig.query_log; used by one thread
     at a time (the audit writer's)."""
 
     def __init__(self, dsn: str, max_rows: int) -> None:
@@ -89,7 +83,11 @@ class QueryLogSink:
         audit file still holds it) and the connection is opened again next time."""
         try:
             conn = self._connect()
-            conn.execute(INSERT_SQL, ("[" + ",".join(documents) + "]",))
+            # COPY text format: JSON lines hold no raw tab or newline; only backslashes (JSON's
+            # escapes) need doubling.
+            data = "\n".join(documents).replace("\\", "\\\\") + "\n"
+            with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+                copy.write(data)
             self._since_prune += len(documents)
             if self.max_rows > 0 and self._since_prune >= self.prune_every:
                 conn.execute(PRUNE_SQL, (self.max_rows,))

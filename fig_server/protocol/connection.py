@@ -277,7 +277,7 @@ class ClientConnection:
     def _note(self, prepared: list[Prepared]) -> None:
         """What the audit records of a statement over tiered tables: route, cold scans."""
         if self._entry is not None and self.federator is not None:
-            self._entry.prepared = prepared
+            self._entry.prepared = tuple(prepared)
             self._entry.route = route_of(prepared)
             self._entry.matcher = self.federator.tiered.current.matcher
 
@@ -406,7 +406,7 @@ class ClientConnection:
         sql, parsed = self.tiered_statements[name]
         prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
         if self._entry is not None:
-            self._entry.prepared.append(prepared)
+            self._entry.prepared += (prepared,)
         await federator.load(self, prepared, True, as_of, self.session.cold_cancel)
         payload = wire.replace_parse_sql(parsed, prepared.sql)
         if payload == parsed:
@@ -439,7 +439,7 @@ class ClientConnection:
                     name, sql = wire.parse_text(payload)
                     prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
                     if self._entry is not None:
-                        self._entry.prepared.append(prepared)
+                        self._entry.prepared += (prepared,)
                     if prepared.rewrite is not None:
                         parsed.add(name)
                         await federator.load(self, prepared, run_cold, as_of,

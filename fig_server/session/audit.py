@@ -8,9 +8,9 @@ documents later, off the event loop (see audit_log).
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,23 +22,31 @@ MAX_STATEMENTS = 4096
 FUNCTION_CALL = b"<function call>"
 
 
-@dataclass(slots=True)
 class StatementRecord:
-    """One request (a Query, or extended-protocol messages up to Sync) and how it ended."""
+    """One request (a Query, or extended-protocol messages up to Sync) and how it ended.
 
-    started: float  # wall clock, seconds
-    clock: float  # perf_counter at the start, for the duration
-    text: bytes  # raw SQL, at most the configured bytes, possibly followed by NUL and more
-    route: str = "relay"
-    rows: int = 0
-    command: bytes = b""
-    sqlstate: str = ""
-    duration_s: float = 0.0
-    # Set for statements over tiered tables: the session's Prepared statements (their cold
-    # ScanStats) and the tiered-name matcher, read by the writer once the record is done.
-    prepared: list[Any] = field(default_factory=list)
-    matcher: Any = None
-    origin: Any = None  # the StatementAudit of the connection (user, client, application)
+    A plain slotted class: one is made per request on the event loop, so it stays cheap.
+    """
+
+    __slots__ = ("busy", "calls", "command", "ended", "matcher", "origin", "prepared", "route",
+                 "rows", "sqlstate", "started", "text")
+
+    def __init__(self, started: float, text: bytes, origin: StatementAudit) -> None:
+        self.started = started  # perf_counter; the writer converts it to wall-clock time
+        self.ended = started
+        self.text = text  # raw SQL, at most the configured bytes, maybe followed by NUL...
+        self.origin = origin  # the connection's audit: user, client, application_name
+        self.route = "relay"
+        self.rows = 0
+        self.command = b""
+        self.sqlstate = ""
+        # Set for statements over tiered tables: the session's Prepared statements (their
+        # cold ScanStats) and the tiered-name matcher, read by the writer once done.
+        self.prepared: tuple[Any, ...] = ()
+        self.matcher: Any = None
+        # Identical relayed statements grouped by the writer: how many, their total time.
+        self.calls = 1
+        self.busy = 0.0
 
 
 class StatementAudit:
@@ -50,14 +58,18 @@ class StatementAudit:
         self.database = session.database
         self.client = session.peer
         self.application = session.params.get("application_name", "")
+        # JSON of the fields above, cached by the writer, and the application it was made for.
+        self.prefix = ""
+        self.prefix_of: str | None = None
         self.max_bytes = log.statement_max_bytes
         # One entry per request sent to the backend, in order; None for a request that ran
         # nothing (a Sync after Parse/Describe only): its ReadyForQuery is matched all the same.
         self.pending: deque[StatementRecord | None] = deque()
         self._statements: dict[bytes, bytes] = {}
-        self._bound: bytes = b""
+        self._unnamed = b""
+        self._bound = b""
         self._executed: bytes | None = None
-        self._batch_start: tuple[float, float] | None = None
+        self._batch_start = 0.0
 
     # -- client side -----------------------------------------------------------------
 
@@ -65,45 +77,55 @@ class StatementAudit:
                   ) -> StatementRecord | None:
         """Note a Q, P, B, E, S or F message; a new record when it ends a request."""
         if kind == 81:  # 'Q'
-            self._batch_start = None
-            return self._record(bytes(buf[start + 5:min(end - 1, start + 5 + self.max_bytes)]),
-                                (time.time(), time.perf_counter()))
-        if self._batch_start is None:
-            self._batch_start = (time.time(), time.perf_counter())
+            self._batch_start = 0.0
+            return StatementRecord(
+                perf_counter(), bytes(buf[start + 5:min(end - 1, start + 5 + self.max_bytes)]),
+                self)
+        if not self._batch_start:
+            self._batch_start = perf_counter()
         if kind == 80:  # 'P'
-            # A malformed message (no NUL) is Postgres's to report: noted as an empty text.
-            name_end = buf.find(0, start + 5, end)
-            if name_end < 0:
-                name_end = end
-            text = bytes(buf[name_end + 1:min(end, name_end + 1 + self.max_bytes)])
-            if len(self._statements) >= MAX_STATEMENTS:
-                self._statements.clear()
-            self._statements[bytes(buf[start + 5:name_end])] = text
+            if start + 5 < end and buf[start + 5] == 0:  # unnamed: most drivers, every time
+                text = bytes(buf[start + 6:min(end, start + 6 + self.max_bytes)])
+                self._unnamed = text
+            else:
+                self._bound = self._parse_named(buf, start, end)
+                return None
             self._bound = text
         elif kind == 66:  # 'B'
             portal_end = buf.find(0, start + 5, end)
-            name_end = buf.find(0, portal_end + 1, end) if portal_end >= 0 else -1
-            name = bytes(buf[portal_end + 1:name_end]) if name_end >= 0 else b"\0"
-            self._bound = self._statements.get(name, b"")
+            if portal_end >= 0 and portal_end + 1 < end and buf[portal_end + 1] == 0:
+                self._bound = self._unnamed
+            else:
+                name_end = buf.find(0, portal_end + 1, end) if portal_end >= 0 else -1
+                name = bytes(buf[portal_end + 1:name_end]) if name_end >= 0 else b"\0"
+                self._bound = self._statements.get(name, b"")
         elif kind == 69:  # 'E'
             if self._executed is None:
                 self._executed = self._bound
         elif kind == 83:  # 'S'
             return self.end_batch()
         elif kind == 70:  # 'F'
-            return self._record(FUNCTION_CALL, self._batch_start)
+            began, self._batch_start = self._batch_start, 0.0
+            return StatementRecord(began or perf_counter(), FUNCTION_CALL, self)
         return None
+
+    def _parse_named(self, buf: bytes | bytearray, start: int, end: int) -> bytes:
+        # A malformed message (no NUL) is Postgres's to report: noted as an empty text.
+        name_end = buf.find(0, start + 5, end)
+        if name_end < 0:
+            name_end = end
+        text = bytes(buf[name_end + 1:min(end, name_end + 1 + self.max_bytes)])
+        if len(self._statements) >= MAX_STATEMENTS:
+            self._statements.clear()
+        self._statements[bytes(buf[start + 5:name_end])] = text
+        return text
 
     def end_batch(self) -> StatementRecord | None:
         """The Sync's record: None when nothing was executed (a Parse or Describe only)."""
         executed, self._executed = self._executed, None
-        began, self._batch_start = self._batch_start, None
-        return None if executed is None else self._record(executed, began)
-
-    def _record(self, text: bytes, began: tuple[float, float] | None) -> StatementRecord:
-        if began is None:
-            began = (time.time(), time.perf_counter())
-        return StatementRecord(began[0], began[1], text, origin=self)
+        began, self._batch_start = self._batch_start, 0.0
+        return None if executed is None else StatementRecord(began or perf_counter(),
+                                                             executed, self)
 
     # -- backend side ----------------------------------------------------------------
 
@@ -136,7 +158,7 @@ class StatementAudit:
                 self.finish(record)
 
     def finish(self, record: StatementRecord, sqlstate: str = "") -> None:
-        record.duration_s = time.perf_counter() - record.clock
+        record.ended = perf_counter()
         if sqlstate:
             record.sqlstate = sqlstate
         self.log.submit(record)
@@ -149,7 +171,7 @@ class StatementAudit:
                 self.finish(record, record.sqlstate or "08006")
 
 
-def route_of(prepared: list[Any]) -> str:
+def route_of(prepared: Sequence[Any]) -> str:
     """The route of a request's statements: their planner route, SPLIT when they differ,
     relay when none of them needed the planner."""
     routes = {p.rewrite.route.value for p in prepared if p.rewrite is not None}

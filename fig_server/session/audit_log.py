@@ -4,10 +4,11 @@ file under <data_dir>/audit and inserted in batches into fig.query_log, off the 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED = 100_000
 MAX_BATCH = 5_000
+FLUSH_INTERVAL_S = 0.1
 GB = 1_000_000_000
 
 
@@ -33,12 +35,29 @@ class AuditFile:
         self._file = path.open("ab")
         self._size = self._file.tell()
 
-    def write(self, data: bytes) -> None:
-        if self.max_bytes > 0 and self._size > 0 and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        self._file.write(data)
-        self._file.flush()
-        self._size += len(data)
+    def write(self, lines: list[str]) -> None:
+        """Append the lines, rotating between two lines wherever the file would pass its size
+        (a file holds at least one line, so a single longer line makes a bigger file)."""
+        chunk: list[bytes] = []
+        chunk_size = 0
+        for line in lines:
+            data = line.encode() + b"\n"
+            if self.max_bytes > 0 and self._size + chunk_size > 0 and \
+                    self._size + chunk_size + len(data) > self.max_bytes:
+                self._append(chunk)
+                chunk, chunk_size = [], 0
+                if self._size > 0:
+                    self._rotate()
+            chunk.append(data)
+            chunk_size += len(data)
+        self._append(chunk)
+
+    def _append(self, chunk: list[bytes]) -> None:
+        if chunk:
+            data = b"".join(chunk)
+            self._file.write(data)
+            self._file.flush()
+            self._size += len(data)
 
     def _rotate(self) -> None:
         self._file.close()
@@ -61,43 +80,95 @@ class AuditFile:
         self._file.close()
 
 
-def document(record: StatementRecord, max_chars: int, price_per_gb: float) -> dict[str, Any]:
-    """The audit document of one record; its keys are fig.query_log's columns."""
-    origin = record.origin
-    text = record.text.split(b"\0", 1)[0].decode(errors="replace")[:max_chars]
-    stats = [s for p in record.prepared for s in p.stats]
-    scanned = sum(s.bytes_read for s in stats)
-    tables: list[str] = []
-    if record.matcher is not None:
-        tables = sorted({name.lower() for name in record.matcher.findall(text)})
-    return {
-        "ts": dt.datetime.fromtimestamp(record.started, dt.UTC).isoformat(),
-        "user_name": origin.user,
-        "client_addr": origin.client,
-        "application_name": origin.application,
-        "database": origin.database,
-        "statement": text,
-        "route": record.route,
-        "tables": tables,
-        "command": record.command.decode(errors="replace").split(" ", 1)[0],
-        "rows": record.rows,
-        "bytes_scanned": scanned,
-        "bytes_total": sum(s.bytes_total for s in stats),
-        "manifests_kept": sum(s.manifests_kept for s in stats),
-        "manifests_total": sum(s.manifests_total for s in stats),
-        "files_kept": sum(s.files_kept for s in stats),
-        "files_total": sum(s.files_total for s in stats),
-        "row_groups_kept": sum(s.row_groups_kept for s in stats),
-        "row_groups_total": sum(s.row_groups_total for s in stats),
-        "duration_ms": round(record.duration_s * 1000, 3),
-        "outcome": "error" if record.sqlstate else "ok",
-        "sqlstate": record.sqlstate or None,
-        "cost_usd": round(scanned / GB * price_per_gb, 9),
-    }
+LINE = ('{"ts":"%s",%s,"statement":%s,"route":"%s","tables":%s,"command":%s,"rows":%d,'
+        '"bytes_scanned":%d,"bytes_total":%d,"manifests_kept":%d,"manifests_total":%d,'
+        '"files_kept":%d,"files_total":%d,"row_groups_kept":%d,"row_groups_total":%d,'
+        '"duration_ms":%.3f,"outcome":"%s","sqlstate":%s,"cost_usd":%s,"calls":%d}')
+NO_SCAN = (0,) * 8
+
+
+class LineFormatter:
+    """Audit records as JSON lines whose keys are fig.query_log's columns. Built by hand from
+    a template: the writer formats every statement, so this is its hot loop."""
+
+    def __init__(self, max_chars: int, price_per_gb: float) -> None:
+        self.max_chars = max_chars
+        self.price_per_gb = price_per_gb
+        self._second = -1
+        self._second_text = ""
+
+    def lines(self, records: list[StatementRecord]) -> list[str]:
+        # perf_counter times to wall-clock time, as of now (records are fractions of a
+        # second old when written).
+        offset = time.time() - time.perf_counter()
+        return [self.line(record, offset) for record in records]
+
+    def line(self, record: StatementRecord, offset: float) -> str:
+        origin = record.origin
+        if origin.prefix_of != origin.application:
+            origin.prefix = json.dumps({
+                "user_name": origin.user, "client_addr": origin.client,
+                "application_name": origin.application, "database": origin.database},
+                separators=(",", ":"))[1:-1]
+            origin.prefix_of = origin.application
+        text = record.text.split(b"\0", 1)[0].decode(errors="replace")[:self.max_chars]
+        tables = "[]"
+        scan = NO_SCAN
+        cost = "0"
+        if record.prepared:
+            stats = [s for p in record.prepared for s in p.stats]
+            scan = tuple(sum(getattr(s, name) for s in stats) for name in SCAN_FIELDS)
+            cost = repr(round(scan[0] / GB * self.price_per_gb, 9))
+        if record.matcher is not None:
+            tables = json.dumps(sorted({n.lower() for n in record.matcher.findall(text)}))
+        return LINE % (
+            self._timestamp(offset + record.started), origin.prefix, json.dumps(text),
+            record.route, tables, json.dumps(record.command.split(b" ", 1)[0].decode(
+                errors="replace")), record.rows, *scan,
+            (record.busy if record.calls > 1 else record.ended - record.started) * 1000,
+            "error" if record.sqlstate else "ok",
+            json.dumps(record.sqlstate) if record.sqlstate else "null", cost, record.calls)
+
+    def _timestamp(self, wall: float) -> str:
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((wall - second) * 1e6):06d}+00:00"
+
+
+def group_relayed(batch: list[StatementRecord]) -> list[StatementRecord]:
+    """Successful relayed requests of one session with the same text, within one flush, as
+    one record: the first, with calls, rows and time summed (a busy server's audit costs a
+    line per distinct statement and session every FLUSH_INTERVAL_S, not a line per call)."""
+    out: list[StatementRecord] = []
+    groups: dict[tuple[Any, bytes], StatementRecord] = {}
+    for record in batch:
+        if record.route != "relay" or record.sqlstate:
+            out.append(record)
+            continue
+        key = (record.origin, record.text)
+        first = groups.get(key)
+        if first is None:
+            groups[key] = record
+            out.append(record)
+            continue
+        if first.calls == 1:
+            first.busy = first.ended - first.started
+        first.calls += 1
+        first.rows += record.rows
+        first.busy += record.ended - record.started
+    return out
+
+
+SCAN_FIELDS = ("bytes_read", "bytes_total", "manifests_kept", "manifests_total", "files_kept",
+               "files_total", "row_groups_kept", "row_groups_total")
 
 
 class AuditLog:
-    """The server-wide audit: a bounded queue the event loop only appends to, one writer."""
+    """The server-wide audit. Sessions append records to a list (the cheapest thing the event
+    loop can do per statement); a writer task takes the list every FLUSH_INTERVAL_S and hands
+    it to a thread that writes the file and fig.query_log."""
 
     def __init__(self, config: AuditConfig, data_dir: Path, hot_dsn: str) -> None:
         self.config = config
@@ -106,58 +177,51 @@ class AuditLog:
         self.file = AuditFile(data_dir / "audit" / "audit.jsonl", config.file_max_bytes,
                               config.file_keep)
         self.sink = QueryLogSink(hot_dsn, config.query_log_max_rows)
-        self.queue: asyncio.Queue[StatementRecord | None] = asyncio.Queue(MAX_QUEUED)
+        self.formatter = LineFormatter(config.statement_max_chars, config.price_per_gb)
+        self.records: list[StatementRecord] = []
         self.dropped = 0
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, record: StatementRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            if self.dropped % 10_000 == 1:
-                log.warning("audit writer behind: %d records dropped", self.dropped)
+        if len(self.records) < MAX_QUEUED:
+            self.records.append(record)
+            return
+        self.dropped += 1
+        if self.dropped % 10_000 == 1:
+            log.warning("audit writer behind: %d records dropped", self.dropped)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Write what is queued, then stop."""
+        """Write what is waiting, then stop."""
+        self._stopping.set()
         if self._task is not None:
-            await self.queue.put(None)
             await self._task
         await asyncio.to_thread(self._close)
 
     async def _run(self) -> None:
-        done = False
-        while not done:
-            batch: list[StatementRecord] = []
-            done = self._take(batch, await self.queue.get())
-            if not batch:
-                continue
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception:  # the audit never takes the server down
-                log.exception("audit writer failed on %d records", len(batch))
-
-    def _take(self, batch: list[StatementRecord], first: StatementRecord | None) -> bool:
-        """Fill the batch from the queue; True once the end marker (None) was taken."""
-        item = first
         while True:
-            if item is None:
-                return True
-            batch.append(item)
-            if len(batch) >= MAX_BATCH or self.queue.empty():
-                return False
-            item = self.queue.get_nowait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL_S)
+            batch, self.records = self.records, []
+            if batch and self.config.group_relayed:
+                batch = group_relayed(batch)
+            if batch:
+                try:
+                    await asyncio.to_thread(self._write, batch)
+                except Exception:  # the audit never takes the server down
+                    log.exception("audit writer failed on %d records", len(batch))
+            if self._stopping.is_set() and not self.records:
+                return
 
     def _write(self, batch: list[StatementRecord]) -> None:
         """In a worker thread: one JSON line per record to the file, the batch to the table."""
-        lines = [json.dumps(document(record, self.config.statement_max_chars,
-                                     self.config.price_per_gb), separators=(",", ":"))
-                 for record in batch]
-        self.file.write(("\n".join(lines) + "\n").encode())
-        self.sink.insert(lines)
+        for index in range(0, len(batch), MAX_BATCH):
+            lines = self.formatter.lines(batch[index:index + MAX_BATCH])
+            self.file.write(lines)
+            self.sink.insert(lines)
 
     def _close(self) -> None:
         self.file.close()
