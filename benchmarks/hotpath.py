@@ -39,6 +39,7 @@ class PgbenchResult:
     p50_ms: float
     p99_ms: float
     transactions: int
+    tps_runs: tuple[float, ...] = ()
 
 
 @dataclass
@@ -100,7 +101,8 @@ def run_pgbench(pgbench: str, dsn: str, target: str, clients: int, seconds: int,
                 if len(parts) >= 3:
                     latencies_us.append(float(parts[2]))
     tps_match = [line for line in out.stdout.splitlines() if line.startswith("tps")]
-    tps = float(tps_match[0].split("=")[1].split()[0]) if tps_match else float("nan")
+    # No tps line: no transaction finished within the run (clients still connecting).
+    tps = float(tps_match[0].split("=")[1].split()[0]) if tps_match else 0.0
     return PgbenchResult(target, clients, script, tps, percentile(latencies_us, 0.5) / 1000,
                          percentile(latencies_us, 0.99) / 1000, len(latencies_us))
 
@@ -121,3 +123,12 @@ def run_loop(dsn: str, target: str, queries: int, accounts: int, seed: int = 7) 
                 timings.append((time.perf_counter() - started) * 1000)
     return LoopResult(target, len(timings), percentile(timings, 0.5),
                       percentile(timings, 0.99), statistics.fmean(timings))
+
+
+def median_result(runs: list[PgbenchResult]) -> PgbenchResult:
+    """The run with the median throughput, carrying every run's tps for the spread."""
+    ordered = sorted(runs, key=lambda r: r.tps)
+    middle = ordered[len(ordered) // 2]
+    return PgbenchResult(middle.target, middle.clients, middle.script, middle.tps,
+                         middle.p50_ms, middle.p99_ms, sum(r.transactions for r in runs),
+                         tuple(round(r.tps) for r in runs))

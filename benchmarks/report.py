@@ -105,12 +105,15 @@ def cold_rows(report: RunReport) -> list[list[str]]:
 
 COLD_HEADER = ["query", "system", "median ms", "min-max ms", "Fig/peer", "bytes read", "rows",
                "same rows", "Fig pruning"]
-PGBENCH_HEADER = ["script", "target", "clients", "tps", "p50 ms", "p99 ms", "transactions"]
+PGBENCH_HEADER = ["script", "target", "clients", "median tps", "tps min-max", "p50 ms",
+                  "p99 ms", "transactions"]
 LOOP_HEADER = ["target", "queries", "p50 ms", "p99 ms", "mean ms"]
 
 
 def pgbench_rows(report: RunReport) -> list[list[str]]:
-    return [[r.script, r.target, str(r.clients), f"{r.tps:.0f}", f"{r.p50_ms:.3f}",
+    return [[r.script, r.target, str(r.clients), f"{r.tps:.0f}",
+             f"{min(r.tps_runs, default=r.tps):.0f}-{max(r.tps_runs, default=r.tps):.0f}",
+             f"{r.p50_ms:.3f}",
              f"{r.p99_ms:.3f}", str(r.transactions)] for r in report.pgbench]
 
 
@@ -308,7 +311,7 @@ def write_charts(report: RunReport, folder: Path, stem: str) -> list[Path]:
         fig.savefig(charts[-1], dpi=110)
         plt.close(fig)
     if report.pgbench:
-        charts.append(_hot_chart(report, folder / f"{stem}-hot.png"))
+        charts.append(_hot_chart(report, folder / f"{stem}-pgbench.png"))
     return charts
 
 

@@ -50,6 +50,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("cold", "hot", "cdc")
 POSTGRES_PEER_MAX_ROWS = 20_000_000
 SLOW_WARMUP_S = 2.0
+HOT_REPEATS = 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -258,27 +259,40 @@ def run_split(fig: FigProcess, data: DataSet, systems: list[System], runs: int,
 
 
 def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport) -> None:
-    from benchmarks.hotpath import SCRIPTS, find_pgbench, pgbench_init, run_loop, run_pgbench
+    from benchmarks.hotpath import (
+        SCRIPTS,
+        PgbenchResult,
+        find_pgbench,
+        median_result,
+        pgbench_init,
+        run_loop,
+        run_pgbench,
+    )
     from fig_server.hot.embedded import find_bin_dir
     pgbench = find_pgbench(find_bin_dir(""))
     pgbench_scale = {"tiny": 1, "full": 50}.get(scale.name.split("-")[0], 10)
-    seconds = seconds or {"tiny": 3, "full": 30}.get(scale.name.split("-")[0], 10)
+    seconds = seconds or {"tiny": 2, "full": 10}.get(scale.name.split("-")[0], 4)
     targets = {"fig": fig.dsn("pgbench"), "direct-tcp": fig.hot_tcp_dsn("pgbench")}
     if pgbench is None:
         report.skipped.append(("pgbench", "pgbench not found on PATH or in pg_config --bindir"))
     else:
         print(f"  pgbench -i -s {pgbench_scale}", flush=True)
         pgbench_init(pgbench, fig.hot_dsn(), fig.hot_dsn("pgbench"), pgbench_scale)
-        report.header["hot data"] = (f"pgbench scale {pgbench_scale} "
-                                     f"({pgbench_scale * 100_000:,} accounts), {seconds} s per "
-                                     "pgbench run after a 2 s warm-up")
+        report.header["hot data"] = (
+            f"pgbench scale {pgbench_scale} ({pgbench_scale * 100_000:,} accounts); per "
+            f"script and client count, {HOT_REPEATS} runs of {seconds} s alternating Fig and "
+            "direct after a 2 s warm-up of each; the run with the median tps gives p50/p99")
         for script in SCRIPTS:
             for clients in (1, 16, 64):
+                print(f"  pgbench {script} -c {clients}", flush=True)
+                runs: dict[str, list[PgbenchResult]] = {target: [] for target in targets}
                 for target, dsn in targets.items():
-                    print(f"  pgbench {script} {target} -c {clients}", flush=True)
                     run_pgbench(pgbench, dsn, target, clients, 2, script)  # warm-up
-                    report.pgbench.append(
-                        run_pgbench(pgbench, dsn, target, clients, seconds, script))
+                for _ in range(HOT_REPEATS):
+                    for target, dsn in targets.items():
+                        runs[target].append(
+                            run_pgbench(pgbench, dsn, target, clients, seconds, script))
+                report.pgbench.extend(median_result(r) for r in runs.values())
     queries = 1000 if scale.name.startswith("tiny") else 5000
     for target, dsn in targets.items():
         print(f"  psycopg loop {target}", flush=True)
