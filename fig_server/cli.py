@@ -115,6 +115,8 @@ async def serve(config: FigConfig) -> None:
         port = await server.start()
         state = {"host": config.server.host, "port": port, "pid": os.getpid(), "hot_dsn": dsn}
         (config.data_dir / "server.json").write_text(json.dumps(state))
+        if tiered.current.tables or (config.demo.enabled and embedded is not None):
+            await asyncio.to_thread(cold.warm)
         if config.demo.enabled and embedded is not None:
             demo = asyncio.create_task(asyncio.to_thread(install_demo, dsn, config.demo.rows))
             demo.add_done_callback(_log_failure)

@@ -126,6 +126,11 @@ class ColdService:
                 self._engine = ColdEngine(workers=self.config.cold.workers)
             return self._engine, self._catalog
 
+    def warm(self) -> None:
+        """Start the cold workers now, so the first cold query does not wait for them."""
+        engine, _ = self._open()
+        engine.warm()
+
     def _tables(self, part: ColdPart) -> dict[str, Any]:
         _, catalog = self._open()
         table = catalog.load_table((part.table.schema, part.table.name))
