@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import time
+from pathlib import Path
+from typing import IO
 
 import uvloop
 
@@ -18,7 +22,7 @@ from fig_server.cdc.control import install_control_schema
 from fig_server.cold.worker import MEMORY_LIMIT_ENV
 from fig_server.config import FigConfig, load_config
 from fig_server.demo import install_demo
-from fig_server.errors import FigError
+from fig_server.errors import ConfigurationError, FigError
 from fig_server.hot.backend import HotTarget
 from fig_server.hot.embedded import EmbeddedPostgres
 from fig_server.hot.privileges import apply_control_grants
@@ -83,9 +87,26 @@ class CdcSupervisor:
                 self.process.join(5)
 
 
+def lock_data_dir(data_dir: Path, wait_s: float = 60.0) -> IO[bytes]:
+    """Own the data dir for this process's life: a second `fig serve` on it waits for the
+    first to finish stopping (its embedded Postgres included), then fails if it does not."""
+    handle = (data_dir / "fig.lock").open("ab")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError as exc:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"another fig serve is using the data dir {data_dir}") from exc
+            time.sleep(0.2)
+
+
 async def serve(config: FigConfig) -> None:
     """Run until SIGINT or SIGTERM, then stop everything Fig started."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = await asyncio.to_thread(lock_data_dir, config.data_dir)
     embedded = None if config.hot.dsn else EmbeddedPostgres(config)
     if embedded is not None:
         await asyncio.to_thread(embedded.start)
@@ -133,6 +154,7 @@ async def serve(config: FigConfig) -> None:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         (config.data_dir / "server.json").unlink(missing_ok=True)
+        lock.close()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
