@@ -701,11 +701,12 @@ def _cold_write(tree: exp.Update | exp.Delete, node: exp.Table, table: TieredTab
 
 def _assignments(tree: exp.Update, table: TieredTable) -> dict[str, exp.Expression]:
     """Column -> new value expression of an UPDATE's SET list."""
-    out = {}
+    out: dict[str, exp.Expression] = {}
     for item in tree.expressions:
-        target, value = (item.this, item.expression) if isinstance(item, exp.EQ) else (None, None)
+        target = item.this if isinstance(item, exp.EQ) else None
         if not isinstance(target, exp.Column) or target.name not in table.column_names:
             raise _write_refused(table, "this form of SET list (row or subscripted assignment)")
+        value = item.expression
         if isinstance(value, exp.Column) and value.name.lower() == "default" \
                 and not value.table:
             raise _write_refused(table, "SET column = DEFAULT")

@@ -167,7 +167,8 @@ def parse_array_literal(text: str) -> list[str | None]:
     """The elements of a one-dimensional Postgres array literal such as {1,NULL,"a,b"}."""
     if not (text.startswith("{") and text.endswith("}")):
         raise DataException(f"array literal with bounds is not supported: {text[:40]}")
-    body, out, i = text[1:-1], [], 0
+    body, i = text[1:-1], 0
+    out: list[str | None] = []
     if not body:
         return []
     while i <= len(body):
