@@ -37,7 +37,7 @@ class StatementRecord:
         self.text = text  # raw SQL, at most the configured bytes, maybe followed by NUL...
         self.origin = origin  # the connection's audit: user, client, application_name
         self.route = "relay"
-        self.rows = 0
+        self.rows = 0  # of the request's statements before the last (see total_rows)
         self.command = b""
         self.sqlstate = ""
         # Set for statements over tiered tables: the session's Prepared statements (their
@@ -47,6 +47,10 @@ class StatementRecord:
         # Identical relayed statements grouped by the writer: how many, their total time.
         self.calls = 1
         self.busy = 0.0
+
+    def total_rows(self) -> int:
+        """Rows of every statement: the last tag's count is read only now, off the pumps."""
+        return self.rows + command_rows(self.command)
 
 
 class StatementAudit:
@@ -140,22 +144,21 @@ class StatementAudit:
         if record is None:
             return
         if kind == 67:  # 'C'
-            tag = bytes(buf[start + 5:end - 1])
-            record.command = tag
-            count = tag.rpartition(b" ")[2]
-            if count.isdigit():
-                record.rows += int(count)
+            if record.command:  # an earlier statement of the same Query
+                record.rows += command_rows(record.command)
+            record.command = bytes(buf[start + 5:end - 1])
         else:  # 'E'
             at = buf.find(b"\0C", start + 5, end)
             if at >= 0:
                 record.sqlstate = bytes(buf[at + 2:at + 7]).decode(errors="replace")
 
     def on_ready(self) -> None:
-        """ReadyForQuery: the oldest waiting request is done."""
+        """ReadyForQuery: the oldest waiting request is done (finish, inlined: every request)."""
         if self.pending:
             record = self.pending.popleft()
             if record is not None:
-                self.finish(record)
+                record.ended = perf_counter()
+                self.log.submit(record)
 
     def finish(self, record: StatementRecord, sqlstate: str = "") -> None:
         record.ended = perf_counter()
@@ -169,6 +172,12 @@ class StatementAudit:
             record = self.pending.popleft()
             if record is not None:
                 self.finish(record, record.sqlstate or "08006")
+
+
+def command_rows(tag: bytes) -> int:
+    """The row count a CommandComplete tag ends with (SELECT 5, INSERT 0 5), else 0."""
+    count = tag.rpartition(b" ")[2]
+    return int(count) if count.isdigit() else 0
 
 
 def route_of(prepared: Sequence[Any]) -> str:

@@ -124,7 +124,7 @@ class LineFormatter:
         return LINE % (
             self._timestamp(offset + record.started), origin.prefix, json.dumps(text),
             record.route, tables, json.dumps(record.command.split(b" ", 1)[0].decode(
-                errors="replace")), record.rows, *scan,
+                errors="replace")), record.total_rows(), *scan,
             (record.busy if record.calls > 1 else record.ended - record.started) * 1000,
             "error" if record.sqlstate else "ok",
             json.dumps(record.sqlstate) if record.sqlstate else "null", cost, record.calls)
@@ -156,7 +156,7 @@ def group_relayed(batch: list[StatementRecord]) -> list[StatementRecord]:
         if first.calls == 1:
             first.busy = first.ended - first.started
         first.calls += 1
-        first.rows += record.rows
+        first.rows += record.total_rows()
         first.busy += record.ended - record.started
     return out
 

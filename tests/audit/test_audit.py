@@ -75,6 +75,7 @@ def test_relayed_statements_recorded(fig: FigProcess) -> None:
         conn.execute("select g /* relay-simple */ from generate_series(1, 7) g",
                      prepare=False).fetchall()
         conn.execute("select %s::int + 1 /* relay-extended */", (41,)).fetchall()
+        conn.execute("select 1 /* relay-multi */; select g from generate_series(1, 3) g")
     (simple,), (simple_row,) = wait_for(fig, "relay-simple")
     assert simple["user_name"] == "postgres" and simple["database"] == "postgres"
     assert simple["application_name"] == "audit-test"
@@ -87,6 +88,8 @@ def test_relayed_statements_recorded(fig: FigProcess) -> None:
     (extended,), _ = wait_for(fig, "relay-extended")
     assert extended["statement"] == "select $1::int + 1 /* relay-extended */"
     assert (extended["rows"], extended["outcome"]) == (1, "ok")
+    (multi,), _ = wait_for(fig, "relay-multi")
+    assert (multi["rows"], multi["command"], multi["calls"]) == (4, "SELECT", 1)
 
 
 def test_repeated_relayed_statement_grouped_with_calls(fig: FigProcess) -> None:
