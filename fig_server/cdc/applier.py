@@ -17,7 +17,9 @@ from pyiceberg.expressions import (
     In,
     LessThanOrEqual,
     Or,
+    Reference,
 )
+from pyiceberg.expressions.literals import literal
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 from pyiceberg.types import (
@@ -143,7 +145,7 @@ class TableApplier:
                     update.add_column(step.name, step.ice_type, doc=attnum_doc(step.attnum))
                 else:
                     assert step.ice_type is not None
-                    update.update_column(step.name, field_type=step.ice_type)  # type: ignore[arg-type]
+                    update.update_column(step.name, field_type=step.ice_type)
         log.info("evolved %s: %s", self.table.name(), steps)
 
     def rows_to_arrow(self, rows: Sequence[Row]) -> pa.Table:
@@ -153,13 +155,13 @@ class TableApplier:
             values = [row.get(f.name) for row in rows]
             if any(v is UNCHANGED for v in values):
                 values = [None if v is UNCHANGED else v for v in values]
-            arrays.append(text_to_arrow(values, f.field_type))  # type: ignore[arg-type]
+            arrays.append(text_to_arrow(values, f.field_type))
         table = pa.Table.from_arrays(arrays, names=[f.name for f in self.table.schema().fields])
         return table.cast(schema)
 
     def _typed(self, name: str, values: Sequence[object]) -> list[object]:
         field_type = self.table.schema().find_field(name).field_type
-        return text_to_arrow(values, field_type).to_pylist()  # type: ignore[arg-type]
+        return text_to_arrow(values, field_type).to_pylist()
 
     def delete_filter(self, collapsed: Collapsed) -> BooleanExpression:
         """Rows of the deleted keys, narrowed to the time range (and so partitions) touched."""
@@ -167,20 +169,22 @@ class TableApplier:
         columns = [self._typed(name, [k[i] for k in keys])
                    for i, name in enumerate(self.primary_key)]
         if len(self.primary_key) == 1:
-            expr: BooleanExpression = In(self.primary_key[0], set(columns[0]))  # type: ignore[arg-type]
+            expr: BooleanExpression = In(term=Reference(self.primary_key[0]),
+                                         values={literal(v) for v in set(columns[0])})
         else:
-            expr = Or(*[And(*[EqualTo(name, col[i]) for name, col in
-                              zip(self.primary_key, columns, strict=True)])
+            expr = Or(*[And(*[EqualTo(term=Reference(name), value=literal(col[i]))
+                              for name, col in zip(self.primary_key, columns, strict=True)])
                         for i in range(len(keys))]) if len(keys) > 1 else And(
-                *[EqualTo(name, col[0]) for name, col in
-                  zip(self.primary_key, columns, strict=True)])
+                *[EqualTo(term=Reference(name), value=literal(col[0]))
+                  for name, col in zip(self.primary_key, columns, strict=True)])
         times = collapsed.old_times
         if times and all(t is not None for t in times):
             typed = text_to_arrow(times, self.table.schema().find_field(self.time_column)
-                                  .field_type)  # type: ignore[arg-type]
+                                  .field_type)
             low, high = pc.min(typed).as_py(), pc.max(typed).as_py()
-            expr = And(expr, GreaterThanOrEqual(self.time_column, low),
-                       LessThanOrEqual(self.time_column, high))
+            time_ref = Reference(self.time_column)
+            expr = And(expr, GreaterThanOrEqual(term=time_ref, value=literal(low)),
+                       LessThanOrEqual(term=time_ref, value=literal(high)))
         return expr
 
     def apply(self, changes: Sequence[Change], end_lsn: int) -> int:

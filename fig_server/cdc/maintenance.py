@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, Reference
+from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, TimestamptzType
 
@@ -97,7 +98,9 @@ class Maintenance:
             if len(small) < (2 if compact_all else MIN_FILES_TO_COMPACT):
                 continue
             low, high = _day_bounds(day, field_type)
-            window = And(GreaterThanOrEqual(time_column, low), LessThan(time_column, high))
+            time_ref = Reference(time_column)
+            window = And(GreaterThanOrEqual(term=time_ref, value=literal(low)),
+                         LessThan(term=time_ref, value=literal(high)))
             rows = table.scan(row_filter=window).to_arrow().sort_by(time_column)
             with table.transaction() as tx:
                 tx.overwrite(rows, overwrite_filter=window, snapshot_properties={LSN: lsn})
@@ -168,7 +171,7 @@ class Maintenance:
                     self.drop_table(ident)
 
 
-def _day_bounds(day: int, field_type: object) -> tuple[object, object]:
+def _day_bounds(day: int, field_type: object) -> tuple[date, date]:
     start = date(1970, 1, 1) + timedelta(days=day)
     if isinstance(field_type, DateType):
         return start, start + timedelta(days=1)
