@@ -17,6 +17,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.abc import Buffer
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import schema_to_pyarrow
@@ -72,7 +73,7 @@ def primary_key(conn: psycopg.Connection, relid: int) -> list[str]:
 class _CopyReader(io.RawIOBase):
     """A file object over the chunks of a COPY TO STDOUT, for pyarrow's CSV reader."""
 
-    def __init__(self, chunks: Iterator[memoryview]) -> None:
+    def __init__(self, chunks: Iterator[Buffer]) -> None:
         self.chunks = chunks
         self.pending = b""
 
@@ -107,7 +108,7 @@ def _csv_batches(copy: psycopg.Copy, names: list[str]) -> Iterator[pa.RecordBatc
 
 def _to_iceberg_arrow(table: Table, batch: pa.RecordBatch) -> pa.Table:
     fields = table.schema().fields
-    arrays = [text_to_arrow(batch.column(i), f.field_type)  # type: ignore[arg-type]
+    arrays = [text_to_arrow(batch.column(i), f.field_type)
               for i, f in enumerate(fields)]
     return pa.Table.from_arrays(arrays, names=[f.name for f in fields]).cast(
         schema_to_pyarrow(table.schema()))
@@ -127,9 +128,11 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
     started, copied, first = time.monotonic(), 0, True
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snap, insert_lsn, total = conn.execute(
+        row = conn.execute(
             "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text, "
             "greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s", (relid,)).fetchone()
+        assert row is not None
+        snap, insert_lsn, total = row
         select = ", ".join(sql.Identifier(n).as_string(conn) for n in names)
         target = (f"COPY (SELECT {select} FROM "
                   f"{sql.Identifier(*identifier).as_string(conn)}) "

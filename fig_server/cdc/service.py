@@ -353,7 +353,7 @@ class CdcProcess:
 
     def on_relation(self, relation: pgo.Relation) -> None:
         applier = self.appliers[relation.relid]
-        attnums = dict(self.conn.execute(
+        attnums: dict[str, int] = dict(self.conn.execute(
             "SELECT attname, attnum FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
             "AND NOT attisdropped", (relation.relid,)).fetchall())
         specs = []
