@@ -14,7 +14,7 @@ from typing import Any
 
 from fig_server.config import AuditConfig
 from fig_server.hot.query_log import QueryLogSink
-from fig_server.session.audit import StatementRecord
+from fig_server.session.audit import StatementRecord, command_rows
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def group_relayed(batch: list[StatementRecord]) -> list[StatementRecord]:
     line per distinct statement and session every FLUSH_INTERVAL_S, not a line per call)."""
     out: list[StatementRecord] = []
     groups: dict[tuple[Any, bytes], StatementRecord] = {}
+    tag_rows: dict[bytes, int] = {}  # most tags repeat: parse each once
     for record in batch:
         if record.route != "relay" or record.sqlstate:
             out.append(record)
@@ -156,7 +157,10 @@ def group_relayed(batch: list[StatementRecord]) -> list[StatementRecord]:
         if first.calls == 1:
             first.busy = first.ended - first.started
         first.calls += 1
-        first.rows += record.total_rows()
+        rows = tag_rows.get(record.command)
+        if rows is None:
+            rows = tag_rows[record.command] = command_rows(record.command)
+        first.rows += record.rows + rows
         first.busy += record.ended - record.started
     return out
 
