@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-_COMBINE: dict[type[exp.Expression], str] = {
+_COMBINE: dict[type[exp.Expr], str] = {
     exp.Sum: "SUM", exp.Min: "MIN", exp.Max: "MAX",
     exp.LogicalAnd: "BOOL_AND", exp.LogicalOr: "BOOL_OR",
 }
-_SUPPORTED = (exp.Count, exp.Avg, *_COMBINE)
+_SUPPORTED: tuple[type[exp.Expr], ...] = (exp.Count, exp.Avg, *_COMBINE)
 
 
 @dataclass
@@ -26,17 +26,17 @@ class AggregateSplit:
 @dataclass
 class _Builder:
     group_keys: dict[str, str] = field(default_factory=dict)
-    worker_columns: list[exp.Expression] = field(default_factory=list)
-    worker_groups: list[exp.Expression] = field(default_factory=list)
-    finals: dict[str, exp.Expression] = field(default_factory=dict)
+    worker_columns: list[exp.Expr] = field(default_factory=list)
+    worker_groups: list[exp.Expr] = field(default_factory=list)
+    finals: dict[str, exp.Expr] = field(default_factory=dict)
     distinct_keys: dict[str, str] = field(default_factory=dict)
 
-    def partial(self, expression: exp.Expression) -> exp.Column:
+    def partial(self, expression: exp.Expr) -> exp.Column:
         name = f"_p{len(self.worker_columns)}"
         self.worker_columns.append(exp.alias_(expression, name))
         return exp.column(name)
 
-    def distinct_column(self, expression: exp.Expression) -> exp.Column:
+    def distinct_column(self, expression: exp.Expr) -> exp.Column:
         key = canonical(expression)
         if key not in self.distinct_keys:
             name = f"_d{len(self.distinct_keys)}"
@@ -46,14 +46,14 @@ class _Builder:
         return exp.column(self.distinct_keys[key])
 
 
-def canonical(node: exp.Expression) -> str:
+def canonical(node: exp.Expr) -> str:
     """SQL text of an expression with column qualifiers removed (to match GROUP BY keys)."""
     return unqualify(node).sql(dialect="postgres")
 
 
-def unqualify(node: exp.Expression) -> exp.Expression:
+def unqualify(node: exp.Expr) -> exp.Expr:
     """A copy whose columns carry no table, schema or catalog qualifier."""
-    def strip(n: exp.Expression) -> exp.Expression:
+    def strip(n: exp.Expr) -> exp.Expr:
         if isinstance(n, exp.Column) and n.args.get("table"):
             return exp.Column(this=n.this.copy())
         return n
@@ -84,7 +84,7 @@ def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression], place
         builder.worker_columns.append(exp.alias_(unqualify(expr), name))
         builder.worker_groups.append(unqualify(expr))
 
-    def rewrite(node: exp.Expression) -> exp.Expression:
+    def rewrite(node: exp.Expr) -> exp.Expr:
         key = canonical(node)
         if key in builder.group_keys and not isinstance(node, exp.Literal):
             return exp.column(builder.group_keys[key])
@@ -112,8 +112,8 @@ def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression], place
     return AggregateSplit(worker, final)
 
 
-def _final_aggregate(agg: exp.Expression, builder: _Builder,
-                     is_float: Callable[[exp.Expression], bool]) -> exp.Expression:
+def _final_aggregate(agg: exp.Expr, builder: _Builder,
+                     is_float: Callable[[exp.Expression], bool]) -> exp.Expr:
     arg = agg.this
     if isinstance(agg, exp.Min | exp.Max) and is_float(arg):
         return _float_extreme(agg, builder)
@@ -136,7 +136,7 @@ def _final_aggregate(agg: exp.Expression, builder: _Builder,
     return exp.func(combine, builder.partial(agg.copy()))
 
 
-def _float_extreme(agg: exp.Expression, builder: _Builder) -> exp.Expression:
+def _float_extreme(agg: exp.Expr, builder: _Builder) -> exp.Expr:
     """min/max of floats with NaN as Postgres orders it (above every number).
 
     DataFusion's grouped min/max mishandle NaN, so NaN is tracked apart from the numbers.
@@ -147,7 +147,7 @@ def _float_extreme(agg: exp.Expression, builder: _Builder) -> exp.Expression:
     has_nan = builder.partial(exp.func("BOOL_OR", _isnan(arg)))
     nan = exp.cast(exp.Literal.string("NaN"), "DOUBLE")
     extreme = agg.__class__(this=numbers)
-    nan_wins = exp.func("BOOL_OR", has_nan)
+    nan_wins: exp.Expr = exp.func("BOOL_OR", has_nan)
     if isinstance(agg, exp.Min):
         nan_wins = exp.and_(exp.Is(this=extreme.copy(), expression=exp.Null()), nan_wins)
     return exp.Case(ifs=[exp.If(this=nan_wins, true=nan)], default=extreme)

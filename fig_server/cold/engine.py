@@ -329,13 +329,13 @@ def _empty_input(scan: ScanSpec) -> pa.Table:
     return table
 
 
-def _parse(sql: str) -> exp.Expression:
+def _parse(sql: str) -> exp.Expr:
     try:
-        statements = sqlglot.parse(sql, read="postgres")
+        parsed = sqlglot.parse(sql, read="postgres")
     except ParseError as exc:
         raise SqlSyntaxError(f"syntax error: {exc.errors[0]['description'] if exc.errors else exc}"
                              ) from exc
-    statements = [s for s in statements if s is not None]
+    statements = [s for s in parsed if s is not None]
     if len(statements) != 1:
         raise SqlSyntaxError("expected exactly one statement")
     return statements[0]

@@ -26,7 +26,7 @@ class Constant:
     kind: str
 
 
-def constant(node: exp.Expression) -> Constant | None:
+def constant(node: exp.Expr) -> Constant | None:
     """The value of a literal, a cast literal or a negated number; None if not constant."""
     if isinstance(node, exp.Paren):
         return constant(node.this)
@@ -131,7 +131,7 @@ def to_sql_literal(value: Any) -> exp.Expression:
     raise InvalidParameterValue(f"unsupported parameter type: {type(value).__name__}")
 
 
-def bind_parameters(tree: exp.Expression, params: list[Any] | None) -> exp.Expression:
+def bind_parameters(tree: exp.Expr, params: list[Any] | None) -> exp.Expr:
     """Replace $1..$n by literals of the given values."""
     def replace(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Parameter | exp.Placeholder):

@@ -62,7 +62,7 @@ class ScanPart:
 
     binding: TableBinding
     placeholder: str
-    where: exp.Expression | None
+    where: exp.Expr | None
     fields: list[NestedField]
     worker_sql: str
     order: OrderKey | None = None
@@ -109,7 +109,7 @@ def bind_tables(tree: exp.Expression, schemas: Mapping[str, Schema]) -> list[Tab
     return bindings
 
 
-def plan_query(tree: exp.Expression, schemas: Mapping[str, Schema]) -> QueryPlan:
+def plan_query(tree: exp.Expr, schemas: Mapping[str, Schema]) -> QueryPlan:
     """Choose scan, aggregate or general plan and build the SQL of each step."""
     if not isinstance(tree, exp.Select | exp.Union | exp.Intersect | exp.Except):
         raise FeatureNotSupported(f"{tree.key.upper()} statements on the cold tier")
@@ -334,7 +334,7 @@ def _tables_in_order(tree: exp.Expression, bindings: list[TableBinding]) -> list
 
 
 def _pushable_filter(binding: TableBinding,
-                     bindings: list[TableBinding]) -> exp.Expression | None:
+                     bindings: list[TableBinding]) -> exp.Expr | None:
     """Conjuncts of the owning SELECT's WHERE that only this reference's columns decide.
 
     Only when every join of that SELECT is inner: a filter pushed below an outer join's
@@ -359,7 +359,7 @@ def _pushable_filter(binding: TableBinding,
     return unqualify(exp.and_(*[c.copy() for c in kept]))
 
 
-def _decided_by(conjunct: exp.Expression, binding: TableBinding,
+def _decided_by(conjunct: exp.Expr, binding: TableBinding,
                 siblings: list[TableBinding]) -> bool:
     if any(True for _ in conjunct.find_all(exp.Select, exp.AggFunc, exp.Window, exp.Subquery)):
         return False
@@ -446,7 +446,7 @@ def _alias_outputs(select: exp.Expression,
         return {}
     sources = (original or select).expressions
     names: dict[str, str] = {}
-    items = []
+    items: list[exp.Expr] = []
     for index, (item, source) in enumerate(zip(select.expressions, sources, strict=True)):
         if isinstance(item, exp.Alias | exp.Star) or (
                 isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
