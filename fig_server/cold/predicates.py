@@ -26,12 +26,14 @@ from pyiceberg.expressions import (
     IsNull,
     LessThan,
     LessThanOrEqual,
+    LiteralPredicate,
     NotEqualTo,
     NotIn,
     NotNull,
     Or,
+    Reference,
 )
-from pyiceberg.expressions.literals import DateLiteral, TimestampLiteral
+from pyiceberg.expressions.literals import DateLiteral, Literal, TimestampLiteral, literal
 from pyiceberg.types import (
     BooleanType,
     DateType,
@@ -53,7 +55,8 @@ from fig_server.cold.literals import Constant, constant, parse_date_or_timestamp
 
 ResolveColumn = Callable[[exp.Column], NestedField | None]
 
-_OPS = {exp.EQ: "=", exp.NEQ: "<>", exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<="}
+_OPS: dict[type[exp.Expr], str] = {
+    exp.EQ: "=", exp.NEQ: "<>", exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<="}
 _FLIP = {"=": "=", "<>": "<>", ">": "<", ">=": "<=", "<": ">", "<=": ">="}
 _NEGATE = {"=": "<>", "<>": "=", ">": "<=", ">=": "<", "<": ">=", "<=": ">"}
 _MICROS_PER_DAY = 86_400_000_000
@@ -64,7 +67,7 @@ _INT32 = (-(2**31), 2**31 - 1)
 _TIME_TYPES = (TimestampType, TimestamptzType, DateType)
 
 
-def pruning_filter(where: exp.Expression | None, resolve: ResolveColumn) -> BooleanExpression:
+def pruning_filter(where: exp.Expr | None, resolve: ResolveColumn) -> BooleanExpression:
     """The inclusive pyiceberg expression implied by a WHERE clause (AlwaysTrue if nothing)."""
     if where is None:
         return AlwaysTrue()
@@ -74,7 +77,7 @@ def pruning_filter(where: exp.Expression | None, resolve: ResolveColumn) -> Bool
 _EXACT_TYPES = (IntegerType, LongType, StringType, DateType, TimestampType, TimestamptzType)
 
 
-def exact_filter(where: exp.Expression | None,
+def exact_filter(where: exp.Expr | None,
                  resolve: ResolveColumn) -> BooleanExpression | None:
     """A pyiceberg expression accepting exactly the rows WHERE accepts, or None when unsure.
 
@@ -97,7 +100,7 @@ def exact_filter(where: exp.Expression | None,
     return result
 
 
-def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
     if isinstance(node, exp.Paren):
         return _conjuncts(node.this)
     if isinstance(node, exp.And):
@@ -105,7 +108,7 @@ def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
     return [node]
 
 
-def _exact_atom(node: exp.Expression, resolve: ResolveColumn) -> bool:
+def _exact_atom(node: exp.Expr, resolve: ResolveColumn) -> bool:
     if isinstance(node, exp.Between) and not node.args.get("symmetric"):
         values = [node.args["low"], node.args["high"]]
     elif isinstance(node, exp.In) and not (node.args.get("query") or node.args.get("unnest")):
@@ -127,7 +130,7 @@ def _exact_atom(node: exp.Expression, resolve: ResolveColumn) -> bool:
     return bool(values)
 
 
-def _translate(node: exp.Expression, negated: bool,
+def _translate(node: exp.Expr, negated: bool,
                resolve: ResolveColumn) -> BooleanExpression | None:
     if isinstance(node, exp.Paren):
         return _translate(node.this, negated, resolve)
@@ -154,7 +157,7 @@ def _translate(node: exp.Expression, negated: bool,
     if isinstance(node, exp.Column):
         field = resolve(node)
         if field is not None and isinstance(field.field_type, BooleanType):
-            return EqualTo(field.name, not negated)
+            return EqualTo(term=Reference(field.name), value=_literal(not negated))
     return None
 
 
@@ -165,7 +168,8 @@ def _is(node: exp.Is, negated: bool, resolve: ResolveColumn) -> BooleanExpressio
     if field is None:
         return None
     wants_null = bool(node.args.get("negate")) == negated
-    return IsNull(field.name) if wants_null else NotNull(field.name)
+    term = Reference(field.name)
+    return IsNull(term=term) if wants_null else NotNull(term=term)
 
 
 def _between(node: exp.Between, negated: bool,
@@ -198,13 +202,14 @@ def _in(node: exp.In, negated: bool, resolve: ResolveColumn) -> BooleanExpressio
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
         values.append(value)
+    literals = {_literal(value) for value in values}
     if negated:
-        return NotIn(field.name, values) if not _is_float(field) else None
-    predicate: BooleanExpression = In(field.name, values)
+        return NotIn(term=Reference(field.name), values=literals) if not _is_float(field) else None
+    predicate: BooleanExpression = In(term=Reference(field.name), values=literals)
     return predicate
 
 
-def _comparison(left: exp.Expression, op: str, right: exp.Expression,
+def _comparison(left: exp.Expr, op: str, right: exp.Expr,
                 resolve: ResolveColumn) -> BooleanExpression | None:
     if constant(left) is not None and constant(right) is None:
         left, right, op = right, left, _FLIP[op]
@@ -229,21 +234,28 @@ def _column_predicate(field: NestedField, op: str, const: Constant) -> BooleanEx
     if value is None:
         return _inexact_predicate(field, op, const)
     if isinstance(value, float) and math.isnan(value):
-        return IsNaN(field.name) if op == "=" else None
+        return IsNaN(term=Reference(field.name)) if op == "=" else None
     if _is_float(field) and op == "<>":
         return None
     predicate = _make(field.name, op, value)
     if _is_float(field) and op in (">", ">="):
         # Postgres orders NaN above every number; Iceberg bounds leave NaN out.
-        return Or(predicate, IsNaN(field.name))
+        return Or(predicate, IsNaN(term=Reference(field.name)))
     return predicate
+
+
+_LITERAL_PREDICATES: dict[str, type[LiteralPredicate]] = {
+    "=": EqualTo, "<>": NotEqualTo, ">": GreaterThan, ">=": GreaterThanOrEqual,
+    "<": LessThan, "<=": LessThanOrEqual}
 
 
 def _make(name: str, op: str, value: Any) -> BooleanExpression:
-    kinds = {"=": EqualTo, "<>": NotEqualTo, ">": GreaterThan, ">=": GreaterThanOrEqual,
-             "<": LessThan, "<=": LessThanOrEqual}
-    predicate: BooleanExpression = kinds[op](name, value)
-    return predicate
+    return _LITERAL_PREDICATES[op](term=Reference(name), value=_literal(value))
+
+
+def _literal(value: Any) -> Literal[Any]:
+    """The value as pyiceberg's predicate constructors would wrap it (a Literal is kept)."""
+    return value if isinstance(value, Literal) else literal(value)
 
 
 def _inexact_predicate(field: NestedField, op: str, const: Constant) -> BooleanExpression | None:
@@ -332,7 +344,7 @@ def _timestamp_micros(const: Constant, with_zone: bool) -> int | None:
     return datetime_to_micros(value.astimezone(dt.UTC).replace(tzinfo=None))
 
 
-def _truncated_column(node: exp.Expression) -> tuple[exp.Column, str] | None:
+def _truncated_column(node: exp.Expr) -> tuple[exp.Column, str] | None:
     """date_trunc('<unit>', col) or col::date: the column and the truncation unit."""
     if isinstance(node, exp.TimestampTrunc | exp.DateTrunc) and isinstance(node.this, exp.Column):
         return node.this, node.text("unit").upper()
@@ -351,7 +363,7 @@ def _range_from_truncation(field: NestedField, op: str, const: Constant,
             return None
         low: int = low_lit.value
         width = _UNIT_DAYS[unit]
-        make = DateLiteral
+        make: type[DateLiteral] | type[TimestampLiteral] = DateLiteral
     else:
         micros = _timestamp_micros(const, isinstance(field.field_type, TimestamptzType))
         if micros is None:
@@ -365,9 +377,9 @@ def _range_from_truncation(field: NestedField, op: str, const: Constant,
     if op in (">", ">="):
         return _make(name, op, make(low))
     if op in ("<", "<="):
-        return LessThan(name, make(low + width))
+        return _make(name, "<", make(low + width))
     if op == "=":
-        return And(GreaterThanOrEqual(name, make(low)), LessThan(name, make(low + width)))
+        return And(_make(name, ">=", make(low)), _make(name, "<", make(low + width)))
     return None
 
 
