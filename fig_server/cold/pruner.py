@@ -11,7 +11,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 from pyiceberg.conversions import from_bytes
@@ -29,7 +29,7 @@ from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent, Manif
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.types import NestedField
+from pyiceberg.types import NestedField, PrimitiveType
 
 from fig_server.cold.arrowtypes import arrow_type
 from fig_server.cold.metadata import Footer, MetadataCache
@@ -260,7 +260,9 @@ class Pruner:
 
         def bound(bounds: dict[int, bytes] | None) -> Any:
             raw = (bounds or {}).get(field_id)
-            return domain_value(from_bytes(ftype, raw), ftype) if raw is not None else None
+            # Iceberg writes bounds only for primitive fields, so a raw bound implies one.
+            return domain_value(from_bytes(cast(PrimitiveType, ftype), raw), ftype) \
+                if raw is not None else None
 
         nulls = (data_file.null_value_counts or {}).get(field_id)
         values = (data_file.value_counts or {}).get(field_id)
