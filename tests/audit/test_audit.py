@@ -27,6 +27,17 @@ def fig() -> Iterator[FigProcess]:
         "FIG__AUDIT__PRICE_PER_GB": str(PRICE_PER_GB), "FIG__AUDIT__STATEMENT_MAX_CHARS": "300",
         "FIG__COLD__MEMORY_LIMIT_MB": "4", "FIG__COLD__WORKERS": "1",
         "FIG__LIMITS__MAX_RESULT_ROWS": "50000"})
+    try:
+        populate(server)
+    except BaseException:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
+def populate(server: FigProcess) -> None:
+    """60000 rows of `events`, all moved to cold; roles alice and bob may read them."""
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=20)
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute("create table events (id bigint primary key, ts timestamptz not null, "
@@ -43,8 +54,6 @@ def fig() -> Iterator[FigProcess]:
         for role in ("alice", "bob"):
             direct.execute(f"create role {role} login")
             direct.execute(f"grant select on events to {role}")
-    yield server
-    server.stop()
 
 
 def audit_records(fig: FigProcess) -> list[dict[str, Any]]:
