@@ -296,6 +296,11 @@ class CdcProcess:
     def handle(self, message: pgo.Message | None) -> None:
         if isinstance(message, pgo.Begin):
             self.txn = Txn(message.xid, message.final_lsn, message.commit_ts_us)
+        elif isinstance(message, (pgo.Insert, pgo.Update, pgo.Delete, pgo.Truncate)) and \
+                self.txn is not None and self.txn.origin == self.retention.origin:
+            # Retention's deletes (millions of full old rows at a time) are never applied:
+            # skip them as they arrive rather than buffer the whole transaction.
+            return
         elif isinstance(message, pgo.Insert):
             if self._wanted(message.relid):
                 self._add(message.relid, RowInsert(self._row(message.relid, message.new)))
