@@ -457,6 +457,9 @@ BEGIN
             USING ERRCODE = CASE WHEN found_row.name IS NULL THEN 'undefined_table'
                                  ELSE 'object_not_in_prerequisite_state' END;
     END IF;
+    -- Fig's endpoints refresh their list of tiered tables every 0.5 s: until then they would
+    -- read the empty shadow table. Return only once they know it.
+    PERFORM pg_sleep(1.0);
     RETURN format('%s is attached: its rows are read from Iceberg', iceberg_table);
 END $fn$;
 """

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 APPLICATION = "fig_cdc_retention"
 CATCH_UP_S = 30.0
+# Comfortably above fig_server.session.federation.TieredCatalog's refresh interval.
+ENDPOINT_GRACE_S = 2.0
 
 
 def origin_name(slot: str) -> str:
@@ -75,6 +77,15 @@ class RetentionRunner:
     def run_table(self, table: TieredTable) -> int:
         """Delete what the table's retention allows; returns the number of rows deleted."""
         name = sql.Identifier(table.schema, table.name)
+        # Until Fig's endpoints have seen a newly tiered table (their list refreshes every
+        # REFRESH_S), they relay its statements to hot alone: that is only right while every
+        # row is still in hot, so the first boundary move waits that long after tiering.
+        young = self.conn.execute(
+            "SELECT extract(epoch FROM tiered_at + make_interval(secs => %s) - now()) "
+            "FROM fig.tiered_tables WHERE table_oid = %s", (ENDPOINT_GRACE_S, table.relid)
+        ).fetchone()
+        if young is not None and young[0] is not None and young[0] > 0:
+            time.sleep(float(young[0]))
         with self.conn.transaction():
             self.conn.execute("SET LOCAL lock_timeout = '2s'")
             self.conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(name))

@@ -372,6 +372,8 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
         top_n = _top_n(select, node, column_set)
     cols = ", ".join(_quote(c) for c in _columns_needed(tree, table))
     source = f"{_quote(table.schema)}.{_quote(table.name)}"
+    if isinstance(select, exp.Select) and _duplicates_irrelevant(select):
+        top_n = f" GROUP BY {cols}"  # distinct rows are enough: far fewer to copy
     cold_sql = f"SELECT {cols} FROM {source}{_where(_cold_filters(table, route, filters))}{top_n}"
     shape_sql = f"SELECT {cols} FROM {source}"
     temp = _temp_name(table, shape_sql, slot)
@@ -481,6 +483,29 @@ def _constant_bounds(ref: exp.Table, table: TieredTable,
         out.append(f"{_quote(table.time_column)} {symbols[kind]} "  # type: ignore[index]
                    f"CAST('{value.isoformat(sep=' ')}' AS timestamptz)")
     return out
+
+
+# Aggregates whose result does not change when duplicate input rows are removed.
+DUPLICATE_INSENSITIVE = (exp.Min, exp.Max, exp.LogicalAnd, exp.LogicalOr)
+
+
+def _duplicates_irrelevant(select: exp.Select) -> bool:
+    """True when the select's answer is the same over its table's distinct rows: SELECT
+    DISTINCT without aggregates, or aggregates that are all DISTINCT, min/max or bool_and/or
+    (count(DISTINCT user_id) ships each user once per group, not every row)."""
+    if select.args.get("joins") or any(select.find_all(exp.Window)):
+        return False
+    distinct = select.args.get("distinct")
+    if distinct is not None and distinct.args.get("on") is not None:
+        return False
+    aggregates = [a for a in select.find_all(exp.AggFunc) if a.parent_select is select]
+    if not aggregates:
+        return distinct is not None
+    return all(
+        isinstance(a, DUPLICATE_INSENSITIVE)
+        or (isinstance(a, (exp.Count, exp.Sum, exp.Avg)) and isinstance(a.this, exp.Distinct)
+            and not isinstance(a.parent, exp.WithinGroup))
+        for a in aggregates)
 
 
 def _unqualified(condition: exp.Expression) -> str:

@@ -72,7 +72,7 @@ def tiered_set_from_json(documents: list[str]) -> TieredSet:
 class TieredCatalog:
     """The server-wide, periodically refreshed view of fig.tiered_tables."""
 
-    def __init__(self, dsn: str, interval_s: float = 1.0) -> None:
+    def __init__(self, dsn: str, interval_s: float = 0.5) -> None:
         self.dsn = dsn
         self.database = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "postgres")
         self.interval_s = interval_s
