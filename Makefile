@@ -25,6 +25,7 @@ serve: $(STAMP)
 
 test: $(STAMP) $(DBT_STAMP)
 	$(BIN)/ruff check fig_server tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
