@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import uvloop
 
@@ -52,6 +52,13 @@ def config_from_args(args: argparse.Namespace) -> FigConfig:
     return load_config(args.config, server=server)
 
 
+def run_cdc(config: FigConfig, dsn: str, stop_event: Any) -> None:
+    """The CDC process's entry point: logging as the server's, then the CDC loop."""
+    logging.basicConfig(level=config.server.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cdc_service.run(config, dsn, stop_event)
+
+
 class CdcSupervisor:
     """Runs CDC in its own process, so ingest never competes with the endpoint's event loop."""
 
@@ -64,7 +71,7 @@ class CdcSupervisor:
 
     def start(self) -> None:
         self.process = self.context.Process(
-            target=cdc_service.run, args=(self.config, self.dsn, self.stop_event),
+            target=run_cdc, args=(self.config, self.dsn, self.stop_event),
             name="fig-cdc", daemon=False)
         self.process.start()
 

@@ -88,6 +88,7 @@ class CdcConfig:
 @dataclass(frozen=True)
 class TieringConfig:
     retention_interval_s: int = 60
+    retention_batch_rows: int = 100_000
     drop_cold_on_drop_table: bool = True
 
 

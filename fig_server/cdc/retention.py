@@ -38,6 +38,7 @@ class RetentionRunner:
 
     def __init__(self, process: CdcProcess) -> None:
         self.process = process
+        self.batch_rows = max(process.config.tiering.retention_batch_rows, 1)
         self.origin = origin_name(process.slot)
         self.conn = psycopg.connect(
             session_conninfo(process.dsn, application_name=APPLICATION), autocommit=True)
@@ -68,7 +69,9 @@ class RetentionRunner:
         for table in list(self.process.tables.values()):
             if table.state == "active" and table.relid in self.process.appliers:
                 try:
-                    self.run_table(table)
+                    # In batches, so CDC (which skips these deletes) and writers keep going.
+                    while self.run_table(table) >= self.batch_rows:
+                        pass
                 except (psycopg.errors.LockNotAvailable, ObjectNotInPrerequisiteState) as exc:
                     log.warning("retention of %s.%s postponed: %s", table.schema, table.name,
                                 exc)
@@ -96,10 +99,19 @@ class RetentionRunner:
             if row is None or not row[0]:
                 return 0
             cutoff, target = row[1], str_to_lsn(row[2])
+            time_column = sql.Identifier(table.time_column)
+            batch_end = self.conn.execute(
+                sql.SQL("SELECT {c} FROM {t} WHERE {c} < %s ORDER BY {c} OFFSET %s LIMIT 1")
+                .format(c=time_column, t=name), (cutoff, self.batch_rows)).fetchone()
+            if batch_end is not None:
+                first = self.conn.execute(sql.SQL("SELECT min({c}) FROM {t}").format(
+                    c=time_column, t=name)).fetchone()
+                if first is not None and batch_end[0] > first[0]:
+                    cutoff = batch_end[0]  # rows before it: at most batch_rows
+            self._wait_cold(table, target)
             # Fig's federated statements hold this shared while they read a boundary and
             # run: the boundary never moves under a statement (fig_server.session.federation).
             self.conn.execute("SELECT pg_advisory_xact_lock(7203)")
-            self._wait_cold(table, target)
             deleted = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} < %s").format(
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount
             self.conn.execute("UPDATE fig.tiered_tables SET boundary = greatest(boundary, %s) "

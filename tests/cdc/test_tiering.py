@@ -119,3 +119,30 @@ def test_sync_times_out_clearly_without_cdc(
     sync(conn)
     assert cold_rows(catalog_of(cdc.config), "public", "rw", "id") == hot_rows(conn, "rw", "id")
     conn.execute("SELECT fig.untier_table('cmp')")
+
+
+def test_retention_in_batches_empties_a_large_backlog(hot_pg: EmbeddedPostgres) -> None:
+    cdc = make_env(hot_pg)
+    config = cdc.config.replace("tiering", retention_batch_rows=100)
+    install_control_schema(cdc.dsn)
+    runner = CdcRunner(config, cdc.dsn).start()
+    try:
+        with cdc.connect() as conn:
+            make_table(conn, "backlog", retention="1 day")
+            conn.execute("INSERT INTO backlog SELECT g, now() - interval '10 days' "
+                         "+ g * interval '1 minute', g FROM generate_series(1, 1050) g")
+            conn.execute("INSERT INTO backlog SELECT g, now(), g "
+                         "FROM generate_series(2000, 2009) g")
+            sync(conn)
+            conn.execute("SELECT fig.run_retention()")
+            left = conn.execute("SELECT count(*), min(id) FROM backlog").fetchone()
+            assert left == (10, 2000)
+            boundary = conn.execute("SELECT tier_boundary > now() - interval '1 day 1 minute' "
+                                    "FROM fig.tables WHERE table_name = 'public.backlog'"
+                                    ).fetchone()
+            assert boundary == (True,)
+            cold = {r["id"] for r in cold_rows(catalog_of(config), "public", "backlog", "id")}
+            assert set(range(1, 1051)) <= cold
+    finally:
+        runner.stop()
+        drop_env(hot_pg, cdc)
