@@ -36,6 +36,7 @@ class TieredSet:
 
     tables: tuple[TieredTable, ...] = ()
     matcher: re.Pattern[str] | None = field(default=None, compare=False)
+    byte_matcher: re.Pattern[bytes] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, tables: list[TieredTable]) -> TieredSet:
@@ -43,11 +44,17 @@ class TieredSet:
             return cls()
         names = sorted({t.name for t in tables}, key=len, reverse=True)
         pattern = r"(?<![\w$])(?:" + "|".join(re.escape(n) for n in names) + r")(?![\w$])"
-        return cls(tuple(tables), re.compile(pattern, re.IGNORECASE))
+        return cls(tuple(tables), re.compile(pattern, re.IGNORECASE),
+                   re.compile(pattern.encode(), re.IGNORECASE))
 
     def may_touch(self, sql: str) -> bool:
         """Cheap pre-check for every statement: does its text name a tiered table at all?"""
         return self.matcher is not None and self.matcher.search(sql) is not None
+
+    def may_touch_bytes(self, buffer: bytes | bytearray, start: int, end: int) -> bool:
+        """may_touch over a message's raw UTF-8 bytes (no copy, no decoding)."""
+        return self.byte_matcher is not None and \
+            self.byte_matcher.search(buffer, start, end) is not None
 
     def lookup(self, schema: str, name: str) -> TieredTable | None:
         """The tiered table a (possibly unqualified) reference names, if any."""

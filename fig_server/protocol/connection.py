@@ -23,6 +23,9 @@ from fig_server.session.session import Session
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+# Wait for a peer to take our writes only once this much is buffered (drain() per message is
+# a measurable share of a relayed primary-key lookup).
+DRAIN_ABOVE = 64 * 1024
 # Authentication requests after which the client must answer with a 'p' message.
 AUTH_CODES_WANTING_REPLY = frozenset({2, 3, 5, 7, 8, 9, 10, 11})
 COUNTS_AS_REQUEST = frozenset(b"QSF")
@@ -204,7 +207,8 @@ class ClientConnection:
                 backend.writer.write(bytes(buffer[sent:rest]))
             if rest:
                 del buffer[:rest]
-                await backend.writer.drain()
+                if backend.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
+                    await backend.writer.drain()
             if bad is not None:
                 # As Postgres: what came before the bad message is answered, then the end.
                 await self._wait_idle()
@@ -219,6 +223,11 @@ class ClientConnection:
     def _federates(self, kind: int, start: int, end: int) -> bool:
         """Does this message need Fig's planner? One regex search per Query or Parse."""
         if self.federator is None or kind not in (81, 80, 66):  # 'Q', 'P', 'B'
+            return False
+        if kind != 66 and not self.federator.may_apply(self.client_buffer, start + 5, end):
+            if kind == 80 and self.tiered_statements:
+                self.tiered_statements.pop(wire.parse_text(bytes(
+                    self.client_buffer[start + 5:end]))[0], None)
             return False
         payload = bytes(self.client_buffer[start + 5:end])
         if kind == 81:
@@ -503,7 +512,8 @@ class ClientConnection:
             else:
                 writer.write(bytes(data[:rest]))
                 buffer = bytearray(data[rest:])
-            await writer.drain()
+            if writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
+                await writer.drain()
 
     def _divert_messages(self, data: bytes | bytearray, spans: list[tuple[int, int]]) -> None:
         """Answers to Fig's own messages go to the injector; notifications still to the client."""

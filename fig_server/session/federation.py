@@ -270,6 +270,11 @@ class Federator:
     def applies(self, sql: str) -> bool:
         return self.database == self.tiered.database and self.tiered.current.may_touch(sql)
 
+    def may_apply(self, buffer: bytes | bytearray, start: int, end: int) -> bool:
+        """The cheap pre-check on a message's raw bytes, before any decoding."""
+        return self.database == self.tiered.database and \
+            self.tiered.current.may_touch_bytes(buffer, start, end)
+
     async def prelude(self, backend: Injector, in_transaction: bool
                       ) -> tuple[TieredSet, str, dt.datetime | None]:
         """Lock the boundaries, then read them, fig.route and fig.as_of in this session.
