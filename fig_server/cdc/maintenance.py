@@ -26,7 +26,6 @@ SMALL_FILE_BYTES = 32 * 1024 * 1024
 MIN_FILES_TO_COMPACT = 8
 SNAPSHOT_AGE = timedelta(minutes=10)
 ORPHAN_AGE_S = 600.0
-ROW_GROUP_ROWS = 128 * 1024
 
 
 def referenced_files(table: Table) -> set[str]:
