@@ -70,12 +70,23 @@ class RetentionRunner:
             if table.state == "active" and table.relid in self.process.appliers:
                 try:
                     # In batches, so CDC (which skips these deletes) and writers keep going.
-                    while self.run_table(table) >= self.batch_rows:
+                    while self._run_table_patiently(table) >= self.batch_rows:
                         pass
                 except (psycopg.errors.LockNotAvailable, ObjectNotInPrerequisiteState) as exc:
                     log.warning("retention of %s.%s postponed: %s", table.schema, table.name,
                                 exc)
                     self.process.status.table(table.relid, None, last_error=str(exc))
+
+    def _run_table_patiently(self, table: TieredTable, attempts: int = 5) -> int:
+        """run_table, trying again when busy writers kept the table lock out of reach."""
+        for attempt in range(attempts):
+            try:
+                return self.run_table(table)
+            except psycopg.errors.LockNotAvailable:
+                if attempt == attempts - 1:
+                    raise
+                self.process.pump(0.2)
+        return 0
 
     def run_table(self, table: TieredTable) -> int:
         """Delete what the table's retention allows; returns the number of rows deleted."""
@@ -134,3 +145,5 @@ class RetentionRunner:
             if process.txn is None and process.batch.changes \
                     and process.batch.end_lsn >= target:
                 process.try_flush()
+            elif process.txn is None and not process.batch.changes:
+                process.send_status(reply=True)  # idle: learn the server's WAL end now

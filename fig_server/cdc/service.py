@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 PERIODIC_S = 0.25
 STATUS_S = 1.0
 READ_LIMIT = 5000
+# Longest an idle stream goes without asking the server for its WAL end.
+PROBE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,13 @@ class CdcProcess:
     def reported_lsn(self) -> int:
         return min([self.applied_lsn, *self.holds.values()])
 
-    def send_status(self) -> None:
+    last_probe = 0.0
+
+    def send_status(self, reply: bool = False) -> None:
+        """Standby status to the server; with reply, it answers at once with a keepalive
+        carrying its WAL end (an idle walsender otherwise waits wal_sender_timeout / 2)."""
         if self.stream is not None:
-            self.stream.send_status(self.reported_lsn())
+            self.stream.send_status(self.reported_lsn(), reply)
 
     # -- tables ------------------------------------------------------------------------
 
@@ -441,6 +447,12 @@ class CdcProcess:
         if not self.backpressure():
             messages = self.stream.read(timeout)
             caught_up = len(messages) < READ_LIMIT
+            if not messages and self.txn is None and not self.batch.changes and \
+                    time.monotonic() - self.last_probe > PROBE_S:
+                # Idle: ask for the WAL end, so fig.sync and retention see WAL that carries
+                # no change of ours (other databases, unpublished tables) within PROBE_S.
+                self.last_probe = time.monotonic()
+                self.send_status(reply=True)
             for message in messages:
                 if isinstance(message, Keepalive):
                     if self.txn is None and not self.batch.changes:
