@@ -33,6 +33,10 @@ def origin_name(slot: str) -> str:
     return f"fig_retention_{slot}"
 
 
+class BoundaryBusy(ObjectNotInPrerequisiteState):
+    """Federated statements hold the boundary lock: retention tries again shortly."""
+
+
 class RetentionRunner:
     """Owns the origin-tagged session that deletes tiered rows from hot."""
 
@@ -72,7 +76,8 @@ class RetentionRunner:
                     # In batches, so CDC (which skips these deletes) and writers keep going.
                     while self._run_table_patiently(table) >= self.batch_rows:
                         pass
-                except (psycopg.errors.LockNotAvailable, ObjectNotInPrerequisiteState) as exc:
+                except (psycopg.errors.LockNotAvailable, BoundaryBusy,
+                        ObjectNotInPrerequisiteState) as exc:
                     log.warning("retention of %s.%s postponed: %s", table.schema, table.name,
                                 exc)
                     self.process.status.table(table.relid, None, last_error=str(exc))
@@ -82,7 +87,7 @@ class RetentionRunner:
         for attempt in range(attempts):
             try:
                 return self.run_table(table)
-            except psycopg.errors.LockNotAvailable:
+            except (psycopg.errors.LockNotAvailable, BoundaryBusy):
                 if attempt == attempts - 1:
                     raise
                 self.process.pump(0.2)
@@ -120,9 +125,12 @@ class RetentionRunner:
                 if first is not None and batch_end[0] > first[0]:
                     cutoff = batch_end[0]  # rows before it: at most batch_rows
             self._wait_cold(table, target)
-            # Fig's federated statements hold this shared while they read a boundary and
-            # run: the boundary never moves under a statement (fig_server.session.federation).
-            self.conn.execute("SELECT pg_advisory_xact_lock(7203)")
+            # Fig's federated statements hold this shared while they read a boundary and run
+            # (fig_server.session.federation), so the boundary never moves under a statement.
+            # Only tried, never waited for: a session holding it may wait for our table lock.
+            acquired = self.conn.execute("SELECT pg_try_advisory_xact_lock(7203)").fetchone()
+            if acquired is None or not acquired[0]:
+                raise BoundaryBusy("federated statements are reading the boundary")
             deleted = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} < %s").format(
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount
             self.conn.execute("UPDATE fig.tiered_tables SET boundary = greatest(boundary, %s) "
