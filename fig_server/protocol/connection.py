@@ -221,28 +221,24 @@ class ClientConnection:
     # -- statements over tiered tables ---------------------------------------------------
 
     def _federates(self, kind: int, start: int, end: int) -> bool:
-        """Does this message need Fig's planner? One regex search per Query or Parse."""
+        """Does this message need Fig's planner? One regex search over a Query's or Parse's
+        raw bytes; a Bind only if it names a prepared statement over tiered tables."""
         if self.federator is None or kind not in (81, 80, 66):  # 'Q', 'P', 'B'
             return False
-        if kind != 66 and not self.federator.may_apply(self.client_buffer, start + 5, end):
-            if kind == 80 and self.tiered_statements:
-                self.tiered_statements.pop(wire.parse_text(bytes(
-                    self.client_buffer[start + 5:end]))[0], None)
-            return False
-        payload = bytes(self.client_buffer[start + 5:end])
-        if kind == 81:
-            return self.federator.applies(wire.query_text(payload))
+        buffer = self.client_buffer
         try:
-            if kind == 80:
-                name, sql = wire.parse_text(payload)
-                if self.federator.applies(sql):
-                    return True
-                self.tiered_statements.pop(name, None)
-                return False
-            return bool(self.tiered_statements) and wire.bind_statement(payload) in \
-                self.tiered_statements
+            if kind == 66:
+                return bool(self.tiered_statements) and \
+                    wire.bind_statement(bytes(buffer[start + 5:end])) in self.tiered_statements
+            if self.federator.may_apply(buffer, start + 5, end):
+                return True
+            if kind == 80 and self.tiered_statements:
+                # The name now holds a statement over no tiered table.
+                self.tiered_statements.pop(wire.parse_text(bytes(buffer[start + 5:end]))[0],
+                                           None)
         except ValueError:
-            return False  # a malformed message: Postgres reports it as it always does
+            pass  # a malformed message: Postgres reports it as it always does
+        return False
 
     def _refuses(self, kind: int) -> bool:
         """Does the user's rate limit refuse the statement this message begins?"""

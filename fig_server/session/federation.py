@@ -267,9 +267,6 @@ class Federator:
         # The session's statement_timeout (seconds, None when off), read by prelude.
         self.timeout_s: float | None = None
 
-    def applies(self, sql: str) -> bool:
-        return self.database == self.tiered.database and self.tiered.current.may_touch(sql)
-
     def may_apply(self, buffer: bytes | bytearray, start: int, end: int) -> bool:
         """The cheap pre-check on a message's raw bytes, before any decoding."""
         return self.database == self.tiered.database and \
