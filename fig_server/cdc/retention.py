@@ -107,6 +107,9 @@ class RetentionRunner:
             time.sleep(float(young[0]))
         with self.conn.transaction():
             self.conn.execute("SET LOCAL lock_timeout = '2s'")
+            # date and timestamp time columns compare with the boundary (a timestamptz) in
+            # UTC, as the planner does (planner/bounds.py boundary_value)
+            self.conn.execute("SET LOCAL TimeZone = 'UTC'")
             self.conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(name))
             row = self.conn.execute(
                 "SELECT now() - hot_retention > boundary, now() - hot_retention, "

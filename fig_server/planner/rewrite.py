@@ -23,6 +23,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from fig_server.errors import FeatureNotSupported, SqlSyntaxError
+from fig_server.planner import bounds
+from fig_server.planner.pushdown import conjuncts, pushdown
 from fig_server.planner.tiers import TieredSet, TieredTable
 
 
@@ -67,31 +69,21 @@ class ColdWrite:
 @dataclass
 class Rewrite:
     """The plan of one statement. When `needs` is set, nothing else is: the caller evaluates
-    those column-free expressions (compared with a time column) in the client's session and
-    plans again with their values, so routing and pruning see real timestamps."""
+    those column-free expressions (compared with a tiered table's columns) in the client's
+    session and plans again with their values (see planner/bounds.py)."""
 
     route: Route
     sql: str
     parts: list[ColdPart] = field(default_factory=list)
     explain: bool = False
     analyze: bool = False
-    needs: list[str] = field(default_factory=list)
-    # Other column-free expressions compared with a column: (column type, expression).
-    values_needed: list[tuple[str, str]] = field(default_factory=list)
+    needs: list[bounds.Need] = field(default_factory=list)
     # Top-level projections were renamed by guess: plan again with Postgres's own names.
     describe: bool = False
     # Set for an UPDATE/DELETE that must reach cold rows; sql is then the original statement.
     write: ColdWrite | None = None
 
 
-# Expression kinds a pushed-down filter may contain: the cold engine (DataFusion) evaluates
-# them exactly as Postgres does.
-PUSHABLE = (
-    exp.Column, exp.Literal, exp.Boolean, exp.Null, exp.Cast, exp.Paren, exp.Neg, exp.Not,
-    exp.And, exp.Or, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
-    exp.Is, exp.Identifier, exp.DataType, exp.Add, exp.Sub, exp.Mul, exp.Interval, exp.Var,
-    exp.DataTypeParam, exp.Tuple,
-)
 WRITES = (exp.Update, exp.Delete, exp.Merge)
 
 
@@ -128,23 +120,6 @@ def cold_only(table: TieredTable) -> bool:
     return table.boundary == ATTACHED_BOUNDARY
 
 
-def literal_for(table: TieredTable, value: str) -> str:
-    kind = table.column_type(table.time_column)
-    cast = {"timestamp without time zone": "timestamp", "date": "date"}.get(kind, "timestamptz")
-    return f"CAST('{value}' AS {cast})"
-
-
-def boundary_text(table: TieredTable) -> str:
-    assert table.boundary is not None
-    return table.boundary.isoformat(sep=" ")
-
-
-def _conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
-    if where is None:
-        return []
-    return list(where.this.flatten() if isinstance(where.this, exp.And) else [where.this])
-
-
 def _outer_joined(select: exp.Select, table: exp.Table) -> bool:
     """True when the reference is on a side of an outer join that can be NULL-extended."""
     joins = select.args.get("joins") or []
@@ -153,58 +128,69 @@ def _outer_joined(select: exp.Select, table: exp.Table) -> bool:
     return any(j.this is table and j.side == "LEFT" for j in joins)
 
 
-def _pushable(condition: exp.Expression, table: exp.Table, columns: set[str],
-              single_source: bool) -> bool:
-    refs = list(condition.find_all(exp.Column))
-    if not refs:
-        return False
-    for node in condition.walk():
-        if not isinstance(node, PUSHABLE):
-            return False
-    alias = table.alias_or_name
-    for column in refs:
-        if column.table and column.table != alias:
-            return False
-        if not column.table and not single_source:
-            return False
-        if column.name not in columns:
-            return False
-    return True
-
-
-def _columns_needed(tree: exp.Expression, table: TieredTable) -> list[str]:
+def _columns_needed(tree: exp.Expression, node: exp.Table, table: TieredTable) -> list[str]:
+    """Columns of the table the statement may read: all of them under `*`, a whole-row
+    reference (`row_to_json(e)`, `e IS NULL`), or a NATURAL/USING join."""
     if any(not isinstance(star.parent, exp.Count) for star in tree.find_all(exp.Star)):
         return list(table.column_names)
-    used = {column.name for column in tree.find_all(exp.Column)}
+    if any(j.args.get("using") or j.method == "NATURAL" or j.kind == "NATURAL"
+           for j in tree.find_all(exp.Join)):
+        return list(table.column_names)
+    alias = node.alias_or_name
+    used = set()
+    for column in tree.find_all(exp.Column):
+        if not column.table and column.name == alias and column.name not in table.column_names:
+            return list(table.column_names)  # the reference's row as a value
+        used.add(column.name)
     picked = [name for name in table.column_names if name in used]
     return picked or [table.column_names[0]]
 
 
-def _top_n(select: exp.Select, table: exp.Table, columns: set[str]) -> str:
-    """ORDER BY ... LIMIT n for the cold part when the query is a plain top-n over the table."""
+# Order keys whose order DataFusion shares with Postgres (text is ordered by a collation).
+ORDERABLE = {"smallint", "integer", "bigint", "date", "timestamp without time zone",
+             "timestamp with time zone", "double precision"}
+
+
+def _top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
+    """ORDER BY ... LIMIT n for the cold part of a plain top-n over the table; only called
+    when every conjunct of the WHERE is pushed."""
     order, limit = select.args.get("order"), select.args.get("limit")
     if order is None or limit is None or select.args.get("joins") or select.args.get("group") \
             or select.args.get("distinct") or select.args.get("having"):
         return ""
     if any(select.find_all(exp.Window, exp.AggFunc)):
         return ""
-    try:
-        count = int(limit.expression.name)
-        offset_node = select.args.get("offset")
-        count += int(offset_node.expression.name) if offset_node is not None else 0
-    except (AttributeError, ValueError):
-        return ""
+    count = _integer_literal(limit.expression)
+    offset_node = select.args.get("offset")
+    skip = _integer_literal(offset_node.expression) if offset_node is not None else 0
+    if count is None or skip is None:
+        return ""  # a parameter or an expression: Postgres knows its value, we do not
+    outputs = {p.alias for p in select.expressions if isinstance(p, exp.Alias)}
     keys = []
     for ordered in order.expressions:
         key = ordered.this
-        if not isinstance(key, exp.Column) or key.name not in columns or (
-                key.table and key.table != table.alias_or_name):
+        if not isinstance(key, exp.Column) or key.name not in table.column_names or (
+                key.table and key.table not in (node.alias_or_name, table.name)):
+            return ""
+        if not key.table and key.name in outputs:
+            return ""  # ORDER BY names an output column first
+        if table.column_type(key.name) not in ORDERABLE and not NUMERIC_TYPE.match(
+                table.column_type(key.name)):
             return ""
         desc = bool(ordered.args.get("desc"))
         nulls_first = ordered.args.get("nulls_first")
         nulls = "FIRST" if (desc if nulls_first is None else nulls_first) else "LAST"
         keys.append(f'"{key.name}" {"DESC" if desc else "ASC"} NULLS {nulls}')
-    return f" ORDER BY {', '.join(keys)} LIMIT {count}"
+    return f" ORDER BY {', '.join(keys)} LIMIT {count + skip}"
+
+
+NUMERIC_TYPE = re.compile(r"^numeric(\(\d+,\d+\))?$")
+
+
+def _integer_literal(node: exp.Expression | None) -> int | None:
+    if isinstance(node, exp.Literal) and node.is_number and node.name.isdigit():
+        return int(node.name)
+    return None
 
 
 def _quote(name: str) -> str:
@@ -245,15 +231,15 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                                   "supported: its cold rows cannot be locked")
     route = Route.COLD if forced == "cold" else Route.SPLIT
     if constants is None:
-        needs = sorted({text for node, table in refs
-                        for _, _, text, _ in _time_comparisons(node, table)})
-        values = sorted({(kind, text) for node, table in refs
-                         for _, items in _value_comparisons(node, table)
-                         for _, kind, text in items})
-        if needs or values:
-            return Rewrite(route, sql, needs=needs, values_needed=values)
+        needed = sorted({need for node, table in refs for need in _needs(node, table)},
+                        key=lambda n: n.key)
+        if needed:
+            return Rewrite(route, sql, needs=needed)
+    for node, table in refs:
+        bounds.substitute(_where_of(node), node, table, constants or {})
+        _unqualify_schema(tree, node, table)
     if writes:
-        return _check_write(sql, tree, refs, constants or {}, slot, bool(explain))
+        return _check_write(sql, tree, refs, slot, bool(explain))
     parts: list[ColdPart] = []
     routes: set[Route] = set()
     for table_node, table in refs:
@@ -261,17 +247,18 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
             continue  # nothing has left hot yet: hot alone holds every row
         part_route = route
         if route is Route.SPLIT and table.boundary is not None:
-            lower, upper = _time_range(table_node, table, constants or {})
-            if lower is not None and lower >= table.boundary:
+            lower, upper = _time_range(table_node, table)
+            if lower is not None and lower >= bounds.boundary_value(table):
                 continue  # every row this reference can reach is still in hot
-            if (upper is not None and upper < table.boundary) or cold_only(table):
+            if (upper is not None and upper < bounds.boundary_value(table)) \
+                    or cold_only(table):
                 part_route = Route.COLD
         if table.row_security:
             raise FeatureNotSupported(
                 f"{table.qualified} has row-level security enabled: its cold rows cannot be "
                 "served with the policy applied", hint="SET fig.route = 'hot' reads hot rows only")
         routes.add(part_route)
-        parts.append(_rewrite_reference(tree, table_node, table, part_route, constants or {},
+        parts.append(_rewrite_reference(tree, table_node, table, part_route,
                                         f"{slot}:{len(parts)}", output_names))
     if not parts:
         return None
@@ -282,95 +269,73 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                    describe=describe)
 
 
-FLIPPED = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
+def _where_of(ref: exp.Table) -> exp.Expression | None:
+    """The WHERE that filters this reference directly (its own SELECT, UPDATE or DELETE),
+    or None when the reference is on a side of an outer join that can be NULL-extended."""
+    owner = ref.find_ancestor(exp.Select, exp.Update, exp.Delete)
+    if owner is None or (isinstance(owner, exp.Select) and _outer_joined(owner, ref)):
+        return None
+    where = owner.args.get("where")
+    return where if isinstance(where, exp.Where) else None
 
 
-def _column_free(node: exp.Expression) -> bool:
-    return not any(isinstance(n, (exp.Column, exp.Subquery, exp.Select, exp.Placeholder,
-                                  exp.Parameter)) for n in node.walk())
+def _needs(ref: exp.Table, table: TieredTable) -> list[bounds.Need]:
+    if table.boundary is None:
+        return []
+    return bounds.needs(_where_of(ref), ref, table)
+
+
+def _time_range(ref: exp.Table, table: TieredTable) -> tuple[Any, Any]:
+    """The lower and upper bounds the WHERE puts on the time column (after bounds were
+    substituted), each in the column's own type, or None."""
+    lower = upper = None
+    kind = table.column_type(table.time_column)
+    for condition in conjuncts(_where_of(ref)):
+        sides: list[tuple[exp.Expression, str]] = []
+        if isinstance(condition, exp.Between) and _is_time_column(condition.this, ref, table):
+            sides = [(condition.args["low"], "lower"), (condition.args["high"], "upper")]
+        elif isinstance(condition, (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ)):
+            left, right = condition.this, condition.expression
+            lower_kinds = (exp.GT, exp.GTE) if _is_time_column(left, ref, table) else (
+                (exp.LT, exp.LTE) if _is_time_column(right, ref, table) else None)
+            if lower_kinds is None:
+                continue
+            other = right if _is_time_column(left, ref, table) else left
+            if isinstance(condition, exp.EQ):
+                sides = [(other, "lower"), (other, "upper")]
+            else:
+                sides = [(other, "lower" if isinstance(condition, lower_kinds) else "upper")]
+        for node, side in sides:
+            value = bounds.literal_value(node, kind)
+            if value is None:
+                continue
+            if side == "lower":
+                lower = value if lower is None else max(lower, value)
+            else:
+                upper = value if upper is None else min(upper, value)
+    return lower, upper
 
 
 def _is_time_column(node: exp.Expression, ref: exp.Table, table: TieredTable) -> bool:
     return isinstance(node, exp.Column) and node.name == table.time_column and \
-        node.table in ("", ref.alias_or_name)
-
-
-def _time_comparisons(ref: exp.Table, table: TieredTable
-                      ) -> list[tuple[exp.Expression, type, str, bool]]:
-    """(constant node, comparison kind with the column on the left, its SQL, literal?) for
-    WHERE conjuncts comparing a timestamptz time column with a column-free expression."""
-    return [item for _, items in _time_conditions_with_sides(ref, table) for item in items]
-
-
-def _time_conditions(ref: exp.Table, table: TieredTable) -> list[exp.Expression]:
-    return [condition for condition, items in _time_conditions_with_sides(ref, table) if items]
-
-
-def _time_conditions_with_sides(ref: exp.Table, table: TieredTable
-                                ) -> list[tuple[exp.Expression, list[Any]]]:
-    select = ref.find_ancestor(exp.Select, exp.Update, exp.Delete)
-    if select is None or table.boundary is None or \
-            table.column_type(table.time_column) != "timestamp with time zone" or \
-            (isinstance(select, exp.Select) and _outer_joined(select, ref)):
-        return []
-    out = []
-    for condition in _conjuncts(select.args.get("where")):
-        sides: list[tuple[exp.Expression, type]] = []
-        if isinstance(condition, exp.Between) and _is_time_column(condition.this, ref, table):
-            sides = [(condition.args["low"], exp.GTE), (condition.args["high"], exp.LTE)]
-        elif type(condition) in FLIPPED:
-            left, right = condition.this, condition.expression
-            if _is_time_column(left, ref, table):
-                sides = [(right, type(condition))]
-            elif _is_time_column(right, ref, table):
-                sides = [(left, FLIPPED[type(condition)])]  # type: ignore[index]
-        items = []
-        for node, kind in sides:
-            if _column_free(node):
-                literal = isinstance(node, exp.Literal) or (
-                    isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal))
-                items.append((node, kind, node.sql(dialect="postgres"), literal))
-        # A BETWEEN with one column-free side only is not fully covered: push it as is.
-        out.append((condition, items if len(items) == len(sides) else []))
-    return out
-
-
-def _time_range(ref: exp.Table, table: TieredTable, constants: Mapping[str, Any]
-                ) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """The lower and upper bounds the query puts on the time column, where known safely.
-
-    Upper bounds only count from literals: now() in the statement is evaluated after the
-    prelude's now(), so only its lower bounds are safe to route on.
-    """
-    lower = upper = None
-    for _, kind, text, literal in _time_comparisons(ref, table):
-        value = constants.get(text)
-        if value is None:
-            continue
-        if kind in (exp.GT, exp.GTE, exp.EQ):
-            lower = value if lower is None else max(lower, value)
-        if kind in (exp.LT, exp.LTE, exp.EQ) and literal:
-            upper = value if upper is None else min(upper, value)
-    return lower, upper
+        node.table in ("", ref.alias_or_name, table.name)
 
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
-                       route: Route, constants: Mapping[str, Any], slot: str,
-                       names: list[str] | None) -> ColdPart:
-    column_set = set(table.column_names)
+                       route: Route, slot: str, names: list[str] | None) -> ColdPart:
     select = node.parent_select
     filters: list[str] = []
-    all_pushed = True
     top_n = ""
     if isinstance(select, exp.Select) and not _outer_joined(select, node):
-        filters, all_pushed = _pushed_filters(select, node, table, constants,
-                                              single=not select.args.get("joins"))
-        aggregate = _partial_aggregate(select, node, table, route, filters, slot, names) \
-            if all_pushed else None
-        if aggregate is not None:
-            return aggregate
-        top_n = _top_n(select, node, column_set)
-    cols = ", ".join(_quote(c) for c in _columns_needed(tree, table))
+        pushed = pushdown(_where_of(node), node, table,
+                          single_source=not select.args.get("joins"))
+        filters = pushed.pushed
+        if pushed.complete:
+            aggregate = _partial_aggregate(select, node, table, route, filters, slot, names)
+            if aggregate is not None:
+                return aggregate
+            top_n = _top_n(select, node, table)
+    cols = ", ".join(_quote(c) for c in _columns_needed(tree, node, table))
     source = f"{_quote(table.schema)}.{_quote(table.name)}"
     if isinstance(select, exp.Select) and _duplicates_irrelevant(select):
         top_n = f" GROUP BY {cols}"  # distinct rows are enough: far fewer to copy
@@ -385,104 +350,15 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     return ColdPart(table, cold_sql, shape_sql, temp)
 
 
-def _pushed_filters(statement: exp.Expression, node: exp.Table, table: TieredTable,
-                    constants: Mapping[str, Any], single: bool) -> tuple[list[str], bool]:
-    """Filters of the statement's WHERE the cold part can apply, and whether that is all."""
-    filters = _constant_bounds(node, table, constants)
-    # Time comparisons are pushed with their values as the session evaluated them above.
-    evaluated = {id(c) for c in _time_conditions(node, table) if constants}
-    substituted = {id(condition): _substitute(condition, items, constants)
-                   for condition, items in _value_comparisons(node, table)}
-    all_pushed = True
-    for condition in _conjuncts(statement.args.get("where")):
-        if id(condition) in evaluated:
-            continue
-        candidate = substituted.get(id(condition)) or condition
-        if _pushable(candidate, node, set(table.column_names), single):
-            filters.append(_unqualified(candidate))
-        else:
-            all_pushed = False
-    return filters, all_pushed
-
-
-COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
-
-
-ValueItems = list[tuple[exp.Expression, str, str]]
-
-
-def _value_comparisons(ref: exp.Table, table: TieredTable
-                       ) -> list[tuple[exp.Expression, ValueItems]]:
-    """Conjuncts comparing a column with column-free expressions that are not literals
-    (current_date - 100, a function of constants): (condition, [(node, column type, SQL)]).
-    Postgres evaluates them in the session; their values then prune the cold part."""
-    select = ref.parent_select
-    if not isinstance(select, exp.Select) or table.boundary is None or \
-            _outer_joined(select, ref):
-        return []
-    out: list[tuple[exp.Expression, ValueItems]] = []
-    time_handled = table.column_type(table.time_column) == "timestamp with time zone"
-    for condition in _conjuncts(select.args.get("where")):
-        column: exp.Expression
-        others: list[exp.Expression]
-        if isinstance(condition, exp.Between):
-            column, others = condition.this, [condition.args["low"], condition.args["high"]]
-        elif isinstance(condition, COMPARISONS):
-            column, others = condition.this, [condition.expression]
-            if not isinstance(column, exp.Column):
-                column, others = condition.expression, [condition.this]
-        else:
-            continue
-        if not isinstance(column, exp.Column) or column.table not in ("", ref.alias_or_name) \
-                or column.name not in table.column_names or \
-                (time_handled and column.name == table.time_column):
-            continue
-        kind = table.column_type(column.name)
-        items: ValueItems = [(node, kind, node.sql(dialect="postgres")) for node in others
-                 if _column_free(node) and not isinstance(node, (exp.Literal, exp.Null))
-                 and not (isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal))]
-        if items:
-            out.append((condition, items))
-    return out
-
-
-def _substitute(condition: exp.Expression, items: list[tuple[exp.Expression, str, str]],
-                constants: Mapping[str, Any]) -> exp.Expression | None:
-    """The condition with its evaluated expressions replaced by typed literals."""
-    copy = condition.copy()
-    originals = {id(node) for node, _, _ in items}
-    for original, copied in zip(condition.walk(), copy.walk(), strict=True):
-        if id(original) not in originals:
-            continue
-        _, kind, text = next(item for item in items if item[0] is original)
-        value = constants.get(f"{kind}:{text}")
-        if value is None:
-            return None
-        copied.replace(parse(f"SELECT CAST({_literal(value)} AS {kind})").expressions[0])
-    return copy
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _constant_bounds(ref: exp.Table, table: TieredTable,
-                     constants: Mapping[str, Any]) -> list[str]:
-    """Time bounds with their values as evaluated by Postgres, for the cold part's pruning.
-
-    Only bounds that keep a superset of the rows: lower bounds always, upper bounds from
-    literals (the statement's own now() is later than the prelude's)."""
-    out = []
-    symbols = {exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<=", exp.EQ: "="}
-    for _, kind, text, literal in _time_comparisons(ref, table):
-        value = constants.get(text)
-        if value is None or (kind in (exp.LT, exp.LTE) and not literal):
-            continue
-        if kind is exp.EQ and not literal:
-            kind = exp.GTE
-        out.append(f"{_quote(table.time_column)} {symbols[kind]} "  # type: ignore[index]
-                   f"CAST('{value.isoformat(sep=' ')}' AS timestamptz)")
-    return out
+def _unqualify_schema(tree: exp.Expression, node: exp.Table, table: TieredTable) -> None:
+    """`"public"."events"."ts"` names a FROM entry the rewrite replaces by a subquery aliased
+    `events`: such columns keep only the table qualifier."""
+    if node.alias:
+        return
+    for column in tree.find_all(exp.Column):
+        if column.table == node.name and column.db:
+            column.set("db", None)
+            column.set("catalog", None)
 
 
 # Aggregates whose result does not change when duplicate input rows are removed.
@@ -508,27 +384,20 @@ def _duplicates_irrelevant(select: exp.Select) -> bool:
         for a in aggregates)
 
 
-def _unqualified(condition: exp.Expression) -> str:
-    pushed = condition.copy()
-    for column in pushed.find_all(exp.Column):
-        column.set("table", None)
-    return pushed.sql(dialect="postgres")
-
-
 def _where(filters: list[str]) -> str:
     return f" WHERE {' AND '.join(f'({f})' for f in filters)}" if filters else ""
 
 
 def _cold_filters(table: TieredTable, route: Route, filters: list[str]) -> list[str]:
     if route is Route.SPLIT:
-        bound = literal_for(table, boundary_text(table))
+        bound = bounds.boundary_literal(table)
         return [f"{_quote(table.time_column)} < {bound}", *filters]
     return filters
 
 
 def _hot_filter(table: TieredTable) -> str:
     time = _quote(table.time_column)
-    return f"({time} >= {literal_for(table, boundary_text(table))} OR {time} IS NULL)"
+    return f"({time} >= {bounds.boundary_literal(table)} OR {time} IS NULL)"
 
 
 def _temp_name(table: TieredTable, shape_sql: str, slot: str) -> str:
@@ -537,9 +406,10 @@ def _temp_name(table: TieredTable, shape_sql: str, slot: str) -> str:
 
 
 # Result type of sum() and avg() by argument type, as Postgres defines them.
-SUM_TYPE = {"smallint": "bigint", "integer": "bigint", "bigint": "numeric", "real": "real",
-            "double precision": "double precision"}
-AVG_TYPE = {"real": "double precision", "double precision": "double precision"}
+# bigint sums are left to Postgres: DataFusion's int64 partial sum would overflow silently;
+# real sums to Postgres too: its float4 accumulator rounds differently.
+SUM_TYPE = {"smallint": "bigint", "integer": "bigint", "double precision": "double precision"}
+AVG_TYPE = {"double precision": "double precision"}
 
 
 def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
@@ -553,14 +423,11 @@ def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, 
     aggregates = [a for a in select.find_all(exp.AggFunc) if a.parent_select is select]
     if not aggregates and group is None:
         return None
-    column_set = set(table.column_names)
-    keys = []
-    for key in (group.expressions if group is not None else []):
-        if not isinstance(key, exp.Column) or key.name not in column_set or (
-                key.table and key.table != node.alias_or_name):
-            return None
-        keys.append(key.name)
-    if any(_combine(aggregate, table, []) is None for aggregate in aggregates):
+    if group is not None and any(group.args.get(k) for k in ("rollup", "cube",
+                                                              "grouping_sets", "totals")):
+        return None
+    keys = _group_keys(select, node, table)
+    if keys is None or any(_combine(aggregate, table, []) is None for aggregate in aggregates):
         return None
     # Only now, with the pushdown certain, rename projections and rewrite their aggregates.
     _keep_output_names(select, names if select.parent is None else None)
@@ -587,6 +454,33 @@ def _partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, 
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)
+
+
+def _group_keys(select: exp.Select, node: exp.Table, table: TieredTable) -> list[str] | None:
+    """The table's columns the GROUP BY names (by name, output alias or ordinal), or None when
+    it groups by anything else or another column is read outside the aggregates."""
+    group = select.args.get("group")
+    outputs = select.expressions
+    aliases = {p.alias: p.this for p in outputs if isinstance(p, exp.Alias)}
+    keys: list[str] = []
+    for key in (group.expressions if group is not None else []):
+        if isinstance(key, exp.Literal) and key.is_number and key.name.isdigit() \
+                and 1 <= int(key.name) <= len(outputs):
+            key = outputs[int(key.name) - 1].unalias()
+        elif isinstance(key, exp.Column) and not key.table and \
+                key.name not in table.column_names and key.name in aliases:
+            key = aliases[key.name]
+        if not isinstance(key, exp.Column) or key.name not in table.column_names or (
+                key.table and key.table not in (node.alias_or_name, table.name)):
+            return None
+        keys.append(key.name)
+    for column in select.find_all(exp.Column):
+        if column.parent_select is not select or column.find_ancestor(
+                exp.AggFunc, exp.Group, exp.Where):  # the WHERE is pushed whole
+            continue
+        if column.name not in keys and column.name not in aliases:
+            return None
+    return list(dict.fromkeys(keys))
 
 
 def pg_column_name(node: exp.Expression) -> str:
@@ -639,6 +533,8 @@ def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) ->
         partials.append(f"COUNT({column})")
         return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
     if isinstance(aggregate, (exp.Min, exp.Max)):
+        if kind not in ORDERABLE and not NUMERIC_TYPE.match(kind):
+            return None  # text min/max follow a collation
         name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
         partials.append(f"{name}({column})")
         return f"{name}(fig_a{index})"
@@ -658,15 +554,15 @@ def _combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) ->
 
 
 def _check_write(sql: str, tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]],
-                 constants: Mapping[str, Any], slot: str, explain: bool) -> Rewrite | None:
+                 slot: str, explain: bool) -> Rewrite | None:
     """Writes whose time bounds keep them above the boundary are Postgres's alone (CDC carries
     them); others are planned to reach cold too, or refused, never half-applied."""
     reaching = []
     for node, table in refs:
         if table.boundary is None:
             continue
-        lower, _ = _time_range(node, table, constants)
-        if lower is None or lower < table.boundary:
+        lower, _ = _time_range(node, table)
+        if lower is None or cold_only(table) or lower < bounds.boundary_value(table):
             reaching.append((node, table))
     if not reaching:
         return None
@@ -681,7 +577,7 @@ def _check_write(sql: str, tree: exp.Expression, refs: list[tuple[exp.Table, Tie
                              "one UPDATE or DELETE")
     if tree.args.get("returning"):
         raise _write_refused(table, "RETURNING")
-    return Rewrite(Route.SPLIT, sql, write=_cold_write(tree, node, table, constants, slot))
+    return Rewrite(Route.SPLIT, sql, write=_cold_write(tree, node, table, slot))
 
 
 def _write_refused(table: TieredTable, construct: str) -> FeatureNotSupported:
@@ -692,7 +588,7 @@ def _write_refused(table: TieredTable, construct: str) -> FeatureNotSupported:
 
 
 def _cold_write(tree: exp.Update | exp.Delete, node: exp.Table, table: TieredTable,
-                constants: Mapping[str, Any], slot: str) -> ColdWrite:
+                slot: str) -> ColdWrite:
     """The candidate cold rows and the backend query computing what to write in cold."""
     alias = node.alias_or_name
     if not node.alias:
@@ -701,7 +597,7 @@ def _cold_write(tree: exp.Update | exp.Delete, node: exp.Table, table: TieredTab
                 column.set("db", None)
     sources = tree.args.get("using") if isinstance(tree, exp.Delete) else (
         [tree.args["from_"].this] if tree.args.get("from_") else [])
-    filters, _ = _pushed_filters(tree, node, table, constants, single=not sources)
+    filters = pushdown(_where_of(node), node, table, single_source=not sources).pushed
     columns = list(table.column_names)
     cols = ", ".join(_quote(c) for c in columns)
     source = f"{_quote(table.schema)}.{_quote(table.name)}"

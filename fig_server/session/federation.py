@@ -29,6 +29,7 @@ from fig_server.errors import (
     InvalidParameterValue,
     ProgramLimitExceeded,
 )
+from fig_server.planner.bounds import Need
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable
 
@@ -324,8 +325,8 @@ class Federator:
         such statements are refused, never relayed to hot alone."""
         plan = rewrite(sql, tiered, route, slot=slot)
         constants = None
-        if plan is not None and (plan.needs or plan.values_needed):
-            constants = await self._evaluate(backend, plan.needs, plan.values_needed)
+        if plan is not None and plan.needs:
+            constants = await self._evaluate(backend, plan.needs)
             plan = rewrite(sql, tiered, route, constants, slot)
         if plan is not None and plan.write is not None and not writes:
             raise FeatureNotSupported(
@@ -349,25 +350,19 @@ class Federator:
             raise BackendError(error)
         return next((wire.row_description_names(p) for k, p in answers if k == ord("T")), [])
 
-    async def _evaluate(self, backend: Injector, times: list[str],
-                        values: list[tuple[str, str]]) -> dict[str, Any]:
-        """Column-free expressions of the statement, computed by this session's Postgres:
-        timestamptz ones as UTC datetimes (for routing), others as text of their column type."""
-        columns = [f"to_char(CAST(({text}) AS timestamptz) AT TIME ZONE 'UTC', "
-                   "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')" for text in times]
-        columns += [f"CAST(CAST(({text}) AS {kind}) AS text)" for kind, text in values]
+    async def _evaluate(self, backend: Injector, needs: list[Need]
+                        ) -> dict[str, tuple[str, str]]:
+        """Column-free expressions of the statement, computed once by this session's
+        Postgres: need key -> (type, value as JSON text) (planner/bounds.py)."""
+        columns = [item for need in needs for item in need.select_items()]
         answers = await backend.inject(
             wire.message(b"Q", wire.cstring(f"SELECT {', '.join(columns)}")), 1)
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)
         row = data_rows(answers)[0]
-        out: dict[str, Any] = {text: dt.datetime.fromisoformat(value)
-                               for text, value in zip(times, row, strict=False) if value}
-        for (kind, text), value in zip(values, row[len(times):], strict=True):
-            if value is not None:
-                out[f"{kind}:{text}"] = value
-        return out
+        return {need.key: (str(row[2 * i]), str(row[2 * i + 1]))
+                for i, need in enumerate(needs) if row[2 * i + 1] is not None}
 
     async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
                    as_of: dt.datetime | None, cancel: threading.Event | None) -> None:

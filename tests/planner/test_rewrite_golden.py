@@ -23,35 +23,47 @@ EVENTS = TieredTable(
      ("payload", "text")))
 NOT_YET_COLD = TieredTable("public", "fresh", "at", None, (("at", "timestamp with time zone"),
                                                             ("v", "integer")))
-TIERED = TieredSet.of([EVENTS, NOT_YET_COLD])
+# retention cut at 13:00 UTC deleted every day before 2025-01-02 from hot
+LINEITEM = TieredTable("public", "lineitem", "l_shipdate",
+                       dt.datetime(2025, 1, 1, 13, tzinfo=dt.UTC),
+                       (("l_shipdate", "date"), ("l_quantity", "numeric(15,2)")))
+TIERED = TieredSet.of([EVENTS, NOT_YET_COLD, LINEITEM])
 
 
-# Stand-in values for expressions the server would evaluate in the client's session.
+# Stand-in values (type, JSON text) for expressions the server would evaluate in the
+# client's session, by the expression's SQL.
 NOW = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
-CONSTANTS = {
-    "CURRENT_TIMESTAMP - INTERVAL '1 DAY'": NOW - dt.timedelta(days=1),
-    "CURRENT_TIMESTAMP - INTERVAL '400 DAYS'": NOW - dt.timedelta(days=400),
-    "'2024-06-01'": dt.datetime(2024, 6, 1, tzinfo=dt.UTC),
-    "'2024-07-01'": dt.datetime(2024, 7, 1, tzinfo=dt.UTC),
-    "'2025-02-01'": dt.datetime(2025, 2, 1, tzinfo=dt.UTC),
+EVALUATED = {
+    "CURRENT_TIMESTAMP - INTERVAL '1 DAY'": ("timestamp with time zone",
+                                             '"2025-02-28T00:00:00+00:00"'),
+    "CURRENT_TIMESTAMP - INTERVAL '400 DAYS'": ("timestamp with time zone",
+                                                '"2024-01-26T00:00:00+00:00"'),
+    "CURRENT_TIMESTAMP - INTERVAL '7 DAYS'": ("timestamp with time zone",
+                                              '"2025-02-22T00:00:00+00:00"'),
+    "'2024-06-01'": ("", '"2024-06-01T00:00:00+00:00"'),
+    "'2024-07-01'": ("", '"2024-07-01T00:00:00+00:00"'),
+    "'2025-02-01'": ("", '"2025-02-01T00:00:00+00:00"'),
+    "'2025-06-01'": ("", '"2025-06-01"'),
+    "'2025-09-25'": ("", '"2025-09-25"'),
+    "CURRENT_DATE - 100": ("date", '"2024-11-21"'),
+    "200 + 0.5": ("numeric", "200.5"),
 }
-
-VALUES = {"CURRENT_DATE - 100": "2024-11-21"}
 
 
 def render(sql: str, route: str) -> str:
     try:
         plan = rewrite(sql, TIERED, route)
         needs = plan.needs if plan is not None else []
-        values = plan.values_needed if plan is not None else []
-        if needs or values:
-            constants: dict[str, object] = {k: CONSTANTS[k] for k in needs}
-            constants.update({f"{kind}:{text}": VALUES[text] for kind, text in values})
+        if needs:
+            constants = {}
+            for need in needs:
+                kind, value = EVALUATED[need.text]
+                constants[need.key] = (need.as_type or kind, value)
             plan = rewrite(sql, TIERED, route, constants)
-            needs = needs + [f"{text} as {kind}" for kind, text in values]
     except FeatureNotSupported as error:
         return f"error {error.sqlstate}: {error.message}"
-    evaluated = [f"evaluated in session: {text}" for text in needs]
+    evaluated = [f"evaluated in session: {need.text}"
+                 f"{f' as {need.as_type}' if need.as_type else ''}" for need in needs]
     if plan is None:
         return "\n".join([*evaluated, "relay unchanged"])
     lines = [*evaluated, f"route {plan.route.value}{' explain' if plan.explain else ''}"

@@ -1,0 +1,179 @@
+"""Pushdown: which WHERE conjuncts the cold engine computes exactly as Postgres would.
+
+One function decides, for one tiered reference: the conjuncts pushed into its cold part, the
+residual ones left to Postgres, and whether the push is complete. Top-n and partial
+aggregates are applied only when it is (a LIMIT over a half-filtered cold part returns too
+few rows; an aggregate over one counts rows Postgres would have filtered).
+
+A conjunct is pushed only when every piece of it has the same meaning in DataFusion as in
+Postgres for this session, whatever the TimeZone or collation: a column of the table compared
+with a literal whose type needs no session to read (numbers against integer and numeric
+columns, ISO dates and timestamps, UTC-anchored timestamptz values from bounds), text
+equality (never text order: collations), IS NULL, IN lists, LIKE without escapes, and AND/OR/
+NOT of those. Everything else stays residual, evaluated by Postgres on the merged rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from fig_server.planner.tiers import TieredTable
+
+INTEGER = {"smallint", "integer", "bigint"}
+TEXT = re.compile(r"^(text|character varying(\(\d+\))?)$")
+NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
+INTEGER_TEXT = re.compile(r"^-?\d{1,18}$")
+DECIMAL_TEXT = re.compile(r"^-?\d+(\.\d+)?$")
+DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+TIMESTAMP_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+TIMESTAMPTZ_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?\+00:00$")
+# A double keeps every decimal of at most 15 significant digits apart and in order.
+EXACT_DIGITS = 15
+
+ORDERED = (exp.GT, exp.GTE, exp.LT, exp.LTE)
+EQUALITY = (exp.EQ, exp.NEQ)
+
+
+@dataclass
+class Pushdown:
+    """pushed: conjuncts (unqualified SQL) for the cold part; complete: nothing residual."""
+
+    pushed: list[str] = field(default_factory=list)
+    residual: list[exp.Expression] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.residual
+
+
+def conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
+    if where is None:
+        return []
+    condition = where.this
+    return list(condition.flatten() if isinstance(condition, exp.And) else [condition])
+
+
+def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
+             single_source: bool) -> Pushdown:
+    """Split the WHERE of the reference's own SELECT into pushed and residual conjuncts."""
+    result = Pushdown()
+    for conjunct in conjuncts(where):
+        if _exact(conjunct, _Scope(ref, table, single_source)):
+            result.pushed.append(_unqualified(conjunct))
+        else:
+            result.residual.append(conjunct)
+    return result
+
+
+@dataclass
+class _Scope:
+    ref: exp.Table
+    table: TieredTable
+    single_source: bool
+
+    def column_type(self, node: exp.Expression) -> str | None:
+        """The column's type when the node names a column of this reference."""
+        if not isinstance(node, exp.Column) or node.name not in self.table.column_names:
+            return None
+        if node.table:
+            if node.table not in (self.ref.alias_or_name, self.table.name):
+                return None
+        elif not self.single_source:
+            return None  # could be another source's column of the same name
+        return self.table.column_type(node.name)
+
+
+def _exact(node: exp.Expression, scope: _Scope) -> bool:
+    if isinstance(node, (exp.And, exp.Or)):
+        return _exact(node.this, scope) and _exact(node.expression, scope)
+    if isinstance(node, (exp.Not, exp.Paren)):
+        return _exact(node.this, scope)
+    if isinstance(node, exp.Column):
+        return scope.column_type(node) == "boolean"
+    if isinstance(node, exp.Is):
+        return scope.column_type(node.this) is not None and isinstance(node.expression, exp.Null)
+    if isinstance(node, (*ORDERED, *EQUALITY)):
+        kind = scope.column_type(node.this)
+        other = node.expression
+        if kind is None:
+            kind, other = scope.column_type(node.expression), node.this
+        return kind is not None and _comparable(kind, other, isinstance(node, ORDERED))
+    if isinstance(node, exp.Between):
+        kind = scope.column_type(node.this)
+        return kind is not None and all(
+            _comparable(kind, node.args[side], True) for side in ("low", "high"))
+    if isinstance(node, exp.In):
+        kind = scope.column_type(node.this)
+        return kind is not None and not node.args.get("query") and not node.args.get(
+            "unnest") and bool(node.expressions) and all(
+            _comparable(kind, item, False) for item in node.expressions)
+    if isinstance(node, exp.Like):
+        kind = scope.column_type(node.this)
+        pattern = node.expression
+        return kind is not None and bool(TEXT.match(kind)) and isinstance(
+            pattern, exp.Literal) and pattern.is_string and "\\" not in pattern.name
+    return False
+
+
+def _comparable(kind: str, node: exp.Expression, ordered: bool) -> bool:
+    """Compares with a column of this type exactly as Postgres does."""
+    if kind in INTEGER:
+        return _number(node) is not None and bool(INTEGER_TEXT.match(_number(node) or ""))
+    numeric = NUMERIC.match(kind)
+    if numeric is not None or kind == "double precision":
+        text = _number(node)
+        if text is None or not DECIMAL_TEXT.match(text):
+            return False
+        digits = len(text.lstrip("-").replace(".", "").lstrip("0"))
+        precision = int(numeric.group(1)) if numeric is not None else EXACT_DIGITS
+        return digits <= EXACT_DIGITS and precision <= EXACT_DIGITS
+    if TEXT.match(kind):
+        return not ordered and isinstance(node, exp.Literal) and node.is_string
+    if kind == "boolean":
+        return not ordered and isinstance(node, exp.Boolean)
+    text = _temporal_text(node, kind)
+    if kind == "date":
+        return text is not None and bool(DATE_TEXT.match(text))
+    if kind == "timestamp without time zone":
+        return text is not None and bool(TIMESTAMP_TEXT.match(text))
+    if kind == "timestamp with time zone":
+        # only values bounds anchored at UTC: a bare string would be read in the session's zone
+        return isinstance(node, exp.Cast) and node.to.is_type(
+            exp.DataType.Type.TIMESTAMPTZ) and text is not None and bool(
+            TIMESTAMPTZ_TEXT.match(text))
+    return False
+
+
+def _number(node: exp.Expression) -> str | None:
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and \
+            node.this.is_number:
+        return "-" + node.this.name
+    if isinstance(node, exp.Literal) and node.is_number:
+        return node.name
+    return None
+
+
+def _temporal_text(node: exp.Expression, kind: str) -> str | None:
+    """The text of a date/timestamp literal: bare, or cast to the column's own type."""
+    if isinstance(node, exp.Literal) and node.is_string:
+        return node.name if kind != "timestamp with time zone" else None
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal) and \
+            node.this.is_string:
+        wanted = {"date": exp.DataType.Type.DATE,
+                  "timestamp without time zone": exp.DataType.Type.TIMESTAMP,
+                  "timestamp with time zone": exp.DataType.Type.TIMESTAMPTZ}.get(kind)
+        if wanted is not None and node.to.is_type(wanted):
+            return node.this.name
+    return None
+
+
+def _unqualified(condition: exp.Expression) -> str:
+    pushed = condition.copy()
+    for column in pushed.find_all(exp.Column):
+        column.set("table", None)
+        column.set("db", None)
+        column.set("catalog", None)
+    return pushed.sql(dialect="postgres")
