@@ -65,6 +65,21 @@ class Need:
         return [f"pg_typeof(({self.text}))::text", f"to_json(({self.text}))::text"]
 
 
+# Marks a substituted value computed from the clock: the statement's own now() is later.
+MOVING = "fig_moving"
+CLOCK = (exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime)
+
+
+def moves(node: exp.Expression) -> bool:
+    """The expression reads the clock (now(), current_date): it only grows over time."""
+    return any(isinstance(n, CLOCK) or (isinstance(n, exp.Anonymous) and n.name.lower() in (
+        "now", "transaction_timestamp")) for n in node.walk())
+
+
+def moving(node: exp.Expression) -> bool:
+    return any(n.meta.get(MOVING) for n in node.walk())
+
+
 def stable(node: exp.Expression) -> bool:
     """A column-free expression Postgres computes the same way for every row."""
     for inner in node.walk():
@@ -147,6 +162,8 @@ def substitute(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
             continue
         literal = typed_literal(*found)
         if literal is not None:
+            if moves(node):
+                literal.meta[MOVING] = True
             node.replace(literal)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from fig_server.planner.bounds import moving
 from fig_server.planner.tiers import TieredTable
 
 INTEGER = {"smallint", "integer", "bigint"}
@@ -57,15 +58,29 @@ def conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
 
 
 def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
-             single_source: bool) -> Pushdown:
-    """Split the WHERE of the reference's own SELECT into pushed and residual conjuncts."""
+             single_source: bool, moving_upper: bool = True) -> Pushdown:
+    """Split the WHERE of the reference's own SELECT into pushed and residual conjuncts.
+
+    moving_upper=False: the statement Postgres runs keeps its own now(), later than the
+    value bounds substituted, so a clock-derived value only bounds from below there."""
     result = Pushdown()
     for conjunct in conjuncts(where):
-        if _exact(conjunct, _Scope(ref, table, single_source)):
+        if not moving_upper and moving(conjunct) and not _lower_bound(conjunct):
+            result.residual.append(conjunct)
+        elif _exact(conjunct, _Scope(ref, table, single_source)):
             result.pushed.append(_unqualified(conjunct))
         else:
             result.residual.append(conjunct)
     return result
+
+
+def _lower_bound(conjunct: exp.Expression) -> bool:
+    """`column > value` or `value < column` (with = too): true for every later value."""
+    if isinstance(conjunct, (exp.GT, exp.GTE)):
+        return isinstance(conjunct.this, exp.Column) and not moving(conjunct.this)
+    if isinstance(conjunct, (exp.LT, exp.LTE)):
+        return isinstance(conjunct.expression, exp.Column) and not moving(conjunct.expression)
+    return False
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from fig_server.errors import FeatureNotSupported, SqlSyntaxError
-from fig_server.planner import bounds
+from fig_server.planner import bounds, emit
 from fig_server.planner.pushdown import conjuncts, pushdown
 from fig_server.planner.tiers import TieredSet, TieredTable
 
@@ -47,6 +47,8 @@ class ColdPart:
     shape_sql: str
     temp_table: str
     aggregated: bool = False
+    # The text that replaces the reference in the user's statement (row parts).
+    replacement: str | None = None
 
 
 @dataclass
@@ -213,8 +215,9 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     """
     explain = EXPLAIN.match(sql)
     analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
+    body = sql[explain.end():] if explain else sql
     try:
-        tree = parse(sql[explain.end():] if explain else sql)
+        tree = parse(body)
     except SqlSyntaxError as exc:
         if QUERY_LIKE.match(sql):
             raise FeatureNotSupported(
@@ -235,13 +238,22 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                         key=lambda n: n.key)
         if needed:
             return Rewrite(route, sql, needs=needed)
+    # Positions are taken before anything in the tree changes.
+    edits: dict[int, list[emit.Edit] | None] = {}
     for node, table in refs:
+        where = emit.span(node)
+        qualifiers = emit.schema_qualifier_edits(tree, node)
+        edits[id(node)] = None if where is None or qualifiers is None else [
+            (*where, ""), *qualifiers]
         bounds.substitute(_where_of(node), node, table, constants or {})
         _unqualify_schema(tree, node, table)
+    # Whether the tree prints back as the user's statement, with the bounds substituted.
+    as_written = emit.regenerates_exactly(tree)
     if writes:
         return _check_write(sql, tree, refs, slot, bool(explain))
     parts: list[ColdPart] = []
     routes: set[Route] = set()
+    spliced: list[emit.Edit] = []
     for table_node, table in refs:
         if table.boundary is None and route is Route.SPLIT:
             continue  # nothing has left hot yet: hot alone holds every row
@@ -258,15 +270,38 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                 f"{table.qualified} has row-level security enabled: its cold rows cannot be "
                 "served with the policy applied", hint="SET fig.route = 'hot' reads hot rows only")
         routes.add(part_route)
-        parts.append(_rewrite_reference(tree, table_node, table, part_route,
-                                        f"{slot}:{len(parts)}", output_names))
+        reference_edits = edits[id(table_node)]
+        part = _rewrite_reference(tree, table_node, table, part_route, f"{slot}:{len(parts)}",
+                                  output_names, aggregate=as_written)
+        parts.append(part)
+        if reference_edits is not None and part.replacement is not None:
+            (start, end, _), *qualifiers = reference_edits
+            spliced += [(start, end, part.replacement), *qualifiers]
     if not parts:
         return None
     final = Route.COLD if routes == {Route.COLD} else route
     describe = output_names is None and any(
         p.aggregated and isinstance(tree, exp.Select) for p in parts)
-    return Rewrite(final, tree.sql(dialect="postgres"), parts, bool(explain), analyze,
-                   describe=describe)
+    return Rewrite(final, _emit(body, tree, parts, spliced, as_written), parts, bool(explain),
+                   analyze, describe=describe)
+
+
+def _emit(body: str, tree: exp.Expression, parts: list[ColdPart], spliced: list[emit.Edit],
+          as_written: bool) -> str:
+    """The user's text with the references replaced; the regenerated tree only where that
+    is exact (partial aggregates rewrite projections, and need it)."""
+    if all(p.replacement is not None for p in parts) and \
+            len(spliced) >= len(parts):
+        try:
+            return emit.splice(body, spliced)
+        except ValueError:
+            pass
+    if as_written:
+        return tree.sql(dialect="postgres")
+    raise FeatureNotSupported(
+        "this spelling of a tiered table reference (a column alias list, TABLESAMPLE, ONLY) "
+        "in a statement Fig cannot regenerate exactly",
+        hint="write the table reference as `schema.table [AS alias]`")
 
 
 def _where_of(ref: exp.Table) -> exp.Expression | None:
@@ -307,8 +342,8 @@ def _time_range(ref: exp.Table, table: TieredTable) -> tuple[Any, Any]:
                 sides = [(other, "lower" if isinstance(condition, lower_kinds) else "upper")]
         for node, side in sides:
             value = bounds.literal_value(node, kind)
-            if value is None:
-                continue
+            if value is None or (side == "upper" and bounds.moving(node)):
+                continue  # the statement's own now() is later: no upper bound to route on
             if side == "lower":
                 lower = value if lower is None else max(lower, value)
             else:
@@ -322,18 +357,25 @@ def _is_time_column(node: exp.Expression, ref: exp.Table, table: TieredTable) ->
 
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
-                       route: Route, slot: str, names: list[str] | None) -> ColdPart:
+                       route: Route, slot: str, names: list[str] | None,
+                       aggregate: bool) -> ColdPart:
     select = node.parent_select
     filters: list[str] = []
     top_n = ""
     if isinstance(select, exp.Select) and not _outer_joined(select, node):
-        pushed = pushdown(_where_of(node), node, table,
-                          single_source=not select.args.get("joins"))
+        single = not select.args.get("joins")
+        where = _where_of(node)
+        if aggregate and pushdown(where, node, table, single).complete:
+            # the tree is regenerated: both tiers see the same evaluated bounds
+            filters = pushdown(where, node, table, single).pushed
+            part = _partial_aggregate(select, node, table, route, filters, slot, names)
+            if part is not None:
+                return part
+        # The user's own text runs: a bound that moves with the clock (now()) is later there
+        # than when Fig evaluated it, so only its lower bounds keep every row.
+        pushed = pushdown(where, node, table, single, moving_upper=False)
         filters = pushed.pushed
         if pushed.complete:
-            aggregate = _partial_aggregate(select, node, table, route, filters, slot, names)
-            if aggregate is not None:
-                return aggregate
             top_n = _top_n(select, node, table)
     cols = ", ".join(_quote(c) for c in _columns_needed(tree, node, table))
     source = f"{_quote(table.schema)}.{_quote(table.name)}"
@@ -346,8 +388,9 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     # Without a hot part, `WHERE false` still makes Postgres check the user's privileges.
     parts_sql += _hot_filter(table) if route is Route.SPLIT else "false"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
+    replacement = f"({parts_sql}) AS {alias.sql(dialect='postgres')}"
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
-    return ColdPart(table, cold_sql, shape_sql, temp)
+    return ColdPart(table, cold_sql, shape_sql, temp, replacement=replacement)
 
 
 def _unqualify_schema(tree: exp.Expression, node: exp.Table, table: TieredTable) -> None:

@@ -91,6 +91,27 @@ QUERIES = [
     "from events",
     "select id from events where ts > now() - interval '20 days' order by id limit 5",
     "select user_id, count(*) from events group by user_id order by 2 desc, 1 limit 5",
+    # regressions of round 1's wrong answers, one per class
+    "select count(*) from events where ts < now() - interval '40 days'",
+    "select count(*), sum(amount) from events where ts < current_date - 50 and status = 404",
+    "select id from events where length(note) > 4 order by ts desc limit 5",
+    "select id from events where note ilike 'N1%' order by ts limit 5",
+    "select count(*) from events where status = 200 + 0.5",
+    "select count(*) from events where amount::int = 13",
+    "select day, status, count(*), avg(amount) from events group by 1, 2 order by 1, 2",
+    "select status s, count(*) from events group by s order by s",
+    'SELECT "public"."events"."status" AS "status", count(*) AS "count" FROM "public"."events" '
+    'GROUP BY "public"."events"."status" ORDER BY "public"."events"."status" ASC',
+    "select amount as ts from events order by ts desc, id limit 3",
+    "select now() - now(), date_part('dow', ts), strpos(country, 'E') from events "
+    "order by id limit 3",
+    "select count(*) from events where ts >= '{d2}' and ts < '{d3} 12:00'",
+    "select count(*) from events where day < '{d2}'",
+    "select row_to_json(e) from events e order by id limit 2",
+    "select count(*) from events e where e is not null",
+    "select id from events join users using (id) order by id limit 5",
+    "select count(*) from events where user_id = 7 and ts < '{d2}'",
+    "select max(note), min(country) from events where status = 500",
 ]
 
 
