@@ -1,0 +1,189 @@
+"""Partial aggregates: GROUP BY and count/sum/avg/min/max computed in both tiers, combined by
+Postgres; only when the reference's filter is pushed whole and the tree prints back exactly."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from fig_server.planner.parts import (
+    ColdPart,
+    Route,
+    cold_filters,
+    hot_filter,
+    parse,
+    quote,
+    temp_name,
+    where_sql,
+)
+from fig_server.planner.tiers import TieredTable
+from fig_server.planner.topn import NUMERIC_TYPE, ORDERABLE
+
+# Aggregates whose result does not change when duplicate input rows are removed.
+DUPLICATE_INSENSITIVE = (exp.Min, exp.Max, exp.LogicalAnd, exp.LogicalOr)
+
+
+def duplicates_irrelevant(select: exp.Select) -> bool:
+    """True when the select's answer is the same over its table's distinct rows: SELECT
+    DISTINCT without aggregates, or aggregates that are all DISTINCT, min/max or bool_and/or
+    (count(DISTINCT user_id) ships each user once per group, not every row)."""
+    if select.args.get("joins") or any(select.find_all(exp.Window)):
+        return False
+    distinct = select.args.get("distinct")
+    if distinct is not None and distinct.args.get("on") is not None:
+        return False
+    aggregates = [a for a in select.find_all(exp.AggFunc) if a.parent_select is select]
+    if not aggregates:
+        return distinct is not None
+    return all(
+        isinstance(a, DUPLICATE_INSENSITIVE)
+        or (isinstance(a, (exp.Count, exp.Sum, exp.Avg)) and isinstance(a.this, exp.Distinct)
+            and not isinstance(a.parent, exp.WithinGroup))
+        for a in aggregates)
+
+
+# Result type of sum() and avg() by argument type, as Postgres defines them.
+# bigint sums are left to Postgres: DataFusion's int64 partial sum would overflow silently;
+# real sums to Postgres too: its float4 accumulator rounds differently.
+SUM_TYPE = {"smallint": "bigint", "integer": "bigint", "double precision": "double precision"}
+AVG_TYPE = {"double precision": "double precision"}
+
+
+def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
+                       filters: list[str], slot: str, names: list[str] | None
+                       ) -> ColdPart | None:
+    """Push GROUP BY and count/sum/min/max/avg into both tiers; the outer query combines."""
+    if select.args.get("joins") or select.args.get("distinct") or any(
+            select.find_all(exp.Window)):
+        return None
+    group = select.args.get("group")
+    aggregates = [a for a in select.find_all(exp.AggFunc) if a.parent_select is select]
+    if not aggregates and group is None:
+        return None
+    if group is not None and any(group.args.get(k) for k in ("rollup", "cube",
+                                                              "grouping_sets", "totals")):
+        return None
+    keys = group_keys(select, node, table)
+    if keys is None or any(combine(aggregate, table, []) is None for aggregate in aggregates):
+        return None
+    # Only now, with the pushdown certain, rename projections and rewrite their aggregates.
+    keep_output_names(select, names if select.parent is None else None)
+    partials: list[str] = []
+    finals: list[tuple[exp.AggFunc, str]] = []
+    for aggregate in select.find_all(exp.AggFunc):
+        if aggregate.parent_select is select:
+            finals.append((aggregate, str(combine(aggregate, table, partials))))
+    key_cols = [quote(k) for k in keys]
+    source = f"{quote(table.schema)}.{quote(table.name)}"
+    select_list = ", ".join(key_cols + [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
+    group_by = f" GROUP BY {', '.join(key_cols)}" if key_cols else ""
+    cold_sql = (f"SELECT {select_list} FROM {source}"
+                f"{where_sql(cold_filters(table, route, filters))}{group_by}")
+    shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
+    temp = temp_name(table, shape_sql, slot)
+    partial_names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
+    hot_where = where_sql([hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
+    parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp} "
+                 f"UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}")
+    for aggregate, combined in finals:
+        aggregate.replace(parse(f"SELECT {combined}").expressions[0])
+    select.set("where", None)
+    alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
+    node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
+    return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)
+
+
+def group_keys(select: exp.Select, node: exp.Table, table: TieredTable) -> list[str] | None:
+    """The table's columns the GROUP BY names (by name, output alias or ordinal), or None when
+    it groups by anything else or another column is read outside the aggregates."""
+    group = select.args.get("group")
+    outputs = select.expressions
+    aliases = {p.alias: p.this for p in outputs if isinstance(p, exp.Alias)}
+    keys: list[str] = []
+    for key in (group.expressions if group is not None else []):
+        if isinstance(key, exp.Literal) and key.is_number and key.name.isdigit() \
+                and 1 <= int(key.name) <= len(outputs):
+            key = outputs[int(key.name) - 1].unalias()
+        elif isinstance(key, exp.Column) and not key.table and \
+                key.name not in table.column_names and key.name in aliases:
+            key = aliases[key.name]
+        if not isinstance(key, exp.Column) or key.name not in table.column_names or (
+                key.table and key.table not in (node.alias_or_name, table.name)):
+            return None
+        keys.append(key.name)
+    for column in select.find_all(exp.Column):
+        if column.parent_select is not select or column.find_ancestor(
+                exp.AggFunc, exp.Group, exp.Where):  # the WHERE is pushed whole
+            continue
+        if column.name not in keys and column.name not in aliases:
+            return None
+    return list(dict.fromkeys(keys))
+
+
+def pg_column_name(node: exp.Expression) -> str:
+    """The name Postgres gives an unaliased output column (FigureColname's rules)."""
+    if isinstance(node, exp.Column):
+        return "?column?" if isinstance(node.this, exp.Star) else node.name
+    if isinstance(node, exp.Cast):
+        inner = pg_column_name(node.this)
+        return inner if inner != "?column?" else node.to.sql(dialect="postgres").lower()
+    if isinstance(node, exp.Paren):
+        return pg_column_name(node.this)
+    if isinstance(node, exp.Coalesce):
+        return "coalesce"
+    if isinstance(node, exp.Case):
+        return "case"
+    if isinstance(node, exp.Func):
+        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
+        return name.lower()
+    return "?column?"
+
+
+def keep_output_names(select: exp.Select, names: list[str] | None) -> None:
+    """Alias projections before their aggregates are rewritten, so names stay Postgres's:
+    the names Postgres described for the original statement when this is its top level."""
+    if names is not None and len(names) != len(select.expressions):
+        names = None
+    for index, projection in enumerate(select.expressions):
+        if not isinstance(projection, exp.Alias) and projection.find(exp.AggFunc):
+            name = names[index] if names is not None else pg_column_name(projection)
+            select.expressions[index] = exp.alias_(projection, name, quoted=True)
+    select.set("expressions", select.expressions)
+
+
+def combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) -> str | None:
+    """The final expression over partial columns for one aggregate; adds its partials."""
+    if aggregate.args.get("distinct") or isinstance(aggregate.this, exp.Distinct) or \
+            isinstance(aggregate.parent, (exp.Filter, exp.WithinGroup)) or \
+            aggregate.find(exp.Filter, exp.Order):
+        return None
+    argument = aggregate.this
+    if isinstance(aggregate, exp.Count) and isinstance(argument, exp.Star):
+        partials.append("COUNT(*)")
+        return f"CAST(COALESCE(SUM(fig_a{len(partials) - 1}), 0) AS bigint)"
+    if not isinstance(argument, exp.Column) or argument.name not in table.column_names:
+        return None
+    column = quote(argument.name)
+    kind = table.column_type(argument.name)
+    index = len(partials)
+    if isinstance(aggregate, exp.Count):
+        partials.append(f"COUNT({column})")
+        return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
+    if isinstance(aggregate, (exp.Min, exp.Max)):
+        if kind not in ORDERABLE and not NUMERIC_TYPE.match(kind):
+            return None  # text min/max follow a collation
+        name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
+        partials.append(f"{name}({column})")
+        return f"{name}(fig_a{index})"
+    if isinstance(aggregate, exp.Sum):
+        if kind not in SUM_TYPE and not kind.startswith("numeric"):
+            return None
+        partials.append(f"SUM({column})")
+        return f"CAST(SUM(fig_a{index}) AS {SUM_TYPE.get(kind, 'numeric')})"
+    if isinstance(aggregate, exp.Avg):
+        if kind not in SUM_TYPE and not kind.startswith("numeric"):
+            return None
+        partials.extend([f"SUM({column})", f"COUNT({column})"])
+        result = AVG_TYPE.get(kind, "numeric")
+        return (f"CAST(CAST(SUM(fig_a{index}) AS {result}) / "
+                f"CAST(NULLIF(SUM(fig_a{index + 1}), 0) AS {result}) AS {result})")
+    return None

@@ -1,0 +1,178 @@
+"""The plan's parts: routes, cold parts, writes, and the SQL pieces every rule shares."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from fig_server.errors import SqlSyntaxError
+from fig_server.planner import bounds
+from fig_server.planner.pushdown import conjuncts
+from fig_server.planner.tiers import TieredTable
+
+
+class Route(Enum):
+    HOT = "HOT"
+    COLD = "COLD"
+    SPLIT = "SPLIT"
+
+
+@dataclass
+class ColdPart:
+    """Rows of one tiered table reference that the cold engine supplies.
+
+    shape_sql is a SELECT whose result columns define the temp table the rows are copied into;
+    aggregated is true when the rows are partial aggregates rather than table rows.
+    """
+
+    table: TieredTable
+    cold_sql: str
+    shape_sql: str
+    temp_table: str
+    aggregated: bool = False
+    # The text that replaces the reference in the user's statement (row parts).
+    replacement: str | None = None
+
+
+@dataclass
+class ColdWrite:
+    """An UPDATE or DELETE that may reach rows below the boundary, applied to both tiers.
+
+    part loads the candidate cold rows (whole rows, time < boundary, pushable filters) into a
+    temp table; stage_sql, run by the backend over that temp table (aliased as the target),
+    returns the rows to write in cold: for DELETE the old rows, for UPDATE the new rows with
+    the SET list applied; each followed by the old time value.
+    """
+
+    kind: str  # DELETE | UPDATE
+    table: TieredTable
+    part: ColdPart
+    stage_sql: str
+    set_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Rewrite:
+    """The plan of one statement. When `needs` is set, nothing else is: the caller evaluates
+    those column-free expressions (compared with a tiered table's columns) in the client's
+    session and plans again with their values (see planner/bounds.py)."""
+
+    route: Route
+    sql: str
+    parts: list[ColdPart] = field(default_factory=list)
+    explain: bool = False
+    analyze: bool = False
+    needs: list[bounds.Need] = field(default_factory=list)
+    # Top-level projections were renamed by guess: plan again with Postgres's own names.
+    describe: bool = False
+    # Set for an UPDATE/DELETE that must reach cold rows; sql is then the original statement.
+    write: ColdWrite | None = None
+
+
+WRITES = (exp.Update, exp.Delete, exp.Merge)
+
+
+def parse(sql: str) -> exp.Expression:
+    try:
+        tree = sqlglot.parse_one(sql, read="postgres")
+    except (ParseError, TokenError) as exc:  # an unterminated comment is a TokenError
+        errors = getattr(exc, "errors", None)
+        raise SqlSyntaxError(f"syntax error: {errors[0]['description'] if errors else exc}"
+                             ) from exc
+    if not isinstance(tree, exp.Expression):
+        raise SqlSyntaxError("empty statement")
+    return tree
+
+
+# The boundary of an attached Iceberg table (fig.attach_iceberg): every row is cold.
+ATTACHED_BOUNDARY = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+
+
+def cold_only(table: TieredTable) -> bool:
+    return table.boundary == ATTACHED_BOUNDARY
+
+
+def outer_joined(select: exp.Select, table: exp.Table) -> bool:
+    """True when the reference is on a side of an outer join that can be NULL-extended."""
+    joins = select.args.get("joins") or []
+    if any(j.side in ("RIGHT", "FULL") for j in joins):
+        return True
+    return any(j.this is table and j.side == "LEFT" for j in joins)
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def where_of(ref: exp.Table) -> exp.Expression | None:
+    """The WHERE that filters this reference directly (its own SELECT, UPDATE or DELETE),
+    or None when the reference is on a side of an outer join that can be NULL-extended."""
+    owner = ref.find_ancestor(exp.Select, exp.Update, exp.Delete)
+    if owner is None or (isinstance(owner, exp.Select) and outer_joined(owner, ref)):
+        return None
+    where = owner.args.get("where")
+    return where if isinstance(where, exp.Where) else None
+
+
+def where_sql(filters: list[str]) -> str:
+    return f" WHERE {' AND '.join(f'({f})' for f in filters)}" if filters else ""
+
+
+def cold_filters(table: TieredTable, route: Route, filters: list[str]) -> list[str]:
+    if route is Route.SPLIT:
+        bound = bounds.boundary_literal(table)
+        return [f"{quote(table.time_column)} < {bound}", *filters]
+    return filters
+
+
+def hot_filter(table: TieredTable) -> str:
+    time = quote(table.time_column)
+    return f"({time} >= {bounds.boundary_literal(table)} OR {time} IS NULL)"
+
+
+def temp_name(table: TieredTable, shape_sql: str, slot: str) -> str:
+    key = f"{table.qualified}:{shape_sql}:{slot}"
+    return "fig_cold_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def time_range(ref: exp.Table, table: TieredTable) -> tuple[Any, Any]:
+    """The lower and upper bounds the WHERE puts on the time column (after bounds were
+    substituted), each in the column's own type, or None."""
+    lower = upper = None
+    kind = table.column_type(table.time_column)
+    for condition in conjuncts(where_of(ref)):
+        sides: list[tuple[exp.Expression, str]] = []
+        if isinstance(condition, exp.Between) and is_time_column(condition.this, ref, table):
+            sides = [(condition.args["low"], "lower"), (condition.args["high"], "upper")]
+        elif isinstance(condition, (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ)):
+            left, right = condition.this, condition.expression
+            lower_kinds = (exp.GT, exp.GTE) if is_time_column(left, ref, table) else (
+                (exp.LT, exp.LTE) if is_time_column(right, ref, table) else None)
+            if lower_kinds is None:
+                continue
+            other = right if is_time_column(left, ref, table) else left
+            if isinstance(condition, exp.EQ):
+                sides = [(other, "lower"), (other, "upper")]
+            else:
+                sides = [(other, "lower" if isinstance(condition, lower_kinds) else "upper")]
+        for node, side in sides:
+            value = bounds.literal_value(node, kind)
+            if value is None or (side == "upper" and bounds.moving(node)):
+                continue  # the statement's own now() is later: no upper bound to route on
+            if side == "lower":
+                lower = value if lower is None else max(lower, value)
+            else:
+                upper = value if upper is None else min(upper, value)
+    return lower, upper
+
+
+def is_time_column(node: exp.Expression, ref: exp.Table, table: TieredTable) -> bool:
+    return isinstance(node, exp.Column) and node.name == table.time_column and \
+        node.table in ("", ref.alias_or_name, table.name)

@@ -1,0 +1,55 @@
+"""Top-n: ORDER BY ... LIMIT n pushed into a cold part, only when its filter is complete."""
+
+from __future__ import annotations
+
+import re
+
+from sqlglot import exp
+
+from fig_server.planner.tiers import TieredTable
+
+# Order keys whose order DataFusion shares with Postgres (text is ordered by a collation).
+ORDERABLE = {"smallint", "integer", "bigint", "date", "timestamp without time zone",
+             "timestamp with time zone", "double precision"}
+
+
+def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
+    """ORDER BY ... LIMIT n for the cold part of a plain top-n over the table; only called
+    when every conjunct of the WHERE is pushed."""
+    order, limit = select.args.get("order"), select.args.get("limit")
+    if order is None or limit is None or select.args.get("joins") or select.args.get("group") \
+            or select.args.get("distinct") or select.args.get("having"):
+        return ""
+    if any(select.find_all(exp.Window, exp.AggFunc)):
+        return ""
+    count = integer_literal(limit.expression)
+    offset_node = select.args.get("offset")
+    skip = integer_literal(offset_node.expression) if offset_node is not None else 0
+    if count is None or skip is None:
+        return ""  # a parameter or an expression: Postgres knows its value, we do not
+    outputs = {p.alias for p in select.expressions if isinstance(p, exp.Alias)}
+    keys = []
+    for ordered in order.expressions:
+        key = ordered.this
+        if not isinstance(key, exp.Column) or key.name not in table.column_names or (
+                key.table and key.table not in (node.alias_or_name, table.name)):
+            return ""
+        if not key.table and key.name in outputs:
+            return ""  # ORDER BY names an output column first
+        if table.column_type(key.name) not in ORDERABLE and not NUMERIC_TYPE.match(
+                table.column_type(key.name)):
+            return ""
+        desc = bool(ordered.args.get("desc"))
+        nulls_first = ordered.args.get("nulls_first")
+        nulls = "FIRST" if (desc if nulls_first is None else nulls_first) else "LAST"
+        keys.append(f'"{key.name}" {"DESC" if desc else "ASC"} NULLS {nulls}')
+    return f" ORDER BY {', '.join(keys)} LIMIT {count + skip}"
+
+
+NUMERIC_TYPE = re.compile(r"^numeric(\(\d+,\d+\))?$")
+
+
+def integer_literal(node: exp.Expression | None) -> int | None:
+    if isinstance(node, exp.Literal) and node.is_number and node.name.isdigit():
+        return int(node.name)
+    return None
