@@ -23,12 +23,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from fig_server.errors import FeatureNotSupported, SqlSyntaxError
 from fig_server.planner import bounds, emit
 from fig_server.planner.aggregate import duplicates_irrelevant, partial_aggregate
+from fig_server.planner.classify import (
+    DECLARE,
+    Kind,
+    classify,
+    command_refusal,
+    copy_as_query,
+    tiered_references,
+    view_references,
+)
 from fig_server.planner.parts import (
-    WRITES,
     ColdPart,
     ColdWrite,
     Rewrite,
@@ -51,19 +60,6 @@ from fig_server.planner.writes import check_write
 
 __all__ = ["ColdPart", "ColdWrite", "Rewrite", "Route", "plan_body", "rewrite",
            "split_statements"]
-
-
-def tiered_references(tree: exp.Expression, tiered: TieredSet
-                      ) -> list[tuple[exp.Table, TieredTable]]:
-    cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
-    refs = []
-    for table in tree.find_all(exp.Table):
-        if not table.db and table.name in cte_names:
-            continue
-        found = tiered.lookup(table.db, table.name)
-        if found is not None:
-            refs.append((table, found))
-    return refs
 
 
 def _columns_needed(tree: exp.Expression, node: exp.Table, table: TieredTable) -> list[str]:
@@ -101,6 +97,13 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     explain = EXPLAIN.match(sql)
     analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
     body = sql[explain.end():] if explain else sql
+    refusal = command_refusal(body, tiered)
+    if refusal is not None:
+        raise refusal
+    declare = DECLARE.match(body)
+    if declare is not None and not explain:
+        return _cursor(body, declare, tiered, forced, constants)
+    body = copy_as_query(body, tiered) or body
     try:
         tree = parse(body)
     except SqlSyntaxError as exc:
@@ -108,12 +111,14 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
             raise FeatureNotSupported(
                 f"statement over a tiered table that Fig cannot plan: {exc.message}") from exc
         return None
-    refs = tiered_references(tree, tiered)
-    if not refs or forced == "hot":
+    body, tree = _expand_views(body, tree, tiered)
+    # unquoted names as Postgres stores them: FROM EVENTS, WHERE STATUS = 500
+    tree = normalize_identifiers(tree, dialect="postgres")
+    statement = classify(tree, tiered_references(tree, tiered))
+    if statement.kind is Kind.RELAY or forced == "hot":
         return None
-    writes = isinstance(tree, WRITES) or any(True for _ in tree.find_all(exp.Update, exp.Delete))
-    if not writes and not isinstance(tree, exp.Query):
-        return None
+    refs = statement.reads
+    writes = statement.kind is Kind.WRITE
     if any(isinstance(node, exp.Lock) for node in tree.walk()):
         raise FeatureNotSupported("SELECT ... FOR UPDATE/SHARE of a tiered table is not "
                                   "supported: its cold rows cannot be locked")
@@ -169,6 +174,48 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         p.aggregated and isinstance(tree, exp.Select) for p in parts)
     return Rewrite(final, _emit(body, tree, parts, spliced, as_written), parts, bool(explain),
                    analyze, describe=describe)
+
+
+def _cursor(body: str, declare: re.Match[str], tiered: TieredSet, forced: str,
+            constants: Mapping[str, Any] | None) -> Rewrite | None:
+    """DECLARE ... CURSOR FOR <query>: the query planned under the cursor's own slot (its
+    cold rows must stay while the cursor is open), the DECLARE text kept."""
+    plan = rewrite(body[declare.end():], tiered, forced, constants,
+                   slot=f"cursor:{declare.group(1)}")
+    if plan is None or plan.needs:
+        return plan
+    if plan.explain:
+        raise FeatureNotSupported("EXPLAIN inside DECLARE")
+    plan.sql = body[:declare.end()] + plan.sql
+    return plan
+
+
+def _expand_views(body: str, tree: exp.Expression, tiered: TieredSet
+                  ) -> tuple[str, exp.Expression]:
+    """Each reference to a view that reads a tiered table replaced by the view's definition
+    (as the session's pg_get_viewdef prints it), until none is left."""
+    for _ in range(MAX_VIEW_DEPTH):
+        views = [(node, view) for node, view in view_references(tree, tiered)
+                 if view.kind == "v"]
+        if not views:
+            return body, tree
+        edits = []
+        for node, view in views:
+            where = emit.span(node)
+            if where is None:
+                raise FeatureNotSupported(
+                    f"this spelling of a reference to the view {view.schema}.{view.name}, "
+                    "which reads a tiered table", hint="write it as `schema.view [AS alias]`")
+            alias = node.args.get("alias")
+            name = alias.sql(dialect="postgres") if alias is not None else quote(view.name)
+            definition = view.definition.strip().rstrip(";")
+            edits.append((*where, f"({definition}) AS {name}"))
+        body = emit.splice(body, edits)
+        tree = parse(body)
+    raise FeatureNotSupported(f"views over tiered tables nested more than {MAX_VIEW_DEPTH} deep")
+
+
+MAX_VIEW_DEPTH = 16
 
 
 def _emit(body: str, tree: exp.Expression, parts: list[ColdPart], spliced: list[emit.Edit],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class TieredTable:
     boundary: dt.datetime | None
     columns: tuple[tuple[str, str], ...]  # (column name, Postgres type as format_type prints)
     row_security: bool = False
+    # The unqualified name resolves to this table under the session's search_path.
+    visible: bool = True
 
     @property
     def qualified(self) -> str:
@@ -31,21 +34,37 @@ class TieredTable:
 
 
 @dataclass(frozen=True)
+class TieredView:
+    """A view that reads a tiered table (directly or through other views): statements that
+    read it are planned with its definition in its place. kind: 'v' view, 'm' materialized."""
+
+    schema: str
+    name: str
+    definition: str
+    kind: str = "v"
+    visible: bool = True
+
+
+@dataclass(frozen=True)
 class TieredSet:
-    """An immutable snapshot of every tiered table, with one precompiled name matcher."""
+    """An immutable snapshot of every tiered table and the views over them, with one
+    precompiled name matcher."""
 
     tables: tuple[TieredTable, ...] = ()
     matcher: re.Pattern[str] | None = field(default=None, compare=False)
     byte_matcher: re.Pattern[bytes] | None = field(default=None, compare=False)
+    views: tuple[TieredView, ...] = ()
 
     @classmethod
-    def of(cls, tables: list[TieredTable]) -> TieredSet:
+    def of(cls, tables: list[TieredTable], views: list[TieredView] | None = None) -> TieredSet:
+        views = views or []
         if not tables:
             return cls()
-        names = sorted({t.name for t in tables}, key=len, reverse=True)
+        names = sorted({t.name for t in tables} | {v.name for v in views}, key=len,
+                       reverse=True)
         pattern = r"(?<![\w$])(?:" + "|".join(re.escape(n) for n in names) + r")(?![\w$])"
         return cls(tuple(tables), re.compile(pattern, re.IGNORECASE),
-                   re.compile(pattern.encode(), re.IGNORECASE))
+                   re.compile(pattern.encode(), re.IGNORECASE), tuple(views))
 
     def may_touch(self, sql: str) -> bool:
         """Cheap pre-check for every statement: does its text name a tiered table at all?"""
@@ -57,9 +76,15 @@ class TieredSet:
             self.byte_matcher.search(buffer, start, end) is not None
 
     def lookup(self, schema: str, name: str) -> TieredTable | None:
-        """The tiered table a (possibly unqualified) reference names, if any."""
-        matches = [t for t in self.tables
-                   if t.name == name and (t.schema == schema or not schema)]
-        if len(matches) > 1:
-            matches = [t for t in matches if t.schema == "public"]
-        return matches[0] if len(matches) == 1 else None
+        """The tiered table a reference names (names already folded as Postgres folds
+        them); an unqualified name only when the session's search_path resolves it there."""
+        return _resolve(self.tables, schema, name)
+
+    def lookup_view(self, schema: str, name: str) -> TieredView | None:
+        return _resolve(self.views, schema, name)
+
+
+def _resolve(items: tuple[Any, ...], schema: str, name: str) -> Any:
+    if schema:
+        return next((t for t in items if t.schema == schema and t.name == name), None)
+    return next((t for t in items if t.name == name and t.visible), None)

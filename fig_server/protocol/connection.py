@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -39,6 +40,10 @@ FATAL_SEVERITIES = (b"SFATAL\0", b"SPANIC\0")
 # CommandComplete, ErrorResponse, ParameterStatus from the backend (never a DataRow).
 AUDITED_CLIENT = frozenset(b"QPBESF")
 AUDITED_BACKEND = frozenset(b"CES")
+
+
+# Statements after which the server-wide list of tiered tables and views is read again.
+DDL = re.compile(r"^\s*(?:create|alter|drop)\b", re.IGNORECASE)
 
 
 class ClientConnection:
@@ -320,7 +325,7 @@ class ClientConnection:
             self._entry = None
         backend.writer.write(data)
 
-    async def _federate(self, work: Callable[[Federator], Awaitable[None]]) -> None:
+    async def _federate(self, work: Callable[[Federator], Awaitable[bool | None]]) -> None:
         """Prelude (boundaries, settings, lock), the work, then release; errors to the client."""
         federator = self.federator
         assert federator is not None
@@ -329,8 +334,8 @@ class ClientConnection:
         self.session.cold_cancel = cancel
         try:
             with self.limits.cold_slot(self.session.user) if self.limits else nullcontext():
-                await work(federator)
-                await self._wait_idle()
+                if await work(federator) is not False:
+                    await self._wait_idle()
         except FigError as error:
             await self._fail(error)
         finally:
@@ -362,7 +367,7 @@ class ClientConnection:
             self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
             return
 
-        async def work(federator: Federator) -> None:
+        async def work(federator: Federator) -> bool:
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
             prepared = [await federator.plan(self, statement, tiered, route, f"q{index}",
@@ -372,18 +377,30 @@ class ClientConnection:
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
                 await self._explain(federator, explain, as_of)
-                return
+                return True
             writes = [p for p in prepared if p.rewrite and p.rewrite.write]
             if writes:  # an UPDATE/DELETE reaching cold rows: both tiers, one command tag
                 answers = await run_cold_write(
                     federator, self, writes + [p for p in prepared if p not in writes],
                     self.session.transaction_status == b"T", as_of, self.session.cold_cancel)
                 self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
-                return
+                return True
+            if all(p.rewrite is None for p in prepared):
+                # Nothing read from cold (COPY ... FROM STDIN into a tiered table, DDL): relay
+                # without holding the boundary lock, and without waiting for the answer here:
+                # a COPY FROM needs the client's CopyData, which this reader forwards.
+                await federator.release(self)
+                self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
+                if DDL.match(sql):
+                    # a view over a tiered table may be new: the next statement must see it
+                    await self._wait_idle()
+                    await federator.tiered.refresh()
+                return False
             for statement in prepared:
                 await federator.load(self, statement, True, as_of, self.session.cold_cancel)
             self._forward(wire.message(b"Q", wire.cstring(
                 ";\n".join(p.sql for p in prepared))), 1)
+            return True
 
         await self._federate(work)
 

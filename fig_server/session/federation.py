@@ -31,7 +31,7 @@ from fig_server.errors import (
 )
 from fig_server.planner.bounds import Need
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
-from fig_server.planner.tiers import TieredSet, TieredTable
+from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
 
 if TYPE_CHECKING:
     from fig_server.cold import ColdEngine
@@ -43,31 +43,54 @@ log = logging.getLogger(__name__)
 BOUNDARY_LOCK = 7203
 COPY_CHUNK = 256 * 1024
 
-# One JSON document per tiered table; read by the catalog refresher and, for a boundary
-# consistent with the statement, inside the client's own backend session.
+# One JSON document per tiered table, then one per view that reads one (through other views
+# too); read by the catalog refresher and, for a boundary and a search_path consistent with
+# the statement, inside the client's own backend session. `visible`: the unqualified name
+# resolves to it under the session's search_path.
 TIERED_SQL = """SELECT json_build_object(
   'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column,
   'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
     WHEN t.boundary = 'infinity' THEN '9999-12-31T00:00:00+00:00'  -- attached: all cold
     ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
   'rls', c.relrowsecurity,
+  'visible', to_regclass(quote_ident(t.table_name)) IS NOT DISTINCT FROM t.table_oid,
   'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
                       ORDER BY a.attnum))::text
 FROM fig.tiered_tables t
 JOIN pg_class c ON c.oid = t.table_oid
 JOIN pg_attribute a ON a.attrelid = t.table_oid AND a.attnum > 0 AND NOT a.attisdropped
-GROUP BY t.schema_name, t.table_name, t.time_column, t.boundary, c.relrowsecurity"""
+GROUP BY t.schema_name, t.table_name, t.time_column, t.boundary, c.relrowsecurity, t.table_oid
+UNION ALL
+SELECT json_build_object('view', v.relkind, 'schema', n.nspname, 'name', v.relname,
+  'visible', to_regclass(quote_ident(v.relname)) IS NOT DISTINCT FROM v.oid,
+  'definition', pg_get_viewdef(v.oid))::text
+FROM (WITH RECURSIVE readers(oid) AS (
+        SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid IN (SELECT table_oid FROM fig.tiered_tables)
+          AND r.ev_class <> d.refobjid
+        UNION
+        SELECT r.ev_class FROM readers JOIN pg_depend d ON d.refobjid = readers.oid
+          AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+        JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> readers.oid)
+      SELECT DISTINCT oid FROM readers) found
+JOIN pg_class v ON v.oid = found.oid AND v.relkind IN ('v', 'm')
+JOIN pg_namespace n ON n.oid = v.relnamespace"""
 
 
 def tiered_set_from_json(documents: list[str]) -> TieredSet:
-    tables = []
+    tables, views = [], []
     for text in documents:
         doc = json.loads(text)
+        if "view" in doc:
+            views.append(TieredView(doc["schema"], doc["name"], doc["definition"],
+                                    doc["view"], bool(doc["visible"])))
+            continue
         boundary = dt.datetime.fromisoformat(doc["boundary"]) if doc["boundary"] else None
         tables.append(TieredTable(doc["schema"], doc["name"], doc["time"], boundary,
                                   tuple((name, kind) for name, kind in doc["columns"]),
-                                  bool(doc.get("rls"))))
-    return TieredSet.of(tables)
+                                  bool(doc.get("rls")), bool(doc.get("visible", True))))
+    return TieredSet.of(tables, views)
 
 
 class TieredCatalog:

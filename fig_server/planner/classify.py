@@ -1,0 +1,179 @@
+"""Classify: what a statement does with the tiered tables it names.
+
+Every statement kind that can read a tiered table is planned (its reading references get cold
+parts; wrapping statements keep working because the merge runs in the same backend session)
+or refused with 0A000. None is relayed to hot alone while it reads: that would silently lose
+every cold row. Names are resolved as Postgres resolves them: unquoted identifiers fold to
+lower case, an unqualified name only when the session's search_path finds the tiered table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlglot import exp
+
+from fig_server.errors import FeatureNotSupported
+from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
+
+
+class Kind(Enum):
+    RELAY = "relay"  # reads no tiered table: Postgres's own answer is exact
+    READ = "read"  # reads tiered tables: plan their cold parts
+    WRITE = "write"  # UPDATE/DELETE/MERGE naming a tiered table: planner/writes.py
+
+
+Reference = tuple[exp.Table, TieredTable]
+
+NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
+DECLARE = re.compile(
+    rf"^\s*declare\s+({NAME})\s+(?:(?:binary|insensitive|asensitive|no\s+scroll|scroll)\s+)*"
+    r"cursor\s+(?:(?:with|without)\s+hold\s+)?for\s+", re.IGNORECASE)
+COPY_TABLE_TO = re.compile(
+    rf"^\s*copy\s+({NAME}(?:\s*\.\s*{NAME})?)\s*(\([^()]*\))?\s+to\b", re.IGNORECASE)
+PREPARE = re.compile(rf"^\s*prepare\s+{NAME}", re.IGNORECASE)
+REFRESH = re.compile(rf"^\s*refresh\s+materialized\s+view\s+(?:concurrently\s+)?"
+                     rf"({NAME}(?:\s*\.\s*{NAME})?)", re.IGNORECASE)
+
+
+@dataclass
+class Statement:
+    """How to plan one statement: its kind and the references that read tiered tables."""
+
+    kind: Kind
+    reads: list[Reference]
+
+
+def fold(identifier: exp.Expression | None) -> str:
+    """An identifier as Postgres stores it: unquoted names fold to lower case (ASCII)."""
+    if not isinstance(identifier, exp.Identifier):
+        return identifier.name if identifier is not None else ""
+    if identifier.quoted:
+        return identifier.name
+    return "".join(c.lower() if "A" <= c <= "Z" else c for c in identifier.name)
+
+
+def _names(table: exp.Table) -> tuple[str, str]:
+    return fold(table.args.get("db")), fold(table.this)
+
+
+def _cte_names(tree: exp.Expression) -> set[str]:
+    return {fold(cte.args["alias"].this) for cte in tree.find_all(exp.CTE)
+            if cte.args.get("alias") is not None}
+
+
+def tiered_references(tree: exp.Expression, tiered: TieredSet) -> list[Reference]:
+    """Every table reference in the statement that names a tiered table."""
+    ctes = _cte_names(tree)
+    refs = []
+    for table in tree.find_all(exp.Table):
+        schema, name = _names(table)
+        if not schema and name in ctes:
+            continue
+        found = tiered.lookup(schema, name)
+        if found is not None:
+            refs.append((table, found))
+    return refs
+
+
+def view_references(tree: exp.Expression, tiered: TieredSet
+                    ) -> list[tuple[exp.Table, TieredView]]:
+    """References to views that read tiered tables (expanded by the planner)."""
+    ctes = _cte_names(tree)
+    found = []
+    for table in tree.find_all(exp.Table):
+        schema, name = _names(table)
+        if not schema and name in ctes:
+            continue
+        view = tiered.lookup_view(schema, name)
+        if view is not None:
+            found.append((table, view))
+    return found
+
+
+def classify(tree: exp.Expression, refs: list[Reference]) -> Statement:
+    """The statement's kind; refuses what would read cold rows without Fig planning it."""
+    if not refs:
+        return Statement(Kind.RELAY, [])
+    if isinstance(tree, (exp.Update, exp.Delete, exp.Merge)) or any(
+            True for _ in tree.find_all(exp.Update, exp.Delete)):
+        return Statement(Kind.WRITE, refs)
+    if isinstance(tree, exp.Query):
+        return Statement(Kind.READ, refs)
+    if isinstance(tree, exp.Create):
+        return _create(tree, refs)
+    if isinstance(tree, exp.Insert):
+        return _insert(tree, refs)
+    if isinstance(tree, exp.Copy):
+        if tree.args.get("kind"):  # COPY ... FROM: a write into hot, CDC carries it
+            return Statement(Kind.RELAY, [])
+        return Statement(Kind.READ, [r for r in refs if r[0] is not tree.this])
+    return Statement(Kind.RELAY, [])  # DDL, GRANT, VACUUM, TRUNCATE ...: no rows read
+
+
+def _create(tree: exp.Create, refs: list[Reference]) -> Statement:
+    query = tree.args.get("expression")
+    reads = [r for r in refs if query is not None and _inside(r[0], query)]
+    if not reads:
+        return Statement(Kind.RELAY, [])
+    properties = tree.args.get("properties")
+    if properties is not None and any(isinstance(p, exp.MaterializedProperty)
+                                      for p in properties.expressions):
+        raise FeatureNotSupported(
+            f"a materialized view over the tiered table {reads[0][1].qualified}",
+            hint="CREATE TABLE ... AS SELECT keeps the same rows and reads every tier")
+    if str(tree.args.get("kind") or "").upper() == "VIEW":
+        return Statement(Kind.RELAY, [])  # reads of the view are planned with its definition
+    return Statement(Kind.READ, reads)
+
+
+def _insert(tree: exp.Insert, refs: list[Reference]) -> Statement:
+    target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+    reads = [r for r in refs if r[0] is not target]
+    written = next((t for node, t in refs if node is target), None)
+    if written is not None and written.boundary is not None and (
+            tree.args.get("conflict") is not None):
+        raise FeatureNotSupported(
+            f"INSERT ... ON CONFLICT into the tiered table {written.qualified}: rows below "
+            "its tier boundary are in cold only, where the conflict cannot be checked")
+    return Statement(Kind.READ if reads else Kind.RELAY, reads)
+
+
+def _inside(node: exp.Expression, ancestor: exp.Expression) -> bool:
+    parent: exp.Expr | None = node
+    while parent is not None:
+        if parent is ancestor:
+            return True
+        parent = parent.parent
+    return False
+
+
+def copy_as_query(sql: str, tiered: TieredSet) -> str | None:
+    """`COPY tiered [(cols)] TO ...` as `COPY (SELECT cols FROM tiered) TO ...`."""
+    match = COPY_TABLE_TO.match(sql)
+    if match is None:
+        return None
+    name = match.group(1)
+    columns = (match.group(2) or "").strip()[1:-1].strip() or "*"
+    return f"COPY (SELECT {columns} FROM {name}) TO{sql[match.end():]}"
+
+
+def command_refusal(sql: str, tiered: TieredSet) -> FeatureNotSupported | None:
+    """SQL-level commands sqlglot keeps as text that would read a tiered table unplanned."""
+    if PREPARE.match(sql) and tiered.may_touch(sql):
+        return FeatureNotSupported(
+            "SQL-level PREPARE of a statement over a tiered table",
+            hint="use the extended query protocol (a driver's prepared statements) instead")
+    refresh = REFRESH.match(sql)
+    if refresh is not None:
+        parts = [p.strip() for p in refresh.group(1).split(".")]
+        names = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts]
+        view = tiered.lookup_view(*(names if len(names) == 2 else ["", names[0]]))
+        if view is not None:
+            return FeatureNotSupported(
+                f"REFRESH MATERIALIZED VIEW {view.schema}.{view.name}: it reads a tiered "
+                "table", hint="CREATE TABLE ... AS SELECT keeps the same rows and reads "
+                "every tier")
+    return None

@@ -1,0 +1,135 @@
+"""Every statement kind that reads a tiered table reads all of its rows, or is refused (0A000).
+
+Each case runs the same statement over the tiered `events` (after retention) and over the
+never-tiered twin `events_plain`, through Fig, and compares what the client sees.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.conftest import FigProcess
+from tests.federation.test_oracle import build_oracle
+
+
+@pytest.fixture(scope="module")
+def fig() -> Iterator[FigProcess]:
+    server, _ = build_oracle()
+    yield server
+    server.stop()
+
+
+def both(conn: psycopg.Connection, template: str) -> tuple[list, list]:
+    """Rows of the template's last statement run for each table ({t}: events or its twin)."""
+    out = []
+    for name in ("events", "events_plain"):
+        cur = conn.execute(template.format(t=name, n=name.replace("events", "k")))
+        out.append(cur.fetchall() if cur.description else [])
+    return out[0], out[1]
+
+
+def test_create_table_as_and_select_into(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for name in ("events", "events_plain"):
+            conn.execute(f"create table ctas_{name} as select id, amount from {name} "
+                         "where status = 500")
+            conn.execute(f"select id, note into into_{name} from {name} where user_id = 3")
+        got, want = both(conn, "select count(*), sum(amount), sum(id) from ctas_{t}")
+        assert got == want and got[0][0] > 0
+        got, want = both(conn, "select count(*), count(note), sum(id) from into_{t}")
+        assert got == want and got[0][0] > 0
+
+
+def test_insert_select_reads_every_tier(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for name in ("events", "events_plain"):
+            conn.execute(f"create table sink_{name} (id bigint, ts timestamptz)")
+            tag = conn.execute(f"insert into sink_{name} select id, ts from {name} "
+                               "where status = 404").statusmessage
+            assert tag.startswith("INSERT 0 ") and int(tag.split()[-1]) > 0
+        got, want = both(conn, "select count(*), min(ts), max(ts) from sink_{t}")
+        assert got == want
+
+
+def test_copy_to_of_a_query_and_of_the_table(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        outputs = []
+        for name in ("events", "events_plain"):
+            for statement in (f"copy (select id, ts, amount from {name} where status = 500 "
+                              "order by id) to stdout", f"copy {name} (id, note) to stdout"):
+                buffer = io.BytesIO()
+                with conn.cursor().copy(statement) as copy:
+                    for chunk in copy:
+                        buffer.write(chunk)
+                outputs.append(sorted(buffer.getvalue().splitlines()))
+        assert outputs[0] == outputs[2] and len(outputs[0]) > 2000
+        assert outputs[1] == outputs[3] and len(outputs[1]) == 24000
+
+
+def test_cursor_reads_every_tier(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn) as conn:
+        rows = []
+        for name in ("events", "events_plain"):
+            conn.execute(f"declare c_{name} cursor for select id, ts from {name} "
+                         "where status = 500 order by id")
+            rows.append(conn.execute(f"fetch 5000 from c_{name}").fetchall())
+        conn.rollback()
+    assert rows[0] == rows[1] and len(rows[0]) == 2400
+
+
+def test_views_and_views_over_views(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for name in ("events", "events_plain"):
+            conn.execute(f"create view v1_{name} as select id, ts, status, amount as amt "
+                         f"from {name} where status <> 200")
+            conn.execute(f"create view v2_{name} as select * from v1_{name} where amt > 10")
+        got, want = both(conn, "select status, count(*), sum(amt) from v2_{t} "
+                               "group by status order by status")
+        assert got == want and got
+        got, want = both(conn, "select v.id, v.ts from v1_{t} v where v.status = 404 "
+                               "order by v.ts desc, v.id limit 7")
+        assert got == want and len(got) == 7
+
+
+def test_names_fold_and_follow_search_path(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        got = conn.execute("SELECT COUNT(*), SUM(AMOUNT) FROM EVENTS WHERE STATUS = 500"
+                           ).fetchall()
+        want = conn.execute("select count(*), sum(amount) from events_plain "
+                            "where status = 500").fetchall()
+        assert got == want
+        conn.execute("create schema shadow")
+        conn.execute("create table shadow.events (id bigint)")
+        conn.execute("insert into shadow.events values (1), (2)")
+        conn.execute("set search_path = shadow, public")
+        assert conn.execute("select count(*) from events").fetchall() == [(2,)]
+        conn.execute("set search_path = public")
+        assert conn.execute("select count(*) from events").fetchall() == [(24000,)]
+
+
+def test_copy_from_stdin_into_a_tiered_table(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        with conn.cursor().copy("copy events (id, ts, day, status) from stdin") as copy:
+            copy.write_row((900001, "2026-01-01 00:00:00+00", "2026-01-01", 201))
+            copy.write_row((900002, "2026-01-02 00:00:00+00", "2026-01-02", 201))
+        conn.execute("select fig.sync()")  # rows below the boundary are read from cold
+        assert conn.execute("select count(*) from events where status = 201"
+                            ).fetchall() == [(2,)]
+        conn.execute("delete from events where status = 201 and id > 900000")
+
+
+@pytest.mark.parametrize("statement", [
+    "prepare p1 as select * from events",
+    "create materialized view mv_events as select status, count(*) from events group by 1",
+    "insert into events (id, ts, day, status) values (1, now(), current_date, 1) "
+    "on conflict do nothing",
+])
+def test_refused_kinds_name_the_construct(fig: FigProcess, statement: str) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute(statement)
+        assert conn.execute("select 1").fetchall() == [(1,)]
