@@ -149,7 +149,8 @@ def time_range(ref: exp.Table, table: TieredTable) -> tuple[Any, Any]:
     kind = table.column_type(table.time_column)
     for condition in conjuncts(where_of(ref)):
         sides: list[tuple[exp.Expression, str]] = []
-        if isinstance(condition, exp.Between) and is_time_column(condition.this, ref, table):
+        if isinstance(condition, exp.Between) and is_time_column(condition.this, ref, table) \
+                and not condition.args.get("symmetric"):
             sides = [(condition.args["low"], "lower"), (condition.args["high"], "upper")]
         elif isinstance(condition, (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ)):
             left, right = condition.this, condition.expression

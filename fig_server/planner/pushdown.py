@@ -118,7 +118,7 @@ def _exact(node: exp.Expression, scope: _Scope) -> bool:
         return kind is not None and _comparable(kind, other, isinstance(node, ORDERED))
     if isinstance(node, exp.Between):
         kind = scope.column_type(node.this)
-        return kind is not None and all(
+        return kind is not None and not node.args.get("symmetric") and all(
             _comparable(kind, node.args[side], True) for side in ("low", "high"))
     if isinstance(node, exp.In):
         kind = scope.column_type(node.this)
