@@ -1,4 +1,5 @@
-"""Top-n: ORDER BY ... LIMIT n pushed into a cold part, only when its filter is complete."""
+"""Top-n: ORDER BY ... LIMIT n (or a bare LIMIT n) pushed into a cold part, only when its
+filter is complete."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
     """ORDER BY ... LIMIT n for the cold part of a plain top-n over the table; only called
     when every conjunct of the WHERE is pushed."""
     order, limit = select.args.get("order"), select.args.get("limit")
-    if order is None or limit is None or select.args.get("joins") or select.args.get("group") \
+    if limit is None or select.args.get("joins") or select.args.get("group") \
             or select.args.get("distinct") or select.args.get("having"):
         return ""
     if any(select.find_all(exp.Window, exp.AggFunc)):
@@ -27,6 +28,9 @@ def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
     skip = integer_literal(offset_node.expression) if offset_node is not None else 0
     if count is None or skip is None:
         return ""  # a parameter or an expression: Postgres knows its value, we do not
+    if order is None:
+        # LIMIT without ORDER BY (a table preview): any n rows are Postgres's answer
+        return f" LIMIT {count + skip}"
     outputs = {p.alias for p in select.expressions if isinstance(p, exp.Alias)}
     keys = []
     for ordered in order.expressions:

@@ -112,6 +112,10 @@ QUERIES = [
     "select id from events join users using (id) order by id limit 5",
     "select count(*) from events where user_id = 7 and ts < '{d2}'",
     "select max(note), min(country) from events where status = 500",
+    "select count(*), count(distinct id) from (select id from events where status = 500 "
+    "limit 100) s",
+    "select count(*) from (select * from events limit 30000) s",
+    "select count(*) from events where status between symmetric 500 and 404",
 ]
 
 
