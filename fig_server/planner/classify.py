@@ -110,7 +110,37 @@ def classify(tree: exp.Expression, refs: list[Reference]) -> Statement:
         if tree.args.get("kind"):  # COPY ... FROM: a write into hot, CDC carries it
             return Statement(Kind.RELAY, [])
         return Statement(Kind.READ, [r for r in refs if r[0] is not tree.this])
-    return Statement(Kind.RELAY, [])  # DDL, GRANT, VACUUM, TRUNCATE ...: no rows read
+    if isinstance(tree, exp.Alter):
+        _check_alter(tree, refs)
+    if isinstance(tree, exp.TruncateTable):
+        raise FeatureNotSupported(
+            f"TRUNCATE of the tiered table {refs[0][1].qualified}: its cold rows (Iceberg) "
+            "would stay", hint="DELETE FROM the table removes the rows from both tiers")
+    return Statement(Kind.RELAY, [])  # other DDL, GRANT, VACUUM ...: no rows read
+
+
+def _check_alter(tree: exp.Alter, refs: list[Reference]) -> None:
+    """Schema changes whose old rows in cold would not follow are refused up front."""
+    table = next((t for node, t in refs if node is tree.this), None)
+    if table is None:
+        return
+    for action in tree.args.get("actions") or []:
+        refused: tuple[str, str | None] | None = None
+        if isinstance(action, exp.ColumnDef) and any(
+                isinstance(c.args.get("kind"), exp.DefaultColumnConstraint)
+                for c in action.args.get("constraints") or []):
+            refused = ("ADD COLUMN with a DEFAULT", "add the column without a DEFAULT (cold "
+                       "rows read NULL, as Postgres gives them), then SET DEFAULT")
+        elif isinstance(action, exp.AlterColumn) and action.args.get("dtype") is not None:
+            refused = ("ALTER COLUMN ... TYPE", None)
+        elif isinstance(action, (exp.RenameColumn, exp.AlterRename)):
+            refused = ("RENAME", None)
+        elif isinstance(action, exp.Drop):
+            refused = ("DROP COLUMN", None)
+        if refused is not None:
+            raise FeatureNotSupported(
+                f"ALTER TABLE ... {refused[0]} of the tiered table {table.qualified}: its rows "
+                "in the cold tier (Iceberg) would not follow", hint=refused[1] or "")
 
 
 def _create(tree: exp.Create, refs: list[Reference]) -> Statement:
