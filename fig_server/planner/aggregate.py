@@ -16,7 +16,7 @@ from fig_server.planner.parts import (
     where_sql,
 )
 from fig_server.planner.tiers import TieredTable
-from fig_server.planner.topn import NUMERIC_TYPE, ORDERABLE
+from fig_server.planner.topn import orderable
 
 # Aggregates whose result does not change when duplicate input rows are removed.
 DUPLICATE_INSENSITIVE = (exp.Min, exp.Max, exp.LogicalAnd, exp.LogicalOr)
@@ -169,7 +169,7 @@ def combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) -> 
         partials.append(f"COUNT({column})")
         return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
     if isinstance(aggregate, (exp.Min, exp.Max)):
-        if kind not in ORDERABLE and not NUMERIC_TYPE.match(kind):
+        if not orderable(table, argument.name):
             return None  # text min/max follow a collation
         name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
         partials.append(f"{name}({column})")

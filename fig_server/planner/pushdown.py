@@ -100,6 +100,10 @@ class _Scope:
             return None  # could be another source's column of the same name
         return self.table.column_type(node.name)
 
+    def byte_ordered(self, node: exp.Expression) -> bool:
+        """A text column whose collation orders as DataFusion does (by code point)."""
+        return isinstance(node, exp.Column) and self.table.orders_as_bytes(node.name)
+
 
 def _exact(node: exp.Expression, scope: _Scope) -> bool:
     if isinstance(node, (exp.And, exp.Or)):
@@ -111,15 +115,17 @@ def _exact(node: exp.Expression, scope: _Scope) -> bool:
     if isinstance(node, exp.Is):
         return scope.column_type(node.this) is not None and isinstance(node.expression, exp.Null)
     if isinstance(node, (*ORDERED, *EQUALITY)):
-        kind = scope.column_type(node.this)
-        other = node.expression
-        if kind is None:
-            kind, other = scope.column_type(node.expression), node.this
-        return kind is not None and _comparable(kind, other, isinstance(node, ORDERED))
+        column, other = node.this, node.expression
+        if scope.column_type(column) is None:
+            column, other = node.expression, node.this
+        kind = scope.column_type(column)
+        return kind is not None and _comparable(
+            kind, other, isinstance(node, ORDERED) and not scope.byte_ordered(column))
     if isinstance(node, exp.Between):
         kind = scope.column_type(node.this)
         return kind is not None and not node.args.get("symmetric") and all(
-            _comparable(kind, node.args[side], True) for side in ("low", "high"))
+            _comparable(kind, node.args[side], not scope.byte_ordered(node.this))
+            for side in ("low", "high"))
     if isinstance(node, exp.In):
         kind = scope.column_type(node.this)
         return kind is not None and not node.args.get("query") and not node.args.get(
@@ -134,7 +140,8 @@ def _exact(node: exp.Expression, scope: _Scope) -> bool:
 
 
 def _comparable(kind: str, node: exp.Expression, ordered: bool) -> bool:
-    """Compares with a column of this type exactly as Postgres does."""
+    """Compares with a column of this type exactly as Postgres does. ordered: the comparison
+    depends on the column's order (only text cares: byte-ordered columns pass False)."""
     if kind in INTEGER:
         return _number(node) is not None and bool(INTEGER_TEXT.match(_number(node) or ""))
     numeric = NUMERIC.match(kind)

@@ -20,6 +20,12 @@ class TieredTable:
     row_security: bool = False
     # The unqualified name resolves to this table under the session's search_path.
     visible: bool = True
+    # Text columns whose collation orders by code point (C, POSIX, C.UTF-8): their order and
+    # min/max are DataFusion's byte order too.
+    byte_ordered: frozenset[str] = frozenset()
+
+    def orders_as_bytes(self, column: str) -> bool:
+        return column in self.byte_ordered
 
     @property
     def qualified(self) -> str:

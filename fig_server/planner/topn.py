@@ -40,8 +40,7 @@ def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
             return ""
         if not key.table and key.name in outputs:
             return ""  # ORDER BY names an output column first
-        if table.column_type(key.name) not in ORDERABLE and not NUMERIC_TYPE.match(
-                table.column_type(key.name)):
+        if not orderable(table, key.name):
             return ""
         desc = bool(ordered.args.get("desc"))
         nulls_first = ordered.args.get("nulls_first")
@@ -57,3 +56,12 @@ def integer_literal(node: exp.Expression | None) -> int | None:
     if isinstance(node, exp.Literal) and node.is_number and node.name.isdigit():
         return int(node.name)
     return None
+
+
+def orderable(table: TieredTable, column: str) -> bool:
+    """DataFusion orders the column's values as Postgres does: numbers and times, and text
+    under a byte-ordered collation (C, C.UTF-8)."""
+    kind = table.column_type(column)
+    text = kind in ("text", "character varying") or kind.startswith("character varying(")
+    return kind in ORDERABLE or bool(NUMERIC_TYPE.match(kind)) or (
+        text and table.orders_as_bytes(column))

@@ -55,7 +55,13 @@ TIERED_SQL = """SELECT json_build_object(
   'rls', c.relrowsecurity,
   'visible', to_regclass(quote_ident(t.table_name)) IS NOT DISTINCT FROM t.table_oid,
   'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
-                      ORDER BY a.attnum))::text
+                      ORDER BY a.attnum),
+  'byte_ordered', coalesce(json_agg(a.attname) FILTER (WHERE a.attcollation <> 0 AND EXISTS (
+      SELECT FROM pg_collation co JOIN pg_database d ON d.datname = current_database()
+      WHERE co.oid = a.attcollation AND CASE WHEN co.collname = 'default'
+        THEN d.datlocprovider = 'c' AND d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+        ELSE co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+      END)), '[]'))::text
 FROM fig.tiered_tables t
 JOIN pg_class c ON c.oid = t.table_oid
 JOIN pg_attribute a ON a.attrelid = t.table_oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -89,7 +95,8 @@ def tiered_set_from_json(documents: list[str]) -> TieredSet:
         boundary = dt.datetime.fromisoformat(doc["boundary"]) if doc["boundary"] else None
         tables.append(TieredTable(doc["schema"], doc["name"], doc["time"], boundary,
                                   tuple((name, kind) for name, kind in doc["columns"]),
-                                  bool(doc.get("rls")), bool(doc.get("visible", True))))
+                                  bool(doc.get("rls")), bool(doc.get("visible", True)),
+                                  frozenset(doc.get("byte_ordered") or ())))
     return TieredSet.of(tables, views)
 
 

@@ -20,7 +20,7 @@ EVENTS = TieredTable(
     "public", "events", "ts", dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
     (("ts", "timestamp with time zone"), ("day", "date"), ("status", "integer"),
      ("user_id", "bigint"), ("country", "text"), ("amount", "numeric(12,2)"),
-     ("payload", "text")))
+     ("payload", "text")), byte_ordered=frozenset({"country"}))
 NOT_YET_COLD = TieredTable("public", "fresh", "at", None, (("at", "timestamp with time zone"),
                                                             ("v", "integer")))
 # retention cut at 13:00 UTC deleted every day before 2025-01-02 from hot
