@@ -108,7 +108,7 @@ def test_frontend_messages(fuzz_fig: FigProcess, messages: list[bytes]) -> None:
 def test_fuzzing_leaves_no_backend_and_fig_keeps_serving(fuzz_fig: FigProcess) -> None:
     """Runs after the fuzzers above (same module): sessions they opened are all gone."""
     with psycopg.connect(fuzz_fig.dsn, autocommit=True) as watcher:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # a loaded machine closes them slowly
         while True:
             row = watcher.execute(BACKENDS_SQL, ("fuzzer",)).fetchone()
             if row == (0,) or time.monotonic() > deadline:
