@@ -453,13 +453,18 @@ class ClientConnection:
                 self, self.session.transaction_status == b"T")
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
             parsed: set[str] = set()
+            parses = 0
             out = []
             self._note([])
             for raw in batch:
                 kind, payload = raw[0], raw[5:]
                 if kind == 80:
                     name, sql = wire.parse_text(payload)
-                    prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
+                    # Unnamed statements pipelined before one Sync each keep their own cold
+                    # rows until they run: the slot (temp tables) is per Parse, not per name.
+                    parses += 1
+                    slot = f"s:{name}" if name else f"s::{parses}"
+                    prepared = await federator.plan(self, sql, tiered, route, slot)
                     if self._entry is not None:
                         self._entry.prepared += (prepared,)
                     if prepared.rewrite is not None:

@@ -142,3 +142,18 @@ def test_refused_kinds_name_the_construct(fig: FigProcess, statement: str) -> No
             conn.execute(statement)
         got, want = both(conn, "select count(*), count(note), sum(status) from {t}")
         assert got == want  # both tiers left as they were
+
+
+def test_pipelined_unnamed_statements_keep_their_own_cold_rows(fig: FigProcess) -> None:
+    """psycopg's pipeline mode: several Parse/Bind/Execute before one Sync."""
+    answers = {}
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for name in ("events", "events_plain"):
+            with conn.pipeline():
+                cursors = [conn.execute(f"select id, ts from {name} where status = {status} "
+                                        "and user_id >= %s order by ts, id limit 5", (0,))
+                           for status in (500, 404, 200)]
+                cursors.append(conn.execute(f"select count(*) from {name} where note like %s",
+                                            ("n1%",)))
+            answers[name] = [c.fetchall() for c in cursors]
+    assert answers["events"] == answers["events_plain"]
