@@ -295,6 +295,7 @@ class Federator:
         self.tiered = tiered
         self.database = database
         self.locked = False
+        self.in_block = False
         # The session's statement_timeout (seconds, None when off), read by prelude.
         self.timeout_s: float | None = None
 
@@ -321,6 +322,7 @@ class Federator:
         if error is not None:
             raise BackendError(error)
         self.locked = not in_transaction
+        self.in_block = in_transaction
         rows = data_rows(answers)
         route = (rows[1][0] or "auto").strip().lower()
         self.timeout_s = int(rows[1][2] or 0) / 1000 or None
@@ -407,9 +409,7 @@ class Federator:
                                                        self.timeout_s)
                 prepared.stats.append(stats)
                 csv = await asyncio.to_thread(to_copy_csv, table)
-            setup = (f"CREATE TEMP TABLE IF NOT EXISTS {part.temp_table} AS {part.shape_sql} "
-                     f"WITH NO DATA; TRUNCATE pg_temp.{part.temp_table}")
-            data = [wire.message(b"Q", wire.cstring(setup))]
+            data = [wire.message(b"Q", wire.cstring(await self._scratch(backend, part)))]
             if csv:
                 data.append(wire.message(b"Q", wire.cstring(
                     f"COPY pg_temp.{part.temp_table} FROM STDIN (FORMAT csv)")))
@@ -421,6 +421,36 @@ class Federator:
             error = _first_error(answers)
             if error is not None:
                 raise BackendError(error)
+
+    async def _scratch(self, backend: Injector, part: ColdPart) -> str:
+        """SQL that leaves the part's temp table existing and empty, in any transaction state.
+
+        Outside a transaction block it is created (or emptied) in a read-write transaction of
+        its own, so a session whose default is read-only (pgjdbc's setReadOnly, SET
+        default_transaction_read_only) still works; writing a temp table is allowed in a
+        read-only transaction, creating one is not. Inside a block an existing table is
+        emptied with DELETE (TRUNCATE is refused in read-only transactions)."""
+        temp = part.temp_table
+        create = f"CREATE TEMP TABLE IF NOT EXISTS {temp} AS {part.shape_sql} WITH NO DATA"
+        if not self.in_block:
+            return f"BEGIN READ WRITE; {create}; TRUNCATE pg_temp.{temp}; COMMIT"
+        answers = await backend.inject(wire.message(b"Q", wire.cstring(
+            f"SELECT to_regclass('pg_temp.{temp}') IS NOT NULL, "
+            "current_setting('transaction_read_only')")), 1)
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        exists, read_only = data_rows(answers)[0]
+        if exists == "t":
+            return f"DELETE FROM pg_temp.{temp}"
+        if read_only == "on":
+            raise FeatureNotSupported(
+                f"reading {part.table.qualified} in this shape for the first time in this "
+                "session inside a read-only transaction: Fig needs a temp table for its cold "
+                "rows, and a read-only transaction cannot create one",
+                hint="run the same query once outside the read-only transaction block (it "
+                "then works inside), or make the transaction read-write")
+        return create
 
     def explain_lines(self, prepared: Prepared, as_of: dt.datetime | None) -> list[str]:
         plan = prepared.rewrite

@@ -157,3 +157,38 @@ def test_pipelined_unnamed_statements_keep_their_own_cold_rows(fig: FigProcess) 
                                             ("n1%",)))
             answers[name] = [c.fetchall() for c in cursors]
     assert answers["events"] == answers["events_plain"]
+
+
+QUERY = ("select status, count(*), sum(amount) from {t} where note like 'n1%' "
+         "group by status order by status")
+
+
+@pytest.mark.parametrize("setup", [
+    "set default_transaction_read_only = on",
+    "set session characteristics as transaction read only",
+])
+def test_read_only_sessions(fig: FigProcess, setup: str) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute(setup)
+        got, want = both(conn, QUERY)
+        assert got == want and got
+        for begin in ("begin read only", "begin isolation level serializable read only",
+                      "begin isolation level repeatable read"):
+            conn.execute(begin)
+            got, want = both(conn, QUERY)
+            conn.execute("commit")
+            assert got == want, begin
+
+
+def test_first_read_inside_a_read_only_block_is_refused_clearly(fig: FigProcess) -> None:
+    query = "select count(*) from {t} where country = 'BR' and user_id = 3"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        want = conn.execute(query.format(t="events_plain")).fetchall()
+        conn.execute("begin read only")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="read-only"):
+            conn.execute(query.format(t="events"))
+        conn.execute("rollback")
+        assert conn.execute(query.format(t="events")).fetchall() == want
+        conn.execute("begin read only")
+        assert conn.execute(query.format(t="events")).fetchall() == want
+        conn.execute("commit")
