@@ -16,6 +16,8 @@ def arrow_type(iceberg_type: IcebergType) -> pa.DataType:
 
 
 def _small(t: pa.DataType) -> pa.DataType:
+    if isinstance(t, pa.BaseExtensionType):  # arrow.uuid: DataFusion reads its storage only
+        return _small(t.storage_type)
     if pa.types.is_large_string(t):
         return pa.string()
     if pa.types.is_large_binary(t):

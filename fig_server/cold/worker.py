@@ -115,6 +115,9 @@ def shape(data: pa.Table, unit: WorkUnit) -> pa.Table:
             array: pa.ChunkedArray | pa.Array = pa.nulls(data.num_rows, column.type)
         else:
             array = data.column(column.file_name)
+            if isinstance(array.type, pa.BaseExtensionType):
+                array = pa.chunked_array([c.storage for c in array.chunks],
+                                         array.type.storage_type)
             if array.type != column.type:
                 array = array.cast(column.type)
         arrays.append(array)

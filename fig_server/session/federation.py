@@ -206,6 +206,8 @@ def _pg_array(values: list[Any] | None) -> str | None:
 
 def _csv_ready(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     """A column Arrow's CSV writer prints the way Postgres's COPY reads it."""
+    if isinstance(column.type, pa.BaseExtensionType):  # arrow.uuid and friends: their storage
+        column = pa.chunked_array([c.storage for c in column.chunks], column.type.storage_type)
     kind = column.type
     if pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16:
         import uuid

@@ -192,3 +192,24 @@ def test_first_read_inside_a_read_only_block_is_refused_clearly(fig: FigProcess)
         conn.execute("begin read only")
         assert conn.execute(query.format(t="events")).fetchall() == want
         conn.execute("commit")
+
+
+def test_uuid_and_other_types_read_from_cold(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for name in ("typed", "typed_plain"):
+            conn.execute(f"""create table {name} (id int primary key, ts timestamptz not null,
+                u uuid, j jsonb, b bytea, a text[], c char(3), n numeric(10,4))""")
+            conn.execute(f"""insert into {name} select g,
+                date_trunc('day', now()) - g * interval '1 day',
+                md5(g::text)::uuid, jsonb_build_object('k', g), decode(md5(g::text), 'hex'),
+                array['x' || g, null], 'ab', g / 7.0
+                from generate_series(1, 40) g""")
+        conn.execute("select fig.tier_table('typed', 'ts', interval '10 days')")
+        conn.execute("select fig.sync(interval '60 seconds')")
+        conn.execute("select fig.run_retention()")
+        for query in ("select * from {t} order by id",
+                      "select u, count(*) from {t} group by u order by u",
+                      "select id from {t} where u = md5('7')::uuid"):
+            got = conn.execute(query.format(t="typed")).fetchall()
+            want = conn.execute(query.format(t="typed_plain")).fetchall()
+            assert got == want, query
