@@ -338,6 +338,11 @@ class ClientConnection:
                     await self._wait_idle()
         except FigError as error:
             await self._fail(error)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as error:  # a bug of Fig's: this statement fails, the session goes on
+            log.exception("federated statement failed")
+            await self._fail(InternalError(f"internal error in Fig: {error!r}"))
         finally:
             self.session.cold_cancel = None
             if self.session.transaction_status != b"E":
