@@ -487,7 +487,7 @@ class Grammar:
     def s_cte(self) -> tuple[str, bool, str | None]:
         t = self.tiered()
         sql = (f"with c as (select * from {self.table(t)}{self.where(t, None)}) "
-               f"select {self.aggregate(t, None)}, {self.aggregate(t, None)} from c")
+               f"select {self.aggregate(t, 'c')}, {self.aggregate(t, 'c')} from c")
         return sql, False, None
 
     def s_setop(self) -> tuple[str, bool, str | None]:
