@@ -70,6 +70,9 @@ def _columns_needed(tree: exp.Expression, node: exp.Table, table: TieredTable) -
     if any(j.args.get("using") or j.method == "NATURAL" or j.kind == "NATURAL"
            for j in tree.find_all(exp.Join)):
         return list(table.column_names)
+    if any(True for _ in tree.find_all(exp.Lambda)):
+        # sqlglot reads `f(j -> 'k')` as a lambda whose `j` is no column: take them all
+        return list(table.column_names)
     alias = node.alias_or_name
     used = set()
     for column in tree.find_all(exp.Column):

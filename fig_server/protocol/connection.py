@@ -273,7 +273,7 @@ class ClientConnection:
         if self.batch is None:
             self.batch = []
         self.batch.append(raw)
-        if kind == 83:  # 'S' Sync ends the batch
+        if kind in (83, 72):  # 'S' Sync ends the batch; so does 'H' Flush (asyncpg's prepare)
             batch, self.batch = self.batch, None
             await self._run_batch(batch)
             self._answered()
@@ -320,7 +320,7 @@ class ClientConnection:
         backend = self.session.backend
         assert backend is not None
         self.session.in_flight += requests
-        if self.audit is not None:
+        if self.audit is not None and requests:
             self.audit.pending.append(self._entry)
             self._entry = None
         backend.writer.write(data)
@@ -447,13 +447,16 @@ class ClientConnection:
             raise BackendError(wire.parse_fields(error))
 
     async def _run_batch(self, batch: list[bytes]) -> None:
-        """Extended-protocol messages up to Sync: rewrite Parses, load cold parts for Binds."""
+        """Extended-protocol messages up to Sync (or Flush): rewrite Parses, load cold parts
+        for Binds. A Flush gets answers but no ReadyForQuery: nothing of Fig's may run on the
+        backend after it, so the boundary lock is released before it is forwarded."""
+        flush = batch[-1][0] == 72
         if self.session.transaction_status == b"E":
             await self._wait_idle()
-            self._forward(b"".join(batch), 1)
+            self._forward(b"".join(batch), 0 if flush else 1)
             return
 
-        async def work(federator: Federator) -> None:
+        async def work(federator: Federator) -> bool:
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
@@ -487,7 +490,12 @@ class ClientConnection:
                 out.append(raw)
             if self._entry is not None:
                 self._entry.route = route_of(self._entry.prepared)
+            if flush:
+                await federator.release(self)
+                self._forward(b"".join(out), 0)
+                return False
             self._forward(b"".join(out), 1)
+            return True
 
         await self._federate(work)
 

@@ -213,3 +213,26 @@ def test_uuid_and_other_types_read_from_cold(fig: FigProcess) -> None:
             got = conn.execute(query.format(t="typed")).fetchall()
             want = conn.execute(query.format(t="typed_plain")).fetchall()
             assert got == want, query
+
+
+def test_asyncpg_prepares_with_flush(fig: FigProcess) -> None:
+    """asyncpg sends Parse, Describe, Flush and waits for the answers before any Sync."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> tuple[list, list]:
+        conn = await asyncpg.connect(host=fig.host, port=fig.port, user="postgres",
+                                     database="postgres")
+        try:
+            got = await asyncio.wait_for(conn.fetch(
+                "select status, count(*) from events where user_id = $1 group by 1 "
+                "order by 1", 7), 30)
+            want = await conn.fetch("select status, count(*) from events_plain "
+                                    "where user_id = $1 group by 1 order by 1", 7)
+            return [tuple(r) for r in got], [tuple(r) for r in want]
+        finally:
+            await conn.close()
+
+    got, want = asyncio.run(run())
+    assert got == want and got
