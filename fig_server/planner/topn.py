@@ -26,8 +26,10 @@ def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
     count = integer_literal(limit.expression)
     offset_node = select.args.get("offset")
     skip = integer_literal(offset_node.expression) if offset_node is not None else 0
-    if count is None or skip is None:
-        return ""  # a parameter or an expression: Postgres knows its value, we do not
+    if count is None or skip is None or count == 0:
+        # a parameter or an expression: Postgres knows its value, we do not; LIMIT 0 needs
+        # no cold rows' order (and the cold engine's top-n heap wants at least one row)
+        return ""
     if order is None:
         # LIMIT without ORDER BY (a table preview): any n rows are Postgres's answer
         return f" LIMIT {count + skip}"

@@ -116,6 +116,7 @@ QUERIES = [
     "limit 100) s",
     "select count(*) from (select * from events limit 30000) s",
     "select count(*) from events where status between symmetric 500 and 404",
+    "select id from events order by user_id nulls first, id desc limit 0 offset 0",
 ]
 
 
