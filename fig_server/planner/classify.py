@@ -10,8 +10,10 @@ lower case, an unqualified name only when the session's search_path finds the ti
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from sqlglot import exp
 
@@ -26,6 +28,7 @@ class Kind(Enum):
 
 
 Reference = tuple[exp.Table, TieredTable]
+T = TypeVar("T")
 
 NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
 DECLARE = re.compile(
@@ -66,30 +69,28 @@ def _cte_names(tree: exp.Expression) -> set[str]:
 
 def tiered_references(tree: exp.Expression, tiered: TieredSet) -> list[Reference]:
     """Every table reference in the statement that names a tiered table."""
-    ctes = _cte_names(tree)
-    refs = []
-    for table in tree.find_all(exp.Table):
-        schema, name = _names(table)
-        if not schema and name in ctes:
-            continue
-        found = tiered.lookup(schema, name)
-        if found is not None:
-            refs.append((table, found))
-    return refs
+    return _named(tree, tiered.lookup)
 
 
 def view_references(tree: exp.Expression, tiered: TieredSet
                     ) -> list[tuple[exp.Table, TieredView]]:
     """References to views that read tiered tables (expanded by the planner)."""
+    return _named(tree, tiered.lookup_view)
+
+
+def _named(tree: exp.Expression, lookup: Callable[[str, str], T | None]
+           ) -> list[tuple[exp.Table, T]]:
+    """(reference, what it names) for every table reference the lookup knows, CTE names
+    shadowing unqualified ones as in Postgres."""
     ctes = _cte_names(tree)
     found = []
     for table in tree.find_all(exp.Table):
         schema, name = _names(table)
         if not schema and name in ctes:
             continue
-        view = tiered.lookup_view(schema, name)
-        if view is not None:
-            found.append((table, view))
+        named = lookup(schema, name)
+        if named is not None:
+            found.append((table, named))
     return found
 
 
