@@ -1,4 +1,9 @@
-# Fig with its embedded PostgreSQL: `docker build -t fig . && docker run -p 5433:5433 fig`
+# Fig with its embedded PostgreSQL: `docker build -t fig .`, then either
+#   docker run -p 5433:5433 -e FIG__AUTH__METHOD=scram-sha-256 \
+#              -e FIG__AUTH__SUPERUSER_PASSWORD=... fig      (log in as postgres with it)
+# or, on a network you trust, `docker run -p 5433:5433 -e FIG__AUTH__TRUST_REMOTE=true fig`.
+# With neither, Fig refuses to start: it listens on 0.0.0.0, and trust there would hand every
+# client who reaches the port the superuser role.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \

@@ -25,8 +25,9 @@ from fig_server.demo import install_demo
 from fig_server.errors import ConfigurationError, FigError
 from fig_server.hot.backend import HotTarget
 from fig_server.hot.embedded import EmbeddedPostgres
-from fig_server.hot.privileges import apply_control_grants
+from fig_server.hot.privileges import apply_control_grants, set_superuser_password
 from fig_server.hot.query_log import install_query_log
+from fig_server.protocol.auth import refuse_open_trust
 from fig_server.protocol.server import FigServer
 from fig_server.session.audit_log import AuditLog
 from fig_server.session.federation import ColdService, TieredCatalog
@@ -112,6 +113,7 @@ def lock_data_dir(data_dir: Path, wait_s: float = 60.0) -> IO[bytes]:
 
 async def serve(config: FigConfig) -> None:
     """Run until SIGINT or SIGTERM, then stop everything Fig started."""
+    refuse_open_trust(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = await asyncio.to_thread(lock_data_dir, config.data_dir)
     embedded = None if config.hot.dsn else EmbeddedPostgres(config)
@@ -120,6 +122,8 @@ async def serve(config: FigConfig) -> None:
     dsn = config.hot.dsn or embedded.dsn  # type: ignore[union-attr]
     await asyncio.to_thread(install_control_schema, dsn)
     await asyncio.to_thread(apply_control_grants, dsn, config.auth.admin_role)
+    if embedded is not None and config.auth.superuser_password:
+        await asyncio.to_thread(set_superuser_password, dsn, config.auth.superuser_password)
     await asyncio.to_thread(install_query_log, dsn, config.auth.admin_role)
     # Cold workers (started later, from a forkserver) read their memory limit from here.
     os.environ[MEMORY_LIMIT_ENV] = str(config.cold.memory_limit_mb)
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvloop.run(serve(config))
     except FigError as exc:
-        log.error("%s", exc.message)
+        log.error("%s%s", exc.message, f" (hint: {exc.hint})" if exc.hint else "")
         return 1
     return 0
 

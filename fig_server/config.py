@@ -32,6 +32,10 @@ class ServerConfig:
 class AuthConfig:
     method: str = "trust"
     admin_role: str = ""
+    # With method "trust", listening beyond loopback needs this set explicitly.
+    trust_remote: bool = False
+    # Set on the embedded Postgres's superuser at each start (for password methods).
+    superuser_password: str = ""
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ RETENTION_LOCK = 7201
 COMPACT_LOCK = 7202
 COLD_WRITE_LOCK = 7204
 ATTACH_LOCK = 7205
+UNTIER_LOCK = 7206
 SUPPORTED_TYPES = ("int2", "int4", "int8", "float4", "float8", "text", "varchar", "bpchar",
                    "name", "json", "jsonb", "bool", "date", "time", "timestamp", "timestamptz",
                    "uuid", "bytea")
@@ -121,6 +122,39 @@ CREATE TABLE IF NOT EXISTS fig.dropped_tables (
     dropped_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS cold_write_rows_request ON fig.cold_write_rows (request_id);
+CREATE TABLE IF NOT EXISTS fig.control_settings (
+    id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    admin_role name
+);
+"""
+
+_AUTHORIZE = """
+CREATE OR REPLACE FUNCTION fig._authorize(what text, rel regclass) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    admin name := (SELECT admin_role FROM fig.control_settings);
+BEGIN
+    -- session_user: inside SECURITY DEFINER functions current_user is the definer.
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        RETURN;
+    END IF;
+    IF admin IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = admin)
+       AND pg_has_role(session_user, admin, 'MEMBER') THEN
+        RETURN;
+    END IF;
+    IF rel IS NOT NULL AND pg_has_role(session_user,
+            (SELECT relowner FROM pg_class WHERE oid = rel), 'MEMBER') THEN
+        RETURN;
+    END IF;
+    IF rel IS NULL THEN
+        RAISE EXCEPTION '%: must be a superuser or a member of Fig''s admin role', what
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'set [auth] admin_role and grant it to the roles that manage Fig';
+    END IF;
+    RAISE EXCEPTION '%: must be owner of table %', what, rel
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'the table''s owner, a superuser or a member of [auth] admin_role may';
+END $fn$;
 """
 
 _CHECK_COLUMNS = """
@@ -160,6 +194,7 @@ DECLARE
     rname text;
     time_type text;
 BEGIN
+    PERFORM fig._authorize('fig.tier_table', rel);
     SELECT n.nspname, c.relname INTO nsp, rname
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
     IF (SELECT relkind FROM pg_class WHERE oid = rel) <> 'r' THEN
@@ -203,20 +238,77 @@ RETURNS text LANGUAGE sql AS $fn$
     SELECT fig.tier_table(rel::regclass, time_column, hot_retention)
 $fn$;
 
-CREATE OR REPLACE FUNCTION fig.untier_table(rel text) RETURNS text
-LANGUAGE plpgsql AS $fn$
+DROP FUNCTION IF EXISTS fig.untier_table(text);
+DROP FUNCTION IF EXISTS fig.untier_table(text, boolean);
+DROP FUNCTION IF EXISTS fig._untier(oid, text, boolean);
+CREATE OR REPLACE FUNCTION fig.untier_table(rel text, cold_rows text DEFAULT 'refuse',
+                                            timeout interval DEFAULT '600s')
+RETURNS text LANGUAGE plpgsql AS $fn$
 DECLARE
     found_oid oid;
 BEGIN
-    DELETE FROM fig.tiered_tables
+    -- resolved here, in the caller's search_path; fig._untier runs with the definer's
+    SELECT table_oid INTO found_oid FROM fig.tiered_tables
     WHERE table_oid = to_regclass(rel) OR format('%I.%I', schema_name, table_name) = rel
-       OR schema_name || '.' || table_name = rel
-    RETURNING table_oid INTO found_oid;
+       OR schema_name || '.' || table_name = rel;
     IF found_oid IS NULL THEN
         RAISE EXCEPTION 'fig.untier_table: % is not tiered', rel
             USING ERRCODE = 'undefined_table';
     END IF;
-    RETURN format('%s is no longer tiered; its cold copy will be dropped', rel);
+    RETURN fig._untier(found_oid, rel, cold_rows, timeout);
+END $fn$;
+
+CREATE OR REPLACE FUNCTION fig._untier(relid oid, shown text, cold_rows text, timeout interval)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    tiered fig.tiered_tables;
+    started timestamptz := clock_timestamp();
+    lock_key int := (relid::bigint % 2147483647)::int;
+    err text;
+BEGIN
+    PERFORM fig._authorize('fig.untier_table', relid::regclass);
+    IF cold_rows IS NULL OR cold_rows NOT IN ('refuse', 'discard', 'restore') THEN
+        RAISE EXCEPTION 'fig.untier_table: cold_rows must be refuse, discard or restore, not %',
+            cold_rows USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO tiered FROM fig.tiered_tables WHERE table_oid = relid;
+    -- Once retention has moved the boundary, rows older than it exist only in cold.
+    IF tiered.state = 'attached' OR tiered.boundary = '-infinity' OR cold_rows = 'discard' THEN
+        DELETE FROM fig.tiered_tables WHERE table_oid = relid;
+        RETURN format('%s is no longer tiered; its cold copy will be dropped', shown);
+    END IF;
+    IF cold_rows = 'refuse' THEN
+        RAISE EXCEPTION 'fig.untier_table: rows of % older than % are only in the cold tier',
+            shown, tiered.boundary
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('move them back to hot first with fig.untier_table(%1$L, '
+                      'cold_rows => %2$L), or drop them with fig.untier_table(%1$L, '
+                      'cold_rows => %3$L)', shown, 'restore', 'discard');
+    END IF;
+    -- restore: the CDC process moves them and untiers the table in one transaction
+    -- (fig_server/cdc/restore.py); this waits for the table to leave fig.tiered_tables.
+    PERFORM pg_advisory_lock_shared(@UNTIER@, lock_key);
+    BEGIN
+        LOOP
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE table_oid = relid);
+            SELECT last_error INTO err FROM fig.table_status
+            WHERE table_oid = relid AND updated_at >= started
+              AND last_error LIKE 'fig.untier_table:%';
+            IF err IS NOT NULL THEN
+                RAISE EXCEPTION '%', err USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+            IF clock_timestamp() > started + timeout THEN
+                PERFORM fig._wait_error('fig.untier_table', timeout);
+            END IF;
+            PERFORM pg_sleep(0.05);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_advisory_unlock_shared(@UNTIER@, lock_key);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock_shared(@UNTIER@, lock_key);
+    RETURN format('%s is no longer tiered: its rows older than %s were moved back to hot',
+                  shown, tiered.boundary);
 END $fn$;
 """
 
@@ -232,8 +324,10 @@ BEGIN
               DETAIL = coalesce('last CDC error: ' || err, 'is the CDC process running?');
 END $fn$;
 
+-- SECURITY DEFINER: every role may wait for CDC (Fig's cold writes do, in the client's own
+-- session) but only Fig reads its state tables and the replication slots.
 CREATE OR REPLACE FUNCTION fig.sync(timeout interval DEFAULT '30s') RETURNS pg_lsn
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
     target pg_lsn := pg_current_wal_insert_lsn();
     deadline timestamptz := clock_timestamp() + timeout;
@@ -297,6 +391,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE table_oid = relid) THEN
         RAISE EXCEPTION 'fig.compact: % is not tiered', rel USING ERRCODE = 'undefined_table';
     END IF;
+    PERFORM fig._authorize('fig.compact', relid::regclass);
     PERFORM pg_advisory_lock_shared(@COMPACT@, lock_key);
     BEGIN
         LOOP
@@ -336,6 +431,20 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fig.request_cold_write: % is not tiered', rel
             USING ERRCODE = 'undefined_table';
+    END IF;
+    -- The caller's own privileges, as its statement needs them on Postgres: the function
+    -- runs as its definer, so without this any role could change any table's cold rows.
+    -- Table-level only: a column-level UPDATE grant cannot vouch for the whole staged row.
+    IF kind NOT IN ('DELETE', 'UPDATE') OR NOT has_table_privilege(session_user, rel, kind)
+       OR NOT has_table_privilege(session_user, rel, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', tiered.table_name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('%s of rows in the cold tier needs table-level SELECT and %s '
+                                  'privileges', kind, kind);
+    END IF;
+    IF (SELECT relrowsecurity FROM pg_class WHERE oid = rel) THEN
+        RAISE EXCEPTION '% has row-level security: its cold rows cannot be written', rel
+            USING ERRCODE = 'feature_not_supported';
     END IF;
     SELECT array_agg(a.attname::text ORDER BY k.ord) INTO pk
     FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, ord)
@@ -396,6 +505,11 @@ BEGIN
                 RAISE EXCEPTION 'fig.wait_cold_write: no request %', request
                     USING ERRCODE = 'undefined_object';
             END IF;
+            IF found_row.requested_by <> session_user
+               AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+                RAISE EXCEPTION 'fig.wait_cold_write: request % belongs to another role', request
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
             EXIT WHEN found_row.done_at IS NOT NULL;
             IF clock_timestamp() > started + timeout THEN
                 PERFORM fig._wait_error('writing cold rows', timeout);
@@ -436,6 +550,7 @@ BEGIN
         RAISE EXCEPTION 'fig.attach_iceberg: expected namespace.table, got %', iceberg_table
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM fig._authorize('fig.attach_iceberg', NULL);
     PERFORM pg_advisory_lock_shared(lock_key);
     BEGIN
         LOOP
@@ -517,11 +632,12 @@ FROM fig.cdc_state c LEFT JOIN pg_replication_slots r ON r.slot_name = c.slot_na
 def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
-    script = _TABLES + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH + _DROP + _VIEWS
+    script = (_TABLES + _AUTHORIZE + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH
+              + _DROP + _VIEWS)
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
                          ("@COMPACT@", str(COMPACT_LOCK)),
                          ("@COLDWRITE@", str(COLD_WRITE_LOCK)),
-                         ("@ATTACH@", str(ATTACH_LOCK))):
+                         ("@ATTACH@", str(ATTACH_LOCK)), ("@UNTIER@", str(UNTIER_LOCK))):
         script = script.replace(token, value)
     return script
 

@@ -7,6 +7,7 @@ This is exact (no LSN race): visibility is decided by the same snapshot that did
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import time
@@ -19,10 +20,22 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 from psycopg.abc import Buffer
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    BooleanExpression,
+    GreaterThanOrEqual,
+    IsNull,
+    Or,
+    Reference,
+)
+from pyiceberg.expressions.literals import literal
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
+from pyiceberg.types import DateType, TimestampType
 
+from fig_server.cdc.applier import IN_LIST_LIMIT, ColumnSpec, TableApplier
+from fig_server.cdc.changes import Collapsed
+from fig_server.errors import FigError
 from fig_server.storage.tables import (
     COPY_DONE,
     COPY_LSN,
@@ -31,7 +44,7 @@ from fig_server.storage.tables import (
     create_table,
     lsn_to_str,
 )
-from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, text_to_arrow
+from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, iceberg_type, text_to_arrow
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]
@@ -51,11 +64,13 @@ class CopySnapshot:
         return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
 
     def contains(self, xid32: int) -> bool:
-        """Whether the committed transaction with this 32-bit xid is visible in the snapshot."""
-        full = (self.xmax & ~0xFFFFFFFF) | xid32
-        if full > self.xmax:
-            full -= 1 << 32
-        return full < self.xmax and full not in self.xip
+        """Whether the committed transaction with this 32-bit xid is visible in the snapshot:
+        it began before xmax and was not running then. The full xid is the nearest one below
+        xmax; a 32-bit xid at or past xmax's is newer than the snapshot (it began after)."""
+        behind = ((self.xmax & 0xFFFFFFFF) - xid32) % (1 << 32)
+        if behind == 0 or behind >= 1 << 31:
+            return False
+        return self.xmax - behind not in self.xip
 
 
 def describe_columns(conn: psycopg.Connection, relid: int) -> list[PgColumn]:
@@ -108,22 +123,81 @@ def _csv_batches(copy: psycopg.Copy, names: list[str]) -> Iterator[pa.RecordBatc
 
 def _to_iceberg_arrow(table: Table, batch: pa.RecordBatch) -> pa.Table:
     fields = table.schema().fields
-    arrays = [text_to_arrow(batch.column(i), f.field_type)
-              for i, f in enumerate(fields)]
+    arrays = [text_to_arrow(batch.column(f.name), f.field_type) for f in fields]
     return pa.Table.from_arrays(arrays, names=[f.name for f in fields]).cast(
         schema_to_pyarrow(table.schema()))
 
 
+def _evolved(table: Table, columns: list[PgColumn], key: list[str], time_column: str) -> Table:
+    """The kept Iceberg table with its schema evolved to the table's current columns."""
+    specs = []
+    for column in columns:
+        try:
+            ice: object = iceberg_type(column)
+        except FigError:
+            ice = None
+        specs.append(ColumnSpec(column.name, ice, column.attnum,  # type: ignore[arg-type]
+                                column.elem_name + "[]" if column.is_array
+                                else column.type_name))
+    applier = TableApplier(table, key, time_column)
+    applier.evolve(applier.plan_evolution(specs))  # Unexpressible: history cannot be kept
+    table.refresh()
+    return table
+
+
+def first_kept_value(boundary: dt.datetime, time_type: object) -> dt.date | dt.datetime:
+    """The smallest time value, in the time column's own type, that is not below the tier
+    boundary: retention compares date and timestamp columns with it in UTC."""
+    utc = boundary.astimezone(dt.UTC)
+    if isinstance(time_type, DateType):
+        midnight = utc.replace(hour=0, minute=0, second=0, microsecond=0)
+        return utc.date() + dt.timedelta(days=0 if utc == midnight else 1)
+    if isinstance(time_type, TimestampType):
+        return utc.replace(tzinfo=None)
+    return utc
+
+
+def _replaced(conn: psycopg.Connection, table: Table, identifier: tuple[str, str],
+              key: list[str], time_column: str, boundary: dt.datetime
+              ) -> list[BooleanExpression]:
+    """What the copy replaces in a kept Iceberg table, read in the copy's snapshot: hot holds
+    every row at or above the boundary (or with no time), and is right about the rows below
+    it that it still holds (inserted after retention ran); the rest of cold stays."""
+    first = first_kept_value(boundary, table.schema().find_field(time_column).field_type)
+    time_ref = Reference(time_column)
+    replaced: list[BooleanExpression] = [
+        Or(GreaterThanOrEqual(term=time_ref, value=literal(first)), IsNull(term=time_ref))]
+    select = ", ".join(f"{sql.Identifier(k).as_string(conn)}::text" for k in key)
+    below = conn.execute(
+        f"SELECT {select} FROM ONLY {sql.Identifier(*identifier).as_string(conn)} "
+        f"WHERE {sql.Identifier(time_column).as_string(conn)} < %s", (first,)).fetchall()
+    applier = TableApplier(table, key, time_column)
+    for start in range(0, len(below), IN_LIST_LIMIT):
+        keys = [tuple(row) for row in below[start:start + IN_LIST_LIMIT]]
+        replaced.append(applier.delete_filter(Collapsed(delete_keys=keys)))
+    return replaced
+
+
 def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str, str],
                relid: int, time_column: str, start_lsn: int, progress: Progress,
-               batch_rows: int = 500_000) -> Table:
+               batch_rows: int = 500_000, keep_below: dt.datetime | None = None) -> Table:
     """(Re)create the Iceberg table and fill it from one snapshot; returns the table.
 
     The final commit records the snapshot, the WAL insert position at the snapshot and
     fig.lsn = start_lsn (every transaction the stream delivered before the copy).
+
+    With `keep_below` (re-tiering a table whose rows older than that tier boundary exist only
+    in cold), the Iceberg table and its history are kept: the copy replaces only what hot
+    holds (see _replaced). Raises Unexpressible when its columns changed in a way Iceberg
+    cannot evolve to.
     """
     columns = describe_columns(conn, relid)
-    table = create_table(catalog, identifier, columns, primary_key(conn, relid), time_column)
+    key = primary_key(conn, relid)
+    if keep_below is None:
+        table = create_table(catalog, identifier, columns, key, time_column)
+    else:
+        table = _evolved(catalog.load_table(identifier), columns, key, time_column)
+    replaced: list[BooleanExpression] = [AlwaysTrue()]
     names = [c.name for c in columns]
     started, copied, first = time.monotonic(), 0, True
     with conn.transaction():
@@ -133,6 +207,8 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
             "greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s", (relid,)).fetchone()
         assert row is not None
         snap, insert_lsn, total = row
+        if keep_below is not None:
+            replaced = _replaced(conn, table, identifier, key, time_column, keep_below)
         select = ", ".join(sql.Identifier(n).as_string(conn) for n in names)
         target = (f"COPY (SELECT {select} FROM "
                   f"{sql.Identifier(*identifier).as_string(conn)}) "
@@ -148,7 +224,8 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
                               COPY_LSN: insert_lsn})
             with table.transaction() as tx:
                 if first:
-                    tx.delete(AlwaysTrue())
+                    for expression in replaced:
+                        tx.delete(expression)
                 if pending:
                     tx.append(pa.concat_tables(pending), snapshot_properties=props)
                 tx.set_properties(props)

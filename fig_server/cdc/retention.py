@@ -127,7 +127,7 @@ class RetentionRunner:
                     c=time_column, t=name)).fetchone()
                 if first is not None and batch_end[0] > first[0]:
                     cutoff = batch_end[0]  # rows before it: at most batch_rows
-            self._wait_cold(table, target)
+            self.wait_cold(table, target)
             # Fig's federated statements hold this shared while they read a boundary and run
             # (fig_server.session.federation), so the boundary never moves under a statement.
             # Only tried, never waited for: a session holding it may wait for our table lock.
@@ -142,7 +142,7 @@ class RetentionRunner:
                  table.name, deleted, cutoff)
         return deleted
 
-    def _wait_cold(self, table: TieredTable, target: int) -> None:
+    def wait_cold(self, table: TieredTable, target: int) -> None:
         """Let CDC commit everything up to `target` to Iceberg (writers are blocked)."""
         process = self.process
         deadline = time.monotonic() + CATCH_UP_S

@@ -10,6 +10,7 @@ after SIGKILL the slot replays from at most what Iceberg lacks, and the rule ski
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections import defaultdict
@@ -29,6 +30,7 @@ from fig_server.cdc.control import (
     COLD_WRITE_LOCK,
     COMPACT_LOCK,
     RETENTION_LOCK,
+    UNTIER_LOCK,
     install_control_schema,
 )
 from fig_server.cdc.initial_copy import CopySnapshot, copy_table, primary_key
@@ -123,11 +125,13 @@ class CdcProcess:
         from fig_server.cdc.attach import Attacher
         from fig_server.cdc.cold_writes import ColdWriteHandler
         from fig_server.cdc.maintenance import Maintenance
+        from fig_server.cdc.restore import Restorer
         from fig_server.cdc.retention import RetentionRunner
         self.retention = RetentionRunner(self)
         self.maintenance = Maintenance(self)
         self.cold_writes = ColdWriteHandler(self)
         self.attacher = Attacher(self)
+        self.restorer = Restorer(self)
         self.refresh_tables()
         release_slot(self.conn, self.slot)
         self.stream = ReplicationStream(dsn, self.slot, self.publication)
@@ -217,17 +221,29 @@ class CdcProcess:
             if iceberg is not None and not read_checkpoint(iceberg).copy_done:
                 iceberg = None
         if iceberg is None:
+            keep_below = self._cold_only_below(table)
+            if keep_below is not None and not self.catalog.table_exists(table.identifier):
+                self._pause_unloaded(table, f"its Iceberg table is missing: the rows older "
+                                     f"than its tier boundary ({keep_below}) are lost")
+                return
             # Its own connection: the copy holds one open COPY in a read-only snapshot while
             # progress is written through self.conn.
-            with psycopg.connect(session_conninfo(self.dsn, application_name="fig_cdc_copy"),
-                                 autocommit=True) as copy_conn:
-                iceberg = copy_table(
-                    copy_conn, self.catalog, table.identifier, table.relid, table.time_column,
-                    self.applied_lsn,
-                    lambda done, total, rate: self.status.table(
-                        table.relid, None, copied_rows=done, copy_total_rows=total,
-                        copy_rows_per_s=rate),
-                    batch_rows=max(self.config.cdc.flush_rows, 1000) * 5)
+            try:
+                with psycopg.connect(session_conninfo(self.dsn,
+                                                      application_name="fig_cdc_copy"),
+                                     autocommit=True) as copy_conn:
+                    iceberg = copy_table(
+                        copy_conn, self.catalog, table.identifier, table.relid,
+                        table.time_column, self.applied_lsn,
+                        lambda done, total, rate: self.status.table(
+                            table.relid, None, copied_rows=done, copy_total_rows=total,
+                            copy_rows_per_s=rate),
+                        batch_rows=max(self.config.cdc.flush_rows, 1000) * 5,
+                        keep_below=keep_below)
+            except Unexpressible as exc:
+                self._pause_unloaded(table, f"re-tiering keeps its rows older than the tier "
+                                     f"boundary ({keep_below}) in cold, but {exc.message}")
+                return
         checkpoint = read_checkpoint(iceberg)
         self.checkpoints[table.relid] = checkpoint
         if checkpoint.copy_snapshot:
@@ -240,6 +256,22 @@ class CdcProcess:
             self.tables[table.relid] = TieredTable(**{**table.__dict__, "state": "active"})
         self.status.table(table.relid, iceberg, checkpoint.lsn, last_error=None)
         log.info("streaming %s.%s from %s", table.schema, table.name, checkpoint.lsn)
+
+    def _cold_only_below(self, table: TieredTable) -> dt.datetime | None:
+        """The tier boundary when retention has left rows older than it only in cold."""
+        row = self.conn.execute(
+            "SELECT boundary FROM fig.tiered_tables WHERE table_oid = %s "
+            "AND boundary > '-infinity'", (table.relid,)).fetchone()
+        return None if row is None else row[0]
+
+    def _pause_unloaded(self, table: TieredTable, error: str) -> None:
+        """Pause a table that never started streaming: its cold rows stay as they are."""
+        self.pause_loaded(TieredTable(**{**table.__dict__, "state": "paused"}))
+        log.error("pausing CDC of %s.%s: %s", table.schema, table.name, error)
+        self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
+                          (table.relid,))
+        self.status.table(table.relid, None, last_error=error)
+        self.status.error(f"{table.schema}.{table.name}: {error}")
 
     def pause_loaded(self, table: TieredTable) -> None:
         self.tables[table.relid] = table
@@ -481,13 +513,16 @@ class CdcProcess:
             self.refresh_tables()
             requests = self.conn.execute(
                 "SELECT classid::int, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid IN (%s, %s, %s, %s) AND granted",
-                (RETENTION_LOCK, COMPACT_LOCK, COLD_WRITE_LOCK, ATTACH_LOCK)).fetchall()
+                "AND classid IN (%s, %s, %s, %s, %s) AND granted",
+                (RETENTION_LOCK, COMPACT_LOCK, COLD_WRITE_LOCK, ATTACH_LOCK, UNTIER_LOCK)
+            ).fetchall()
             # Cold writes first: a session waits for them with its hot statement uncommitted.
             for key in sorted({k for c, k in requests if c == COLD_WRITE_LOCK}):
                 self.cold_writes.requested(key)
             for key in sorted({k for c, k in requests if c == ATTACH_LOCK}):
                 self.attacher.requested(key)
+            for key in sorted({k for c, k in requests if c == UNTIER_LOCK}):
+                self.restorer.requested(key)
             if any(c == RETENTION_LOCK for c, _ in requests) or now >= self.next_retention:
                 self.next_retention = now + self.config.tiering.retention_interval_s
                 self.retention.run_all()

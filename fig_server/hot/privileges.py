@@ -20,6 +20,10 @@ def apply_control_grants(dsn: str, admin_role: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         conn.execute("GRANT USAGE ON SCHEMA fig TO PUBLIC")
         conn.execute("GRANT SELECT ON fig.tiered_tables TO PUBLIC")
+        # Who may manage a table besides its owner and superusers (fig._authorize).
+        conn.execute("INSERT INTO fig.control_settings (id, admin_role) VALUES (1, %s) "
+                     "ON CONFLICT (id) DO UPDATE SET admin_role = excluded.admin_role",
+                     (admin_role or None,))
         if not admin_role:
             return
         admin = sql.Identifier(admin_role)
@@ -40,3 +44,11 @@ def apply_control_grants(dsn: str, admin_role: str) -> None:
             conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO PUBLIC").format(
                 sql.SQL(signature)))
     log.info("control functions of schema fig limited to role %s", admin_role or "(any)")
+
+
+def set_superuser_password(dsn: str, password: str) -> None:
+    """The embedded Postgres's superuser gets [auth] superuser_password (SCRAM), so password
+    methods have a first role to log in with."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(password)))

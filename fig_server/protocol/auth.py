@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import stringprep
 import unicodedata
@@ -18,7 +19,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fig_server import wire
-from fig_server.errors import InvalidAuthorization, InvalidPassword, ProtocolViolation
+from fig_server.config import FigConfig
+from fig_server.errors import (
+    ConfigurationError,
+    InvalidAuthorization,
+    InvalidPassword,
+    ProtocolViolation,
+)
 from fig_server.hot.backend import BackendConnection
 from fig_server.hot.roles import RoleDirectory, RoleSecret
 
@@ -29,6 +36,29 @@ NONCE_BYTES = 18
 
 AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5 = 0, 3, 5
 AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 10, 11, 12
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every interface)
+
+
+def refuse_open_trust(config: FigConfig) -> None:
+    """Trust beyond loopback hands every client who reaches the port any role, the superuser
+    too: refuse to start that way unless it is asked for explicitly (as the official Postgres
+    image refuses without POSTGRES_PASSWORD or POSTGRES_HOST_AUTH_METHOD=trust)."""
+    host = config.server.host
+    if config.auth.method == "trust" and not _loopback(host) and not config.auth.trust_remote:
+        raise ConfigurationError(
+            f"refusing to listen on {host or 'every interface'} with [auth] method = \"trust\": "
+            "any client that reaches the port could connect as any role",
+            hint="set [auth] method = \"scram-sha-256\" (with superuser_password for the "
+                 "embedded Postgres), or allow it explicitly with [auth] trust_remote = true "
+                 "(FIG__AUTH__TRUST_REMOTE=true)")
 
 
 class AuthFailed(Exception):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import json
 import logging
 import threading
@@ -18,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from fig_server import wire
 from fig_server.config import FigConfig
@@ -32,6 +29,7 @@ from fig_server.errors import (
 from fig_server.planner.bounds import Need
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
+from fig_server.storage.typemap import to_copy_csv
 
 if TYPE_CHECKING:
     from fig_server.cold import ColdEngine
@@ -189,51 +187,6 @@ class ColdService:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
-
-
-def _pg_array(values: list[Any] | None) -> str | None:
-    if values is None:
-        return None
-    items = []
-    for value in values:
-        if value is None:
-            items.append("NULL")
-        else:
-            text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            items.append(f'"{text}"')
-    return "{" + ",".join(items) + "}"
-
-
-def _csv_ready(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
-    """A column Arrow's CSV writer prints the way Postgres's COPY reads it."""
-    if isinstance(column.type, pa.BaseExtensionType):  # arrow.uuid and friends: their storage
-        column = pa.chunked_array([c.storage for c in column.chunks], column.type.storage_type)
-    kind = column.type
-    if pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16:
-        import uuid
-
-        return pa.array([None if v is None else str(uuid.UUID(bytes=v))
-                         for v in column.to_pylist()], pa.string())
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or \
-            pa.types.is_fixed_size_binary(kind):
-        return pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()],
-                        pa.string())
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return pa.array([_pg_array(v) for v in column.to_pylist()], pa.string())
-    if pa.types.is_boolean(kind):
-        return pc.if_else(column, "t", "f")
-    return column
-
-
-def to_copy_csv(table: pa.Table) -> bytes:
-    """The rows as CSV for `COPY ... FROM STDIN (FORMAT csv)`: empty unquoted field = NULL."""
-    if table.num_rows == 0:
-        return b""
-    columns = [_csv_ready(table.column(i)) for i in range(table.num_columns)]
-    ready = pa.table(columns, names=[f"c{i}" for i in range(table.num_columns)])
-    out = io.BytesIO()
-    pacsv.write_csv(ready, out, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    return out.getvalue()
 
 
 class Injector(Protocol):

@@ -9,12 +9,15 @@ set to TimeZone=UTC and DateStyle=ISO; `text_to_arrow` converts a column of them
 from __future__ import annotations
 
 import datetime
+import io
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from pyiceberg.types import (
     BinaryType,
     BooleanType,
@@ -208,3 +211,48 @@ def text_to_arrow(values: Sequence[str | None] | pa.Array, ice: IcebergType) -> 
     list_type = arrow_type(ice)
     return pa.LargeListArray.from_arrays(
         pa.array(offsets, pa.int64()), elements, type=list_type, mask=pa.array(mask))
+
+
+# -- Arrow to Postgres text, for COPY ... FROM STDIN (FORMAT csv) ---------------------------
+
+def _pg_array(values: list[Any] | None) -> str | None:
+    if values is None:
+        return None
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+        else:
+            text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            items.append(f'"{text}"')
+    return "{" + ",".join(items) + "}"
+
+
+def _csv_ready(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column Arrow's CSV writer prints the way Postgres's COPY reads it."""
+    if isinstance(column.type, pa.BaseExtensionType):  # arrow.uuid and friends: their storage
+        column = pa.chunked_array([c.storage for c in column.chunks], column.type.storage_type)
+    kind = column.type
+    if pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16:
+        return pa.array([None if v is None else str(uuid.UUID(bytes=v))
+                         for v in column.to_pylist()], pa.string())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or \
+            pa.types.is_fixed_size_binary(kind):
+        return pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()],
+                        pa.string())
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.array([_pg_array(v) for v in column.to_pylist()], pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(column, "t", "f")
+    return column
+
+
+def to_copy_csv(table: pa.Table) -> bytes:
+    """The rows as CSV for `COPY ... FROM STDIN (FORMAT csv)`: empty unquoted field = NULL."""
+    if table.num_rows == 0:
+        return b""
+    columns = [_csv_ready(table.column(i)) for i in range(table.num_columns)]
+    ready = pa.table(columns, names=[f"c{i}" for i in range(table.num_columns)])
+    out = io.BytesIO()
+    pacsv.write_csv(ready, out, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()

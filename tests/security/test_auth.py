@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from fig_server.protocol.auth import ScramSecret, check_password, md5_verifier
-from tests.conftest import FigProcess
+from tests.conftest import FigProcess, start_fig
 from tests.security.conftest import ROLES, jdbc_jar
 
 FAILED = 'password authentication failed for user "{}"'
@@ -178,3 +178,26 @@ def test_secret_helpers_match_postgres(auth_fig: tuple[str, FigProcess]) -> None
     assert stored["bob_md5"] == md5_verifier(ROLES["bob_md5"][0].encode(), "bob_md5")
     assert check_password(b"hunter2", "bob_md5", stored["bob_md5"])
     assert not check_password(b"hunter3", "bob_md5", stored["bob_md5"])
+
+
+def test_trust_beyond_loopback_refuses_to_start() -> None:
+    with pytest.raises(RuntimeError, match=r"refusing to listen on 0\.0\.0\.0"):
+        start_fig(env={"FIG__SERVER__HOST": "0.0.0.0"}, timeout=60)
+
+
+@pytest.mark.parametrize("env", [
+    {"FIG__AUTH__TRUST_REMOTE": "true"},
+    {"FIG__AUTH__METHOD": "scram-sha-256", "FIG__AUTH__SUPERUSER_PASSWORD": "open sesame"}])
+def test_remote_listening_when_asked_for(env: dict[str, str]) -> None:
+    fig = start_fig(env={"FIG__SERVER__HOST": "0.0.0.0", **env})
+    try:
+        password = env.get("FIG__AUTH__SUPERUSER_PASSWORD")
+        with psycopg.connect(host="127.0.0.1", port=fig.port, user="postgres",
+                             password=password, dbname="postgres", sslmode="disable") as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        if password:
+            with pytest.raises(psycopg.OperationalError, match="password authentication"):
+                psycopg.connect(host="127.0.0.1", port=fig.port, user="postgres",
+                                password="wrong", dbname="postgres", sslmode="disable")
+    finally:
+        fig.stop()
