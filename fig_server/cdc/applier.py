@@ -35,7 +35,7 @@ from pyiceberg.types import (
 
 from fig_server.cdc.changes import Change, Collapsed, Key, Row, collapse
 from fig_server.cdc.pgoutput import UNCHANGED
-from fig_server.errors import FeatureNotSupported
+from fig_server.errors import DataException, FeatureNotSupported
 from fig_server.storage.tables import LSN, attnum_doc, doc_attnum, lsn_to_str
 from fig_server.storage.typemap import text_to_arrow
 
@@ -155,7 +155,10 @@ class TableApplier:
             values = [row.get(f.name) for row in rows]
             if any(v is UNCHANGED for v in values):
                 values = [None if v is UNCHANGED else v for v in values]
-            arrays.append(text_to_arrow(values, f.field_type))
+            try:
+                arrays.append(text_to_arrow(values, f.field_type))
+            except DataException as exc:
+                raise DataException(f'column "{f.name}": {exc.message}') from exc
         table = pa.Table.from_arrays(arrays, names=[f.name for f in self.table.schema().fields])
         return table.cast(schema)
 

@@ -35,7 +35,7 @@ from pyiceberg.types import DateType, TimestampType
 
 from fig_server.cdc.applier import IN_LIST_LIMIT, ColumnSpec, TableApplier
 from fig_server.cdc.changes import Collapsed
-from fig_server.errors import FigError
+from fig_server.errors import DataException, FigError
 from fig_server.storage.tables import (
     COPY_DONE,
     COPY_LSN,
@@ -123,7 +123,12 @@ def _csv_batches(copy: psycopg.Copy, names: list[str]) -> Iterator[pa.RecordBatc
 
 def _to_iceberg_arrow(table: Table, batch: pa.RecordBatch) -> pa.Table:
     fields = table.schema().fields
-    arrays = [text_to_arrow(batch.column(f.name), f.field_type) for f in fields]
+    arrays = []
+    for f in fields:
+        try:
+            arrays.append(text_to_arrow(batch.column(f.name), f.field_type))
+        except DataException as exc:
+            raise DataException(f'column "{f.name}": {exc.message}') from exc
     return pa.Table.from_arrays(arrays, names=[f.name for f in fields]).cast(
         schema_to_pyarrow(table.schema()))
 

@@ -43,9 +43,9 @@ from fig_server.cdc.replication import (
 )
 from fig_server.cdc.status import RateWindow, StatusWriter
 from fig_server.config import FigConfig
-from fig_server.errors import FigError
+from fig_server.errors import DataException, FigError
 from fig_server.storage.catalog import open_catalog
-from fig_server.storage.tables import Checkpoint, read_checkpoint
+from fig_server.storage.tables import Checkpoint, lsn_to_str, read_checkpoint
 from fig_server.storage.typemap import PgColumn, iceberg_type
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,9 @@ class CdcProcess:
                 self._pause_unloaded(table, f"re-tiering keeps its rows older than the tier "
                                      f"boundary ({keep_below}) in cold, but {exc.message}")
                 return
+            except DataException as exc:
+                self._pause_unloaded(table, f"copying it to cold: {exc.message}")
+                return
         checkpoint = read_checkpoint(iceberg)
         self.checkpoints[table.relid] = checkpoint
         if checkpoint.copy_snapshot:
@@ -268,10 +271,10 @@ class CdcProcess:
         """Pause a table that never started streaming: its cold rows stay as they are."""
         self.pause_loaded(TieredTable(**{**table.__dict__, "state": "paused"}))
         log.error("pausing CDC of %s.%s: %s", table.schema, table.name, error)
-        self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
-                          (table.relid,))
         self.status.table(table.relid, None, last_error=error)
         self.status.error(f"{table.schema}.{table.name}: {error}")
+        self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
+                          (table.relid,))
 
     def pause_loaded(self, table: TieredTable) -> None:
         self.tables[table.relid] = table
@@ -285,15 +288,19 @@ class CdcProcess:
     def pause(self, relid: int, error: str) -> None:
         """Stop applying a table's changes; the slot keeps them until it is re-tiered."""
         self.flush()
+        self._hold(relid, error)
+
+    def _hold(self, relid: int, error: str) -> None:
         table = self.tables[relid]
         log.error("pausing CDC of %s.%s: %s", table.schema, table.name, error)
         self.appliers.pop(relid, None)
         self.holds[relid] = self.checkpoints[relid].lsn
         self.tables[relid] = TieredTable(**{**table.__dict__, "state": "paused"})
-        self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
-                          (relid,))
+        # the error first: fig.sync reports it as soon as it sees the state
         self.status.table(relid, None, last_error=error)
         self.status.error(f"{table.schema}.{table.name}: {error}")
+        self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
+                          (relid,))
 
     def forget(self, relid: int, drop: bool) -> None:
         table = self.tables.pop(relid)
@@ -443,7 +450,16 @@ class CdcProcess:
         for relid in list(batch.changes):
             applier = self.appliers.get(relid)
             if applier is not None:
-                applier.apply(batch.changes[relid], batch.end_lsn)
+                try:
+                    applier.apply(batch.changes[relid], batch.end_lsn)
+                except DataException as exc:
+                    # A value Iceberg cannot hold: this table waits (its changes stay in the
+                    # slot) until it is fixed and re-tiered; the others go on.
+                    self._hold(relid, f"{exc.message} (a change in the transaction ending at "
+                               f"LSN {lsn_to_str(batch.end_lsn)}); fix the row in Postgres, "
+                               "then call fig.tier_table again")
+                    del batch.changes[relid]
+                    continue
                 self.checkpoints[relid] = Checkpoint(
                     batch.end_lsn, True, self.checkpoints[relid].copy_snapshot,
                     self.checkpoints[relid].copy_lsn)

@@ -153,7 +153,14 @@ def _scalars_to_arrow(values: Sequence[str | None] | pa.Array, ice: IcebergType)
         if isinstance(values, pa.Array):
             values = values.to_pylist()
         func, storage = parser
-        array = pa.array([None if v is None else func(v) for v in values], storage)
+        parsed = []
+        for value in values:
+            try:
+                parsed.append(None if value is None else func(value))
+            except ValueError as exc:  # time '24:00', a malformed uuid
+                raise DataException(f"value {value!r} cannot be stored as Iceberg {ice}: "
+                                    f"{exc}") from exc
+        array = pa.array(parsed, storage)
         if isinstance(ice, TimeType):
             return array.cast(pa.time64("us"))
         if isinstance(ice, UUIDType):

@@ -10,7 +10,15 @@ import pytest
 from fig_server.cdc.control import install_control_schema
 from fig_server.hot.embedded import EmbeddedPostgres
 from tests.cdc.conftest import CdcEnv, drop_env, make_env
-from tests.cdc.helpers import CdcRunner, catalog_of, cold_rows, hot_rows, sync, wait_active
+from tests.cdc.helpers import (
+    CdcRunner,
+    catalog_of,
+    cold_rows,
+    hot_rows,
+    sync,
+    wait_active,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +158,57 @@ def test_unexpressible_change_pauses(env: tuple[CdcEnv, psycopg.Connection]) -> 
     wait_active(conn, "sp")
     assert_equal(cdc, conn, "sp")
     conn.execute("SELECT fig.untier_table('sp')")
+
+
+POISON = [("ts2", "timestamptz", "'infinity'"), ("d", "date", "'0044-03-15 BC'"),
+          ("t", "time", "'24:00:00'"), ("n", "numeric(10,2)", "'NaN'")]
+
+
+@pytest.mark.parametrize(("column", "kind", "value"), POISON)
+def test_a_value_iceberg_cannot_hold_pauses_only_its_table(
+        env: tuple[CdcEnv, psycopg.Connection], column: str, kind: str, value: str) -> None:
+    cdc, conn = env
+    bad, good = f"poison_{column}", f"healthy_{column}"
+    for name in (bad, good):
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, ts timestamptz NOT NULL, "
+                     f"{column} {kind})")
+        conn.execute(f"SELECT fig.tier_table('{name}', 'ts', interval '3650 days')")
+        wait_active(conn, name)
+    with conn.transaction():  # one transaction touching both tables
+        conn.execute(f"INSERT INTO {bad} VALUES (1, now(), NULL), (2, now(), {value})")
+        conn.execute(f"INSERT INTO {good} VALUES (1, now(), NULL)")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                       match=f"public.{bad}: .*column \"{column}\""):
+        sync(conn)
+    # the other table goes on
+    conn.execute(f"INSERT INTO {good} VALUES (2, now(), NULL)")
+    wait_for(lambda: len(cold_rows(catalog_of(cdc.config), "public", good, "id")) == 2)
+    status = conn.execute("SELECT paused_tables, last_error FROM fig.cdc_status").fetchone()
+    assert status is not None and f"public.{bad}" in status[0] and "LSN" in status[1]
+    # fixed in Postgres and re-tiered, it streams again, exactly
+    conn.execute(f"UPDATE {bad} SET {column} = NULL WHERE id = 2")
+    conn.execute(f"SELECT fig.tier_table('{bad}', 'ts', interval '3650 days')")
+    wait_active(conn, bad)
+    assert_equal(cdc, conn, bad)
+    assert_equal(cdc, conn, good)
+    for name in (bad, good):
+        conn.execute(f"SELECT fig.untier_table('{name}')")
+
+
+def test_a_value_iceberg_cannot_hold_in_the_initial_copy_pauses_the_table(
+        env: tuple[CdcEnv, psycopg.Connection]) -> None:
+    cdc, conn = env
+    conn.execute("CREATE TABLE poison_copy (id int PRIMARY KEY, ts timestamptz NOT NULL, "
+                 "d date)")
+    conn.execute("INSERT INTO poison_copy VALUES (1, now(), 'infinity'), (2, now(), NULL)")
+    conn.execute("SELECT fig.tier_table('poison_copy', 'ts', interval '3650 days')")
+    wait_for(lambda: conn.execute("SELECT state FROM fig.tiered_tables "
+                                  "WHERE table_name = 'poison_copy'").fetchone() == ("paused",))
+    error = conn.execute("SELECT last_error FROM fig.tables "
+                         "WHERE table_name = 'public.poison_copy'").fetchone()
+    assert error is not None and 'column "d"' in error[0] and "infinity" in error[0]
+    conn.execute("UPDATE poison_copy SET d = NULL WHERE id = 1")
+    conn.execute("SELECT fig.tier_table('poison_copy', 'ts', interval '3650 days')")
+    wait_active(conn, "poison_copy")
+    assert_equal(cdc, conn, "poison_copy")
+    conn.execute("SELECT fig.untier_table('poison_copy')")
