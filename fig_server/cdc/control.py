@@ -356,7 +356,8 @@ BEGIN
     END LOOP;
 END $fn$;
 
-CREATE OR REPLACE FUNCTION fig.run_retention(timeout interval DEFAULT '60s') RETURNS timestamptz
+CREATE OR REPLACE FUNCTION fig.run_retention(timeout interval DEFAULT '1 hour')
+RETURNS timestamptz
 LANGUAGE plpgsql AS $fn$
 DECLARE
     started timestamptz := clock_timestamp();

@@ -73,8 +73,10 @@ class RetentionRunner:
         for table in list(self.process.tables.values()):
             if table.state == "active" and table.relid in self.process.appliers:
                 try:
-                    # In batches, so CDC (which skips these deletes) and writers keep going.
-                    while self._run_table_patiently(table) >= self.batch_rows:
+                    # In batches, so CDC (which skips these deletes) and writers keep going;
+                    # until no old row is left (a batch may delete fewer rows than
+                    # batch_rows: it ends between two time values).
+                    while self._run_table_patiently(table):
                         pass
                 except (psycopg.errors.LockNotAvailable, BoundaryBusy,
                         ObjectNotInPrerequisiteState) as exc:
@@ -82,7 +84,7 @@ class RetentionRunner:
                                 exc)
                     self.process.status.table(table.relid, None, last_error=str(exc))
 
-    def _run_table_patiently(self, table: TieredTable, attempts: int = 5) -> int:
+    def _run_table_patiently(self, table: TieredTable, attempts: int = 5) -> bool:
         """run_table, trying again when busy writers kept the table lock out of reach."""
         for attempt in range(attempts):
             try:
@@ -91,10 +93,10 @@ class RetentionRunner:
                 if attempt == attempts - 1:
                     raise
                 self.process.pump(0.2)
-        return 0
+        return False
 
-    def run_table(self, table: TieredTable) -> int:
-        """Delete what the table's retention allows; returns the number of rows deleted."""
+    def run_table(self, table: TieredTable) -> bool:
+        """Delete one batch of what the table's retention allows; whether old rows remain."""
         name = sql.Identifier(table.schema, table.name)
         # Until Fig's endpoints have seen a newly tiered table (their list refreshes every
         # REFRESH_S), they relay its statements to hot alone: that is only right while every
@@ -116,9 +118,10 @@ class RetentionRunner:
                 "pg_current_wal_insert_lsn()::text FROM fig.tiered_tables "
                 "WHERE table_oid = %s", (table.relid,)).fetchone()
             if row is None or not row[0]:
-                return 0
+                return False
             cutoff, target = row[1], str_to_lsn(row[2])
             time_column = sql.Identifier(table.time_column)
+            more = False
             batch_end = self.conn.execute(
                 sql.SQL("SELECT {c} FROM {t} WHERE {c} < %s ORDER BY {c} OFFSET %s LIMIT 1")
                 .format(c=time_column, t=name), (cutoff, self.batch_rows)).fetchone()
@@ -127,6 +130,7 @@ class RetentionRunner:
                     c=time_column, t=name)).fetchone()
                 if first is not None and batch_end[0] > first[0]:
                     cutoff = batch_end[0]  # rows before it: at most batch_rows
+                    more = True
             self.wait_cold(table, target)
             # Fig's federated statements hold this shared while they read a boundary and run
             # (fig_server.session.federation), so the boundary never moves under a statement.
@@ -140,7 +144,7 @@ class RetentionRunner:
                               "WHERE table_oid = %s", (cutoff, table.relid))
         log.info("retention %s.%s: %d rows older than %s deleted from hot", table.schema,
                  table.name, deleted, cutoff)
-        return deleted
+        return more
 
     def wait_cold(self, table: TieredTable, target: int) -> None:
         """Let CDC commit everything up to `target` to Iceberg (writers are blocked)."""

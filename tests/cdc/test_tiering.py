@@ -146,3 +146,29 @@ def test_retention_in_batches_empties_a_large_backlog(hot_pg: EmbeddedPostgres) 
     finally:
         runner.stop()
         drop_env(hot_pg, cdc)
+
+
+def test_one_retention_run_empties_a_backlog_of_a_date_column(hot_pg: EmbeddedPostgres) -> None:
+    """Many rows per day: each batch ends between two days, with fewer than batch_rows rows;
+    one fig.run_retention() still moves every old row (before: one batch per call)."""
+    cdc = make_env(hot_pg)
+    config = cdc.config.replace("tiering", retention_batch_rows=100)
+    install_control_schema(cdc.dsn)
+    runner = CdcRunner(config, cdc.dsn).start()
+    try:
+        with cdc.connect() as conn:
+            conn.execute("CREATE TABLE daily (id bigint PRIMARY KEY, day date NOT NULL)")
+            conn.execute("INSERT INTO daily SELECT g, current_date - 30 + g / 60 "
+                         "FROM generate_series(0, 1799) g")
+            conn.execute("SELECT fig.tier_table('daily', 'day', interval '5 days')")
+            wait_active(conn, "daily")
+            sync(conn)
+            conn.execute("SELECT fig.run_retention()")
+            left = conn.execute("SELECT count(*) FILTER (WHERE day < current_date - 6), "
+                                "count(*) FROM daily").fetchone()
+            assert left is not None and left[0] == 0 and left[1] < 1800
+            cold = {r["id"] for r in cold_rows(catalog_of(config), "public", "daily", "id")}
+            assert cold == set(range(1800))
+    finally:
+        runner.stop()
+        drop_env(hot_pg, cdc)
