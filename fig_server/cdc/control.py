@@ -122,6 +122,17 @@ CREATE TABLE IF NOT EXISTS fig.dropped_tables (
     dropped_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS cold_write_rows_request ON fig.cold_write_rows (request_id);
+-- confirmed: set by fig.confirm_cold_write in the transaction of the hot statement; a request
+-- is applied only once that transaction committed. Added only where missing: ALTER TABLE
+-- would wait for every session reading the table (fig.sync does, for long).
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'confirmed'
+                   AND attrelid = 'fig.cold_write_requests'::regclass) THEN
+        ALTER TABLE fig.cold_write_requests ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
+        CREATE INDEX cold_write_requests_pending ON fig.cold_write_requests (id)
+            WHERE done_at IS NULL;
+    END IF;
+END $do$;
 CREATE TABLE IF NOT EXISTS fig.control_settings (
     id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
     admin_role name
@@ -338,7 +349,9 @@ BEGIN
         SELECT s.confirmed_flush_lsn INTO reached
         FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
         IF reached >= target
-           AND NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying') THEN
+           AND NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying')
+           AND NOT EXISTS (SELECT 1 FROM fig.cold_write_requests
+                           WHERE confirmed AND done_at IS NULL) THEN
             RETURN reached;
         END IF;
         SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')
@@ -491,6 +504,17 @@ BEGIN
     RETURN QUERY SELECT new_id, n;
 END $fn$;
 
+CREATE OR REPLACE FUNCTION fig.confirm_cold_write(request bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    UPDATE fig.cold_write_requests SET confirmed = true
+    WHERE id = request AND requested_by = session_user AND done_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fig.confirm_cold_write: no pending request % of this role', request
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END $fn$;
+
 CREATE OR REPLACE FUNCTION fig.wait_cold_write(request bigint, timeout interval DEFAULT '300s')
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
@@ -511,9 +535,19 @@ BEGIN
                 RAISE EXCEPTION 'fig.wait_cold_write: request % belongs to another role', request
                     USING ERRCODE = 'insufficient_privilege';
             END IF;
+            IF NOT found_row.confirmed THEN
+                RAISE EXCEPTION 'fig.wait_cold_write: request % was not confirmed by a '
+                    'committed transaction', request
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
             EXIT WHEN found_row.done_at IS NOT NULL;
             IF clock_timestamp() > started + timeout THEN
-                PERFORM fig._wait_error('writing cold rows', timeout);
+                RAISE EXCEPTION 'the change is committed in hot; its cold rows are not written '
+                    'yet (request %)', request
+                    USING ERRCODE = 'query_canceled',
+                          DETAIL = coalesce('last attempt: ' || found_row.error,
+                                            'is the CDC process running?'),
+                          HINT = 'the CDC process goes on trying; fig.sync() waits for it';
             END IF;
             PERFORM pg_sleep(0.01);
         END LOOP;
@@ -522,10 +556,6 @@ BEGIN
         RAISE;
     END;
     PERFORM pg_advisory_unlock_shared(@COLDWRITE@, lock_key);
-    IF found_row.error IS NOT NULL THEN
-        RAISE EXCEPTION 'writing cold rows of % failed: %', found_row.table_oid::regclass,
-            found_row.error USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
     RETURN found_row.applied_rows;
 END $fn$;
 """

@@ -535,6 +535,7 @@ class CdcProcess:
             # Cold writes first: a session waits for them with its hot statement uncommitted.
             for key in sorted({k for c, k in requests if c == COLD_WRITE_LOCK}):
                 self.cold_writes.requested(key)
+            self.cold_writes.pending()
             for key in sorted({k for c, k in requests if c == ATTACH_LOCK}):
                 self.attacher.requested(key)
             for key in sorted({k for c, k in requests if c == UNTIER_LOCK}):

@@ -1,14 +1,19 @@
 """UPDATE and DELETE over both tiers as one statement with one command tag.
 
-Steps, all on the client's own backend session (outside any transaction block):
+Steps, all on the client's own backend session (outside any transaction block), holding a
+session advisory lock per table so that cold writes to one table run one at a time (a
+second one must not read cold rows the first has not rewritten yet):
 1. fig.sync(), so Iceberg holds every committed change and "only in cold" is exact;
 2. the candidate cold rows (time < boundary, pushable filters) go into a temp table;
 3. Postgres computes the rows to write (WHERE, USING/FROM, subqueries and the SET list are
    its own) into a staging table with the target's NOT NULL and CHECK constraints, and
    fig.request_cold_write keeps those not in hot and records them as a request;
-4. BEGIN; the original statement on hot; fig.wait_cold_write (the CDC process commits the
-   request to Iceberg); COMMIT. A failure before COMMIT rolls hot back and leaves cold as it
-   was; the command tag counts hot rows plus cold-only rows.
+4. BEGIN; the original statement on hot; fig.confirm_cold_write; COMMIT. A failure before
+   COMMIT rolls hot back and the unconfirmed request is never applied;
+5. fig.wait_cold_write: the CDC process applies the confirmed request to Iceberg (and would
+   without a waiter, after a crash). The command tag counts hot rows plus cold-only rows.
+
+Between 4 and 5 other sessions may see the hot rows changed and the cold ones not yet.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from fig_server.session.federation import (
 )
 
 STAGE = "fig_cold_write"
+COLD_WRITE_SERIAL = 7207  # advisory lock class: one cold write per table at a time
 
 
 async def _run(backend: Injector, sql: str) -> list[tuple[int, bytes]]:
@@ -104,14 +110,21 @@ async def run_cold_write(federator: Federator, backend: Injector, statements: li
     if as_of is not None:
         raise refusal(name, "cannot run while fig.as_of is set", "RESET fig.as_of")
     sql = plan.sql
-    await _run(backend, "SELECT fig.sync()")
-    candidates = Prepared("", Rewrite(Route.SPLIT, "", [write.part]))
-    await federator.load(backend, candidates, True, None, cancel or threading.Event())
-    row = data_rows(await _run(backend, stage_sql(write)))[0]
-    request, cold_rows = row[0], int(row[1] or 0)
-    if request is None:
-        return await _run(backend, sql)
-    answers = await _run(backend, f"BEGIN ISOLATION LEVEL READ COMMITTED;\n{sql}")
-    await _run(backend, f"SELECT fig.wait_cold_write({int(request)})")
-    await _run(backend, "COMMIT")
-    return _with_count(answers, cold_rows)
+    rel = _literal(f"{_quote(write.table.schema)}.{_quote(write.table.name)}")
+    serial = f"{COLD_WRITE_SERIAL}, ({rel}::regclass::oid::bigint % 2147483647)::int"
+    await _run(backend, f"SELECT pg_advisory_lock({serial})")
+    try:
+        await _run(backend, "SELECT fig.sync()")
+        candidates = Prepared("", Rewrite(Route.SPLIT, "", [write.part]))
+        await federator.load(backend, candidates, True, None, cancel or threading.Event())
+        row = data_rows(await _run(backend, stage_sql(write)))[0]
+        request, cold_rows = row[0], int(row[1] or 0)
+        if request is None:
+            return await _run(backend, sql)
+        answers = await _run(backend, f"BEGIN ISOLATION LEVEL READ COMMITTED;\n{sql}")
+        await _run(backend, f"SELECT fig.confirm_cold_write({int(request)})")
+        await _run(backend, "COMMIT")
+        await _run(backend, f"SELECT fig.wait_cold_write({int(request)})")
+        return _with_count(answers, cold_rows)
+    finally:
+        await _run(backend, f"SELECT pg_advisory_unlock({serial})")

@@ -117,3 +117,82 @@ def test_hot_failure_leaves_cold_untouched(fig: FigProcess) -> None:
             conn.execute(f"delete from ev where id in (6, 9, {newest[0]})")
         assert conn.execute("select count(*) from ev where id in (6, 9)").fetchone() == (2,)
     assert {6, 9} <= iceberg_ids(fig)
+
+
+def test_failed_commit_leaves_cold_untouched(fig: FigProcess) -> None:
+    """The statement succeeds on hot but its COMMIT fails (a deferred constraint): the cold
+    rows stay as they were (before: cold was written before the hot COMMIT)."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("""create function ev_no_666() returns trigger language plpgsql as $$
+                        begin
+                          if new.status = 666 then raise exception 'no 666 at commit'; end if;
+                          return null;
+                        end $$""")
+        conn.execute("create constraint trigger ev_666 after update on ev deferrable "
+                     "initially deferred for each row execute function ev_no_666()")
+        newest = conn.execute("select max(id) from ev").fetchone()
+        assert newest is not None
+        try:
+            with pytest.raises(psycopg.errors.RaiseException, match="no 666"):
+                conn.execute(f"update ev set status = 666 where id in (12, 15, {newest[0]})")
+        finally:
+            conn.execute("drop trigger ev_666 on ev")
+        conn.execute("select fig.sync()")
+        assert conn.execute("select count(*) from ev where status = 666").fetchone() == (0,)
+    assert {12, 15} <= iceberg_ids(fig)
+    assert not {12, 15} & iceberg_ids(fig, "status = 666")
+
+
+def stage_request(fig: FigProcess, conn: psycopg.Connection, row_id: int, new_status: int,
+                  moved_days: int) -> int:
+    """A confirmed cold-write UPDATE of one cold row made by hand on hot, as Fig's session
+    makes it (its time moved by `moved_days`); returns the request id."""
+    with psycopg.connect(fig.dsn, autocommit=True) as via_fig:
+        old = via_fig.execute("select ts, note from ev where id = %s", (row_id,)).fetchone()
+    assert old is not None
+    with conn.transaction():
+        conn.execute("create temp table st (like ev including constraints) on commit drop")
+        conn.execute("alter table st add column fig_old_time timestamptz")
+        conn.execute("insert into st values (%s, %s::timestamptz + make_interval(days => %s), "
+                     "%s, %s, %s)", (row_id, old[0], moved_days, new_status, old[1], old[0]))
+        row = conn.execute("select * from fig.request_cold_write('ev'::regclass, 'UPDATE', "
+                           "'st', '{status,ts}')").fetchone()
+        assert row is not None and row[1] == 1
+        conn.execute("select fig.confirm_cold_write(%s)", (row[0],))
+    return int(row[0])
+
+
+def test_a_confirmed_request_is_applied_without_a_waiter(fig: FigProcess) -> None:
+    """As after Fig died between the hot COMMIT and waiting: the CDC process applies it, and
+    fig.sync waits for that."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("select fig.sync()")
+    with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
+        stage_request(fig, direct, 21, 404, 0)
+        direct.execute("select fig.sync()")
+    assert 21 in iceberg_ids(fig, "status = 404")
+
+
+def test_replaying_an_update_that_moved_the_time_writes_one_row(fig: FigProcess) -> None:
+    """A crash after the Iceberg commit and before the request is stamped done: applied again,
+    the UPDATE finds the row at its new time and writes it once."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("select fig.sync()")
+    with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
+        request = stage_request(fig, direct, 24, 500, -3)
+        with direct.transaction():
+            # keep a copy of the rows: a successful request deletes them
+            direct.execute("create temp table saved as select * from fig.cold_write_rows "
+                           "where request_id = %s", (request,))
+        direct.execute("select fig.wait_cold_write(%s)", (request,))
+        direct.execute("insert into fig.cold_write_rows select * from saved")
+        direct.execute("update fig.cold_write_requests set done_at = null where id = %s",
+                       (request,))
+        direct.execute("select fig.sync()")
+        row = direct.execute("select done_at is not null from fig.cold_write_requests "
+                             "where id = %s", (request,)).fetchone()
+        assert row == (True,)
+    catalog = SqlCatalog("fig", uri=f"sqlite:///{fig.data_dir / 'iceberg' / 'catalog.db'}",
+                         warehouse=f"file://{fig.data_dir / 'iceberg' / 'warehouse'}")
+    rows = catalog.load_table(("public", "ev")).scan(row_filter="id = 24").to_arrow()
+    assert rows.num_rows == 1 and rows.column("status").to_pylist() == [500]
