@@ -87,6 +87,7 @@ class CdcConfig:
     flush_rows: int = 100_000
     flush_bytes: int = 64 * 1024 * 1024
     flush_interval_ms: int = 500
+    spill_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,13 @@ def _fill_unchanged(new: Row, previous: Row | None) -> Row:
     return filled
 
 
-def collapse(changes: Sequence[Change], primary_key: Sequence[str], time_column: str
-             ) -> Collapsed:
-    """Net deletes (keys present in Iceberg) and final rows of a sequence of changes."""
+def collapse(changes: Sequence[Change], primary_key: Sequence[str], time_column: str,
+             every_key: bool = False) -> Collapsed:
+    """Net deletes (keys present in Iceberg) and final rows of a sequence of changes.
+
+    every_key: delete every key the changes touch, inserted ones too, so that applying them
+    again over a table that already has them gives the same table (a replayed chunk of a
+    spilled transaction)."""
     out = Collapsed()
     final: dict[Key, Row | None] = {}
     in_cold: dict[Key, bool] = {}
@@ -98,6 +102,8 @@ def collapse(changes: Sequence[Change], primary_key: Sequence[str], time_column:
             final.clear()
             in_cold.clear()
             out.old_times.clear()
-    out.delete_keys = [k for k, present in in_cold.items() if present]
+    out.delete_keys = [k for k, present in in_cold.items() if present or every_key]
     out.rows = [row for row in final.values() if row is not None]
+    if every_key and not out.truncate:
+        out.old_times.extend(row.get(time_column) for row in out.rows)
     return out

@@ -15,6 +15,9 @@ class _Unchanged:
     def __repr__(self) -> str:
         return "UNCHANGED"
 
+    def __reduce__(self) -> str:
+        return "UNCHANGED"  # pickled by name: the one instance, in spilled transactions too
+
 
 UNCHANGED: Final = _Unchanged()
 Value = str | None | _Unchanged

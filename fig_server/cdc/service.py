@@ -41,6 +41,7 @@ from fig_server.cdc.replication import (
     release_slot,
     session_conninfo,
 )
+from fig_server.cdc.spill import TxnSpill
 from fig_server.cdc.status import RateWindow, StatusWriter
 from fig_server.config import FigConfig
 from fig_server.errors import DataException, FigError
@@ -78,6 +79,8 @@ class Txn:
     origin: str = ""
     changes: dict[int, list[Change]] = field(default_factory=lambda: defaultdict(list))
     skipped: dict[int, bool] = field(default_factory=dict)
+    bytes: int = 0  # row text held in `changes`
+    spill: TxnSpill | None = None  # earlier changes, once `bytes` passed [cdc] spill_bytes
 
 
 @dataclass
@@ -335,7 +338,8 @@ class CdcProcess:
 
     def _row(self, relid: int, values: tuple[pgo.Value, ...]) -> dict[str, pgo.Value]:
         columns = self.relations[relid].columns
-        self.batch.bytes += sum(len(v) for v in values if isinstance(v, str)) + 16
+        assert self.txn is not None
+        self.txn.bytes += sum(len(v) for v in values if isinstance(v, str)) + 16
         return {c.name: v for c, v in zip(columns, values, strict=True)}
 
     def handle(self, message: pgo.Message | None) -> None:
@@ -370,21 +374,75 @@ class CdcProcess:
             self.txn.origin = message.name
 
     def _add(self, relid: int, change: Change) -> None:
-        assert self.txn is not None
-        self.txn.changes[relid].append(change)
+        txn = self.txn
+        assert txn is not None
+        txn.changes[relid].append(change)
+        if txn.bytes >= self.config.cdc.spill_bytes:
+            if txn.spill is None:
+                txn.spill = TxnSpill(self.config.data_dir / "cdc-spill")
+                log.info("transaction %s is larger than spill_bytes: spilling", txn.xid)
+            txn.spill.write(txn.changes)
+            txn.changes, txn.bytes = defaultdict(list), 0
 
     def commit(self, message: pgo.Commit) -> None:
         txn, self.txn = self.txn, None
         batch = self.batch
         batch.end_lsn = max(batch.end_lsn, message.end_lsn)
+        if txn is not None and txn.spill is not None:
+            self._apply_spilled(txn, message.end_lsn)
+            return
         if txn is None or txn.origin == self.retention.origin or not txn.changes:
             return
+        batch.bytes += txn.bytes
         if not batch.changes:
             batch.first_at = time.monotonic()
         for relid, changes in txn.changes.items():
             batch.changes[relid].extend(changes)
             batch.rows += len(changes)
         batch.last_commit_ts_us = txn.commit_ts_us
+
+    def _apply_spilled(self, txn: Txn, end_lsn: int) -> None:
+        """Apply a spilled transaction chunk by chunk, after every earlier one. Each chunk is
+        an Iceberg commit that keeps the table's checkpoint (fig.lsn) where it was, and is
+        applied replayably: after a crash the slot sends the whole transaction again and
+        the chunks already committed are written over, not duplicated. The checkpoint moves
+        to the transaction's end only once every chunk is in."""
+        assert txn.spill is not None
+        self.flush()
+        touched: set[int] = set()
+        try:
+            chunks = (*txn.spill.read(), txn.changes)
+            for chunk in chunks:
+                for relid, changes in chunk.items():
+                    applier = self.appliers.get(relid)
+                    if applier is None or not changes:
+                        continue
+                    try:
+                        applier.apply(changes, self.checkpoints[relid].lsn, replayable=True)
+                    except DataException as exc:
+                        self._hold(relid, f"{exc.message} (a change in the transaction "
+                                   f"ending at LSN {lsn_to_str(end_lsn)})")
+                        touched.discard(relid)
+                        continue
+                    touched.add(relid)
+            for relid in touched:
+                applier = self.appliers[relid]
+                applier.apply([], end_lsn)  # the checkpoint alone
+                checkpoint = self.checkpoints[relid]
+                self.checkpoints[relid] = Checkpoint(end_lsn, True, checkpoint.copy_snapshot,
+                                                     checkpoint.copy_lsn)
+                self.status.table(relid, applier.table, end_lsn, last_error=None)
+        finally:
+            txn.spill.close()
+        rows = txn.spill.rows + sum(len(c) for c in txn.changes.values())
+        log.info("applied spilled transaction %s: %d changes", txn.xid, rows)
+        self.rows_total += rows
+        self.rate.add(rows)
+        self.status.committed()
+        self.applied_lsn = max(self.applied_lsn, end_lsn)
+        self.batch = Batch(end_lsn=max(self.batch.end_lsn, end_lsn),
+                           last_commit_ts_us=txn.commit_ts_us)
+        self.send_status()
 
     # -- schema changes ----------------------------------------------------------------
 

@@ -50,7 +50,8 @@ def random_transaction(conn: psycopg.Connection, rng: random.Random, next_id: li
 
 def test_random_workload_with_kills(hot_pg: EmbeddedPostgres) -> None:
     rng = random.Random(int(os.environ.get("FIG_SEED", "20261103")))
-    env = make_env(hot_pg, flush_interval_ms=50)
+    # spill_bytes small: many transactions spill, and kills land while their chunks apply
+    env = make_env(hot_pg, flush_interval_ms=50, spill_bytes=20_000)
     install_control_schema(env.dsn)
     conn = env.connect()
     next_id, extra = [1], dict.fromkeys(TABLES, 0)

@@ -212,3 +212,36 @@ def test_a_value_iceberg_cannot_hold_in_the_initial_copy_pauses_the_table(
     wait_active(conn, "poison_copy")
     assert_equal(cdc, conn, "poison_copy")
     conn.execute("SELECT fig.untier_table('poison_copy')")
+
+
+def test_a_transaction_larger_than_memory_spills_and_streams(hot_pg: EmbeddedPostgres) -> None:
+    """More row text than [cdc] spill_bytes in one transaction (and than flush_bytes, which
+    stopped reading for good before): it spills, then reaches cold exactly, two tables."""
+    cdc = make_env(hot_pg, spill_bytes=300_000, flush_bytes=200_000)
+    install_control_schema(cdc.dsn)
+    runner = CdcRunner(cdc.config, cdc.dsn).start()
+    try:
+        with cdc.connect() as conn:
+            for name in ("big_a", "big_b"):
+                conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, "
+                             "ts timestamptz NOT NULL, note text)")
+                conn.execute(f"INSERT INTO {name} SELECT g, now(), 'before' "
+                             "FROM generate_series(1, 100) g")
+                conn.execute(f"SELECT fig.tier_table('{name}', 'ts', interval '3650 days')")
+                wait_active(conn, name)
+            with conn.transaction():
+                for name in ("big_a", "big_b"):
+                    conn.execute(f"INSERT INTO {name} SELECT g, now() - g * interval '1 minute',"
+                                 " repeat('x', 100) || g FROM generate_series(101, 20000) g")
+                conn.execute("UPDATE big_a SET note = 'changed' WHERE id % 3 = 0")
+                conn.execute("DELETE FROM big_b WHERE id % 5 = 0")
+                conn.execute("UPDATE big_b SET id = id + 100000 WHERE id % 7 = 0")
+            spill_dir = cdc.config.data_dir / "cdc-spill"
+            assert_equal(cdc, conn, "big_a")
+            assert_equal(cdc, conn, "big_b")
+            assert spill_dir.exists() and not list(spill_dir.iterdir())
+            conn.execute("INSERT INTO big_a VALUES (0, now(), 'after')")
+            assert_equal(cdc, conn, "big_a")
+    finally:
+        runner.stop()
+        drop_env(hot_pg, cdc)
