@@ -214,6 +214,8 @@ class ClientConnection:
                 del buffer[:rest]
                 if backend.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
                     await backend.writer.drain()
+                if self.federator is not None and self.federator.locked and self.batch is None:
+                    await self._release_after_failed_block()
             if bad is not None:
                 # As Postgres: what came before the bad message is answered, then the end.
                 await self._wait_idle()
@@ -222,6 +224,16 @@ class ClientConnection:
             if not chunk:
                 return
             buffer += chunk
+
+    async def _release_after_failed_block(self) -> None:
+        """A statement that failed its transaction block could not release Fig's boundary
+        lock (nothing runs in a failed block; held, it would stop retention): release it as
+        soon as what the client sent since (its ROLLBACK) has ended the block."""
+        federator = self.federator
+        assert federator is not None
+        await self._wait_idle()
+        if self.session.transaction_status != b"E":
+            await federator.release(self)
 
     # -- statements over tiered tables ---------------------------------------------------
 

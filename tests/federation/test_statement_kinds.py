@@ -236,3 +236,24 @@ def test_asyncpg_prepares_with_flush(fig: FigProcess) -> None:
 
     got, want = asyncio.run(run())
     assert got == want and got
+
+
+def boundary_locks(fig: FigProcess) -> int:
+    with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
+        row = direct.execute("select count(*) from pg_locks where locktype = 'advisory' "
+                             "and objid = 7203 and granted").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_failed_block_does_not_keep_the_boundary_lock(fig: FigProcess) -> None:
+    """A multi-statement query that opens a block and fails in it left Fig's boundary lock
+    held (nothing can run in a failed block), which stops retention: it is released as soon
+    as the client's ROLLBACK ends the block."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("begin; select count(*) from events; select 1/0; commit")
+        conn.execute("rollback")
+        assert boundary_locks(fig) == 0
+        assert conn.execute("select count(*) > 0 from events").fetchone() == (True,)
+        assert boundary_locks(fig) == 0
