@@ -34,7 +34,13 @@ from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
 from fig_server.cold.topn import cannot_beat, domain_value, sort_key
 from fig_server.cold.units import ColdResult, ScanStats, UnitTask, WorkUnit
-from fig_server.errors import FigError, InternalError, QueryCanceled, SqlSyntaxError
+from fig_server.errors import (
+    AdminShutdown,
+    FigError,
+    InternalError,
+    QueryCanceled,
+    SqlSyntaxError,
+)
 
 _DONE = object()
 
@@ -47,12 +53,16 @@ class _Failure:
 class _Control:
     """Client cancel and statement timeout, checked wherever the query waits."""
 
-    def __init__(self, cancel: threading.Event | None, timeout_s: float | None) -> None:
+    def __init__(self, cancel: threading.Event | None, timeout_s: float | None,
+                 closing: threading.Event | None = None) -> None:
         self.cancel = cancel
+        self.closing = closing
         self.deadline = time.monotonic() + timeout_s if timeout_s else None
         self.started = time.monotonic()
 
     def check(self) -> None:
+        if self.closing is not None and self.closing.is_set():
+            raise AdminShutdown("terminating connection due to administrator command")
         if self.cancel is not None and self.cancel.is_set():
             raise QueryCanceled("canceling statement due to user request")
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -98,6 +108,8 @@ class ColdEngine:
         if executor is None:
             executor = ProcessExecutor(count) if use_processes else ThreadExecutor(count)
         self.executor = executor
+        # set by close(): a query still dispatching ends (its units will never run)
+        self._closing = threading.Event()
         self.cache = MetadataCache()
         self._plans = Lru(1024)
         self.queue_size = queue_size or 4 * executor.slots
@@ -112,7 +124,7 @@ class ColdEngine:
               as_of: dt.datetime | None = None, cancel: threading.Event | None = None,
               timeout_s: float | None = None) -> ColdResult:
         """Run a Postgres-dialect SELECT over the given Iceberg tables."""
-        control = _Control(cancel, timeout_s)
+        control = _Control(cancel, timeout_s, self._closing)
         prepared = self._prepare(sql, tables, params, as_of)
         stats = ScanStats()
         scanned: dict[str, pa.Table] = {}
@@ -147,6 +159,7 @@ class ColdEngine:
         return explain_lines(prepared.plan, prepared.scans, stats, analyze=False)
 
     def close(self) -> None:
+        self._closing.set()
         self.executor.close()
 
     def __enter__(self) -> ColdEngine:

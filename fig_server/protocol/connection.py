@@ -11,7 +11,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 
 from fig_server import wire
-from fig_server.errors import ConnectionFailure, FigError, InternalError, ProtocolViolation
+from fig_server.errors import (
+    AdminShutdown,
+    ConnectionFailure,
+    FigError,
+    InternalError,
+    ProtocolViolation,
+)
 from fig_server.limits import UserLimits
 from fig_server.planner.rewrite import split_statements
 from fig_server.planner.tiers import TieredSet
@@ -524,6 +530,8 @@ class ClientConnection:
             if not chunk:
                 if ended:
                     return
+                if session.shutting_down:
+                    raise AdminShutdown("terminating connection due to administrator command")
                 raise ConnectionFailure(
                     "terminating connection because the hot PostgreSQL closed it")
             if buffer:

@@ -92,6 +92,7 @@ class FigServer:
         if self.server is not None:
             self.server.close()
             for session in list(self.sessions.values()):
+                session.shutting_down = True
                 await session.close()
             await self.server.wait_closed()
         if self.roles is not None:

@@ -27,6 +27,8 @@ class Session:
     transaction_status: bytes = b"I"
     # Set while the cold engine works for this session; CancelRequest sets it.
     cold_cancel: threading.Event | None = None
+    # Set when Fig stops: the session ends with 57P01, as Postgres's own shutdown does.
+    shutting_down: bool = False
 
     @property
     def user(self) -> str:
@@ -49,6 +51,8 @@ class Session:
 
     async def close(self) -> None:
         """Release the backend: cancel a statement still running, then terminate."""
+        if self.cold_cancel is not None:
+            self.cold_cancel.set()
         backend, self.backend = self.backend, None
         if backend is None:
             return

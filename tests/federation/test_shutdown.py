@@ -1,0 +1,61 @@
+"""SIGTERM while cold queries run: Fig ends them with 57P01, stops everything and exits.
+
+Before, a cold query still dispatching work units when the engine closed waited forever for
+units no worker would run, and `fig serve` never exited.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tests.conftest import start_fig
+
+
+def test_sigterm_ends_running_cold_queries_and_exits() -> None:
+    fig = start_fig()
+    try:
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(days=100)
+        with psycopg.connect(fig.dsn, autocommit=True) as conn:
+            conn.execute("create table busy (id bigint primary key, ts timestamptz not null, "
+                         "note text)")
+            conn.execute("insert into busy select g, %s::timestamptz + g * interval '20 s', "
+                         "md5(g::text) from generate_series(1, 400000) g", (start,))
+            conn.execute("select fig.tier_table('busy', 'ts', interval '30 days')")
+            conn.execute("select fig.sync(interval '300 seconds')")
+            conn.execute("select fig.run_retention()")
+        outcomes: list[str] = []
+
+        def query() -> None:
+            try:
+                with psycopg.connect(fig.dsn, autocommit=True) as conn:
+                    conn.execute("set fig.route = 'cold'")
+                    for _ in range(20):
+                        conn.execute("select note, count(*) from busy group by 1 "
+                                     "order by 2 desc, 1 limit 3").fetchall()
+                outcomes.append("done")
+            except psycopg.Error as exc:
+                outcomes.append(exc.sqlstate or type(exc).__name__)
+
+        threads = [threading.Thread(target=query) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        fig.process.send_signal(signal.SIGTERM)
+        try:
+            code = fig.process.wait(90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("fig serve did not exit after SIGTERM with cold queries running")
+        for thread in threads:
+            thread.join(30)
+        assert code == 0
+        assert outcomes and set(outcomes) <= {"57P01", "done", "OperationalError"}, outcomes
+        assert "57P01" in outcomes
+    finally:
+        fig.stop(signal.SIGKILL)
