@@ -132,12 +132,15 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         if needed:
             return Rewrite(route, sql, needs=needed)
     # Positions are taken before anything in the tree changes.
+    # Every reference's edits first: the three-part column names a reference's edits strip
+    # may sit in another reference's scope, which the loop below changes.
     edits: dict[int, list[emit.Edit] | None] = {}
-    for node, table in refs:
+    for node, _ in refs:
         where = emit.span(node)
         qualifiers = emit.schema_qualifier_edits(tree, node)
         edits[id(node)] = None if where is None or qualifiers is None else [
             (*where, ""), *qualifiers]
+    for node, table in refs:
         bounds.substitute(where_of(node), node, table, constants or {})
         _unqualify_schema(tree, node, table)
     # Whether the tree prints back as the user's statement, with the bounds substituted.
@@ -169,7 +172,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         parts.append(part)
         if reference_edits is not None and part.replacement is not None:
             (start, end, _), *qualifiers = reference_edits
-            spliced += [(start, end, part.replacement), *qualifiers]
+            spliced += [(start, end, part.replacement),
+                        *(q for q in qualifiers if q not in spliced)]
     if not parts:
         return None
     final = Route.COLD if routes == {Route.COLD} else route

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import decimal
 import math
 import re
 import sys
@@ -112,6 +113,9 @@ def _same_value(a: object, b: object, oid: int | None) -> bool:
         if math.isnan(a) or math.isnan(b):
             return math.isnan(a) and math.isnan(b)
         return a == b or math.isclose(a, b, rel_tol=REL_TOL)
+    if isinstance(a, decimal.Decimal) and isinstance(b, decimal.Decimal) and \
+            (a.is_nan() or b.is_nan()):
+        return a.is_nan() and b.is_nan()  # asyncpg's numeric NaN: never == itself
     return a == b
 
 
