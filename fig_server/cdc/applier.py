@@ -190,12 +190,13 @@ class TableApplier:
                        LessThanOrEqual(term=time_ref, value=literal(high)))
         return expr
 
-    def apply(self, changes: Sequence[Change], end_lsn: int, replayable: bool = False) -> int:
-        """Commit the net effect of `changes` with fig.lsn = end_lsn; returns rows written.
-        replayable: correct even if the table already holds these changes (collapse's
-        every_key)."""
+    def apply(self, changes: Sequence[Change], end_lsn: int, replayable: bool = False,
+              marks: dict[str, str] | None = None) -> int:
+        """Commit the net effect of `changes` with fig.lsn = end_lsn (and `marks`, more table
+        properties, in the same commit); returns rows written. replayable: correct even if
+        the table already holds these changes (collapse's every_key)."""
         collapsed = collapse(changes, self.primary_key, self.time_column, every_key=replayable)
-        props = {LSN: lsn_to_str(end_lsn)}
+        props = {LSN: lsn_to_str(end_lsn), **(marks or {})}
         with self.table.transaction() as tx:
             if collapsed.truncate:
                 tx.delete(AlwaysTrue(), snapshot_properties=props)

@@ -46,7 +46,7 @@ from fig_server.cdc.status import RateWindow, StatusWriter
 from fig_server.config import FigConfig
 from fig_server.errors import DataException, FigError
 from fig_server.storage.catalog import open_catalog
-from fig_server.storage.tables import Checkpoint, lsn_to_str, read_checkpoint
+from fig_server.storage.tables import SPILL_MARK, Checkpoint, lsn_to_str, read_checkpoint
 from fig_server.storage.typemap import PgColumn, iceberg_type
 
 log = logging.getLogger(__name__)
@@ -403,22 +403,31 @@ class CdcProcess:
 
     def _apply_spilled(self, txn: Txn, end_lsn: int) -> None:
         """Apply a spilled transaction chunk by chunk, after every earlier one. Each chunk is
-        an Iceberg commit that keeps the table's checkpoint (fig.lsn) where it was, and is
-        applied replayably: after a crash the slot sends the whole transaction again and
-        the chunks already committed are written over, not duplicated. The checkpoint moves
-        to the transaction's end only once every chunk is in."""
+        an Iceberg commit that keeps the table's checkpoint (fig.lsn) where it was and marks
+        itself (SPILL_MARK, in the same commit). After a crash the slot sends the whole
+        transaction again: the chunks a table marks as done are skipped. Should the chunks
+        differ from last time (spill_bytes changed), each is applied replayably instead
+        (written over, not duplicated). The checkpoint moves to the transaction's end only
+        once every chunk is in."""
         assert txn.spill is not None
         self.flush()
         touched: set[int] = set()
+        mark = f"{lsn_to_str(end_lsn)}/{self.config.cdc.spill_bytes}"
         try:
             chunks = (*txn.spill.read(), txn.changes)
-            for chunk in chunks:
+            for index, chunk in enumerate(chunks):
                 for relid, changes in chunk.items():
                     applier = self.appliers.get(relid)
                     if applier is None or not changes:
                         continue
+                    done, _, last = applier.table.properties.get(SPILL_MARK, "").rpartition("#")
+                    if done == mark and int(last) >= index:
+                        touched.add(relid)
+                        continue  # committed before a crash
+                    replay = done.partition("/")[0] == lsn_to_str(end_lsn) and done != mark
                     try:
-                        applier.apply(changes, self.checkpoints[relid].lsn, replayable=True)
+                        applier.apply(changes, self.checkpoints[relid].lsn, replayable=replay,
+                                      marks={SPILL_MARK: f"{mark}#{index}"})
                     except DataException as exc:
                         self._hold(relid, f"{exc.message} (a change in the transaction "
                                    f"ending at LSN {lsn_to_str(end_lsn)})")

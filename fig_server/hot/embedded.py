@@ -127,22 +127,28 @@ class EmbeddedPostgres:
             "# Written by Fig at every start: edit conf/fig.toml [hot] settings instead.\n"
             + "\n".join(lines) + "\n")
 
-    def _clear_stale_pid(self) -> None:
+    def _postmaster_alive(self) -> bool:
+        """Whether postmaster.pid names a live postgres process. A killed postmaster that no
+        one reaped (a container whose PID 1 does not reap orphans) is a zombie: dead, though
+        pg_ctl status, which only sends it signal 0, calls it running."""
         pid_file = self.pgdata / "postmaster.pid"
-        if not pid_file.exists():
-            return
         try:
             pid = int(pid_file.read_text().split()[0])
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (ValueError, IndexError, FileNotFoundError):
-            cmdline = b""
-        if b"postgres" not in cmdline:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ValueError, IndexError, OSError):
+            return False
+        return b"postgres" in cmdline and state != "Z"
+
+    def _clear_stale_pid(self) -> None:
+        pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists() and not self._postmaster_alive():
             log.warning("removing stale %s", pid_file)
             pid_file.unlink()
 
     def is_running(self) -> bool:
-        return self._run(str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.pgdata)
-                         ).returncode == 0
+        return self._postmaster_alive() and self._run(
+            str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.pgdata)).returncode == 0
 
     def start(self) -> None:
         """initdb when absent, then start the server and wait until it accepts connections."""
