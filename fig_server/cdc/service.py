@@ -386,11 +386,13 @@ class CdcProcess:
 
     def commit(self, message: pgo.Commit) -> None:
         txn, self.txn = self.txn, None
-        batch = self.batch
-        batch.end_lsn = max(batch.end_lsn, message.end_lsn)
         if txn is not None and txn.spill is not None:
+            # before the batch may carry this end: its flush would confirm the transaction
+            # to the slot before a chunk of it is in Iceberg
             self._apply_spilled(txn, message.end_lsn)
             return
+        batch = self.batch
+        batch.end_lsn = max(batch.end_lsn, message.end_lsn)
         if txn is None or txn.origin == self.retention.origin or not txn.changes:
             return
         batch.bytes += txn.bytes
