@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -53,10 +54,23 @@ def config_from_args(args: argparse.Namespace) -> FigConfig:
     return load_config(args.config, server=server)
 
 
-def run_cdc(config: FigConfig, dsn: str, stop_event: Any) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """When fig serve dies without stopping CDC (SIGKILL, a crash), CDC ends too: an orphan
+    would hold the replication slot against the next fig serve's CDC. Exiting at any moment
+    is safe: Iceberg and the slot are exact under a kill."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            log.error("fig serve (pid %d) is gone: the CDC process exits", parent)
+            os._exit(1)
+
+
+def run_cdc(config: FigConfig, dsn: str, stop_event: Any, parent: int) -> None:
     """The CDC process's entry point: logging as the server's, then the CDC loop."""
     logging.basicConfig(level=config.server.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="fig-cdc-parent-watch").start()
     cdc_service.run(config, dsn, stop_event)
 
 
@@ -72,7 +86,7 @@ class CdcSupervisor:
 
     def start(self) -> None:
         self.process = self.context.Process(
-            target=run_cdc, args=(self.config, self.dsn, self.stop_event),
+            target=run_cdc, args=(self.config, self.dsn, self.stop_event, os.getpid()),
             name="fig-cdc", daemon=False)
         self.process.start()
 

@@ -154,4 +154,4 @@ def test_kill_the_whole_serve_tree_loses_and_duplicates_nothing() -> None:
         assert len({row[0] for row in cold}) == len(cold), "a key is twice in Iceberg"
         assert cold == [tuple(row) for row in twin]
     finally:
-        fig.stop(signal.SIGKILL)
+        kill_everything(fig)

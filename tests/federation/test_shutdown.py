@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -59,3 +60,31 @@ def test_sigterm_ends_running_cold_queries_and_exits() -> None:
         assert "57P01" in outcomes
     finally:
         fig.stop(signal.SIGKILL)
+
+
+def test_cdc_ends_when_fig_serve_is_killed() -> None:
+    """SIGKILL of fig serve alone: its CDC process must not live on as an orphan holding the
+    replication slot (it did, applying for as long as it had work)."""
+    from tests.federation.test_kill_serve import kill_everything, tree
+
+    fig = start_fig()
+    try:
+        children = [pid for pid in tree(fig.process.pid) if pid != fig.process.pid
+                    and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert children, "no CDC process found"
+        fig.process.kill()
+        fig.process.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        kill_everything(fig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
