@@ -355,7 +355,9 @@ class ClientConnection:
                 if await work(federator) is not False:
                     await self._wait_idle()
         except FigError as error:
-            await self._fail(error)
+            # canceled by Fig's stop: say so, as Postgres does
+            await self._fail(AdminShutdown("terminating connection due to administrator "
+                                           "command") if self.session.shutting_down else error)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as error:  # a bug of Fig's: this statement fails, the session goes on
