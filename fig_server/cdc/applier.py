@@ -35,9 +35,9 @@ from pyiceberg.types import (
 
 from fig_server.cdc.changes import Change, Collapsed, Key, Row, collapse
 from fig_server.cdc.pgoutput import UNCHANGED
-from fig_server.errors import DataException, FeatureNotSupported
+from fig_server.errors import DataException, FeatureNotSupported, FigError
 from fig_server.storage.tables import LSN, attnum_doc, doc_attnum, lsn_to_str
-from fig_server.storage.typemap import text_to_arrow
+from fig_server.storage.typemap import PgColumn, iceberg_type, text_to_arrow
 
 log = logging.getLogger(__name__)
 IN_LIST_LIMIT = 10_000
@@ -60,6 +60,16 @@ class SchemaStep:
     new_name: str = ""
     ice_type: IcebergType | None = None
     attnum: int = 0
+
+
+def column_spec(name: str, column: PgColumn, attnum: int) -> ColumnSpec:
+    """A Postgres column for plan_evolution: its Iceberg type, or None when it has none."""
+    try:
+        ice: IcebergType | None = iceberg_type(column)
+    except FigError:
+        ice = None
+    label = column.elem_name + "[]" if column.is_array else column.type_name
+    return ColumnSpec(name, ice, attnum, label)
 
 
 class Unexpressible(FeatureNotSupported):

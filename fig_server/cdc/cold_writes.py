@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from fig_server.cdc.changes import Change, RowDelete, RowInsert
+from fig_server.cdc.control import KEY_MODULUS
 from fig_server.errors import FigError
 from fig_server.storage.tables import read_checkpoint
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from fig_server.cdc.service import CdcProcess
 
 log = logging.getLogger(__name__)
-KEY_MODULUS = 2147483647
 RETRY_S = 5.0
 
 

@@ -48,6 +48,11 @@ COMPACT_LOCK = 7202
 COLD_WRITE_LOCK = 7204
 ATTACH_LOCK = 7205
 UNTIER_LOCK = 7206
+# Held shared by Fig's federated statements while they read a boundary and run; taken (only
+# tried) by whatever moves a boundary (retention, restore).
+BOUNDARY_LOCK = 7203
+# Advisory lock keys are int4: a table oid or request id modulo this (as the SQL does).
+KEY_MODULUS = 2147483647
 SUPPORTED_TYPES = ("int2", "int4", "int8", "float4", "float8", "text", "varchar", "bpchar",
                    "name", "json", "jsonb", "bool", "date", "time", "timestamp", "timestamptz",
                    "uuid", "bytea")

@@ -33,9 +33,9 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, TimestampType
 
-from fig_server.cdc.applier import IN_LIST_LIMIT, ColumnSpec, TableApplier
+from fig_server.cdc.applier import IN_LIST_LIMIT, TableApplier, column_spec
 from fig_server.cdc.changes import Collapsed
-from fig_server.errors import DataException, FigError
+from fig_server.errors import DataException
 from fig_server.storage.tables import (
     COPY_DONE,
     COPY_LSN,
@@ -44,7 +44,7 @@ from fig_server.storage.tables import (
     create_table,
     lsn_to_str,
 )
-from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, iceberg_type, text_to_arrow
+from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, text_to_arrow
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]
@@ -135,15 +135,7 @@ def _to_iceberg_arrow(table: Table, batch: pa.RecordBatch) -> pa.Table:
 
 def _evolved(table: Table, columns: list[PgColumn], key: list[str], time_column: str) -> Table:
     """The kept Iceberg table with its schema evolved to the table's current columns."""
-    specs = []
-    for column in columns:
-        try:
-            ice: object = iceberg_type(column)
-        except FigError:
-            ice = None
-        specs.append(ColumnSpec(column.name, ice, column.attnum,  # type: ignore[arg-type]
-                                column.elem_name + "[]" if column.is_array
-                                else column.type_name))
+    specs = [column_spec(column.name, column, column.attnum) for column in columns]
     applier = TableApplier(table, key, time_column)
     applier.evolve(applier.plan_evolution(specs))  # Unexpressible: history cannot be kept
     table.refresh()

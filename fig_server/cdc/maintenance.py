@@ -17,6 +17,7 @@ from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, TimestamptzType
 
+from fig_server.cdc.control import KEY_MODULUS
 from fig_server.storage.tables import LSN, MANAGED
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Maintenance:
 
     def compact_requested(self, key: int) -> None:
         for relid in list(self.process.appliers):
-            if relid % 2147483647 == key:
+            if relid % KEY_MODULUS == key:
                 self.run_table(relid, compact_all=True)
                 self.process.status.table(relid, self.process.appliers[relid].table,
                                           compacted_at="now")

@@ -30,8 +30,9 @@ from pyiceberg.expressions import LessThan, Reference
 from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 
+from fig_server.cdc.control import KEY_MODULUS
 from fig_server.cdc.initial_copy import first_kept_value, primary_key
-from fig_server.cdc.retention import BoundaryBusy
+from fig_server.cdc.retention import BoundaryBusy, take_boundary_lock
 from fig_server.errors import FigError
 from fig_server.storage.tables import str_to_lsn
 from fig_server.storage.typemap import to_copy_csv
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from fig_server.cdc.service import CdcProcess, TieredTable
 
 log = logging.getLogger(__name__)
-KEY_MODULUS = 2147483647
-BOUNDARY_LOCK = 7203
 
 
 class Restorer:
@@ -84,10 +83,7 @@ class Restorer:
                 "WHERE table_oid = %s AND boundary > '-infinity'", (table.relid,)).fetchone()
             if row is not None:
                 process.retention.wait_cold(table, str_to_lsn(row[1]))
-                acquired = conn.execute("SELECT pg_try_advisory_xact_lock(%s)",
-                                        (BOUNDARY_LOCK,)).fetchone()
-                if acquired is None or not acquired[0]:
-                    raise BoundaryBusy("federated statements are reading the boundary")
+                take_boundary_lock(conn)
                 moved = self._copy_back(conn, applier.table, table, name, row[0])
             conn.execute("DELETE FROM fig.tiered_tables WHERE table_oid = %s", (table.relid,))
         return moved

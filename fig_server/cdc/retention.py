@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
+from fig_server.cdc.control import BOUNDARY_LOCK
 from fig_server.cdc.replication import session_conninfo
 from fig_server.errors import ObjectNotInPrerequisiteState
 from fig_server.storage.tables import str_to_lsn
@@ -35,6 +36,14 @@ def origin_name(slot: str) -> str:
 
 class BoundaryBusy(ObjectNotInPrerequisiteState):
     """Federated statements hold the boundary lock: retention tries again shortly."""
+
+
+def take_boundary_lock(conn: psycopg.Connection) -> None:
+    """The boundary lock for this transaction, only tried: a session holding it shared may
+    be waiting for a table lock the caller holds."""
+    acquired = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (BOUNDARY_LOCK,)).fetchone()
+    if acquired is None or not acquired[0]:
+        raise BoundaryBusy("federated statements are reading the boundary")
 
 
 class RetentionRunner:
@@ -135,9 +144,7 @@ class RetentionRunner:
             # Fig's federated statements hold this shared while they read a boundary and run
             # (fig_server.session.federation), so the boundary never moves under a statement.
             # Only tried, never waited for: a session holding it may wait for our table lock.
-            acquired = self.conn.execute("SELECT pg_try_advisory_xact_lock(7203)").fetchone()
-            if acquired is None or not acquired[0]:
-                raise BoundaryBusy("federated statements are reading the boundary")
+            take_boundary_lock(self.conn)
             deleted = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} < %s").format(
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount
             self.conn.execute("UPDATE fig.tiered_tables SET boundary = greatest(boundary, %s) "

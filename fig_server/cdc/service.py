@@ -23,7 +23,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 
 from fig_server.cdc import pgoutput as pgo
-from fig_server.cdc.applier import ColumnSpec, TableApplier, Unexpressible
+from fig_server.cdc.applier import TableApplier, Unexpressible, column_spec
 from fig_server.cdc.changes import Change, RowDelete, RowInsert, RowUpdate, TableTruncate
 from fig_server.cdc.control import (
     ATTACH_LOCK,
@@ -47,7 +47,7 @@ from fig_server.config import FigConfig
 from fig_server.errors import DataException, FigError
 from fig_server.storage.catalog import open_catalog
 from fig_server.storage.tables import SPILL_MARK, Checkpoint, lsn_to_str, read_checkpoint
-from fig_server.storage.typemap import PgColumn, iceberg_type
+from fig_server.storage.typemap import PgColumn
 
 log = logging.getLogger(__name__)
 PERIODIC_S = 0.25
@@ -273,7 +273,11 @@ class CdcProcess:
     def _pause_unloaded(self, table: TieredTable, error: str) -> None:
         """Pause a table that never started streaming: its cold rows stay as they are."""
         self.pause_loaded(TieredTable(**{**table.__dict__, "state": "paused"}))
+        self._record_pause(table, error)
+
+    def _record_pause(self, table: TieredTable, error: str) -> None:
         log.error("pausing CDC of %s.%s: %s", table.schema, table.name, error)
+        # the error first: fig.sync reports it as soon as it sees the state
         self.status.table(table.relid, None, last_error=error)
         self.status.error(f"{table.schema}.{table.name}: {error}")
         self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
@@ -295,15 +299,10 @@ class CdcProcess:
 
     def _hold(self, relid: int, error: str) -> None:
         table = self.tables[relid]
-        log.error("pausing CDC of %s.%s: %s", table.schema, table.name, error)
         self.appliers.pop(relid, None)
         self.holds[relid] = self.checkpoints[relid].lsn
         self.tables[relid] = TieredTable(**{**table.__dict__, "state": "paused"})
-        # the error first: fig.sync reports it as soon as it sees the state
-        self.status.table(relid, None, last_error=error)
-        self.status.error(f"{table.schema}.{table.name}: {error}")
-        self.conn.execute("UPDATE fig.tiered_tables SET state = 'paused' WHERE table_oid = %s",
-                          (relid,))
+        self._record_pause(table, error)
 
     def forget(self, relid: int, drop: bool) -> None:
         table = self.tables.pop(relid)
@@ -475,16 +474,9 @@ class CdcProcess:
         attnums: dict[str, int] = dict(self.conn.execute(
             "SELECT attname, attnum FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
             "AND NOT attisdropped", (relation.relid,)).fetchall())
-        specs = []
-        for column in relation.columns:
-            pg_column = self._column_type(column.type_oid, column.typmod, column.name)
-            try:
-                ice: Any = iceberg_type(pg_column)
-            except FigError:
-                ice = None
-            specs.append(ColumnSpec(column.name, ice, attnums.get(column.name, 0),
-                                    pg_column.elem_name + "[]" if pg_column.is_array
-                                    else pg_column.type_name))
+        specs = [column_spec(column.name,
+                             self._column_type(column.type_oid, column.typmod, column.name),
+                             attnums.get(column.name, 0)) for column in relation.columns]
         try:
             steps = applier.plan_evolution(specs)
         except Unexpressible as exc:

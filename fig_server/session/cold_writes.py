@@ -56,10 +56,14 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _relation(write: ColdWrite) -> str:
+    return f"{_quote(write.table.schema)}.{_quote(write.table.name)}"
+
+
 def stage_sql(write: ColdWrite) -> str:
     """Stage the rows to write in cold and record them as a request: (request id, rows)."""
     table = write.table
-    rel = f"{_quote(table.schema)}.{_quote(table.name)}"
+    rel = _relation(write)
     columns = "ARRAY[" + ", ".join(_literal(c) for c in write.set_columns) + "]::text[]"
     return (f"BEGIN; CREATE TEMP TABLE {STAGE} (LIKE {rel} INCLUDING CONSTRAINTS) "
             f"ON COMMIT DROP; ALTER TABLE pg_temp.{STAGE} ADD COLUMN fig_old_time "
@@ -110,7 +114,7 @@ async def run_cold_write(federator: Federator, backend: Injector, statements: li
     if as_of is not None:
         raise refusal(name, "cannot run while fig.as_of is set", "RESET fig.as_of")
     sql = plan.sql
-    rel = _literal(f"{_quote(write.table.schema)}.{_quote(write.table.name)}")
+    rel = _literal(_relation(write))
     serial = f"{COLD_WRITE_SERIAL}, ({rel}::regclass::oid::bigint % 2147483647)::int"
     await _run(backend, f"SELECT pg_advisory_lock({serial})")
     try:
