@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 DBT_VENV := .venv-dbt
 DBT_STAMP := $(DBT_VENV)/.installed
 
-.PHONY: serve test lint bench bench-full clean
+# The dashboard's chart library, from the npm registry, pinned by version and checksum.
+UPLOT_VERSION := 1.6.32
+UPLOT_SHA512 := KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==
+VENDOR := fig_server/dashboard/page/vendor
+VENDOR_STAMP := $(VENDOR)/.installed
+
+.PHONY: serve test lint bench bench-full clean vendor
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +26,24 @@ $(DBT_STAMP):
 	$(DBT_VENV)/bin/pip install -q "dbt-postgres~=1.9.0" "dbt-core~=1.9.0"
 	touch $(DBT_STAMP)
 
-serve: $(STAMP)
+$(VENDOR_STAMP):
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)
+	cd $(VENDOR) && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null
+	test "$$(openssl dgst -sha512 -binary $(VENDOR)/uplot-$(UPLOT_VERSION).tgz | base64 -w0)" \
+		= "$(UPLOT_SHA512)"
+	tar -xzf $(VENDOR)/uplot-$(UPLOT_VERSION).tgz -C $(VENDOR) --strip-components=2 \
+		package/dist/uPlot.iife.min.js package/dist/uPlot.min.css
+	tar -xzf $(VENDOR)/uplot-$(UPLOT_VERSION).tgz -C $(VENDOR) --strip-components=1 \
+		package/LICENSE
+	rm $(VENDOR)/uplot-$(UPLOT_VERSION).tgz
+	touch $(VENDOR_STAMP)
+
+vendor: $(VENDOR_STAMP)
+
+serve: $(STAMP) $(VENDOR_STAMP)
 	$(BIN)/fig serve
 
-test: $(STAMP) $(DBT_STAMP)
+test: $(STAMP) $(DBT_STAMP) $(VENDOR_STAMP)
 	$(BIN)/ruff check fig_server tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
@@ -39,4 +59,4 @@ bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run --scale full
 
 clean:
-	rm -rf $(VENV) $(DBT_VENV) .fig
+	rm -rf $(VENV) $(DBT_VENV) $(VENDOR) .fig

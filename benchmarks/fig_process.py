@@ -74,6 +74,7 @@ def start_fig(data_dir: Path, timeout: float = 180.0) -> FigProcess:
     env.update({
         "FIG__SERVER__DATA_DIR": str(data_dir),
         "FIG__SERVER__PORT": "0",
+        "FIG__METRICS__PORT": "0",
         "FIG__HOT__PORT": str(hot_port),
         "FIG__HOT__LISTEN_ADDRESSES": "127.0.0.1",
         "FIG__HOT__SETTINGS": ",".join(PG_SETTINGS),

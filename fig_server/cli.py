@@ -18,10 +18,14 @@ from typing import IO, Any
 
 import uvloop
 
+from fig_server import metrics
 from fig_server.cdc import service as cdc_service
 from fig_server.cdc.control import install_control_schema
 from fig_server.cold.worker import MEMORY_LIMIT_ENV
 from fig_server.config import FigConfig, load_config
+from fig_server.dashboard.endpoint import Endpoint, refuse_open_endpoint
+from fig_server.dashboard.health import HealthMonitor
+from fig_server.dashboard.status import print_status
 from fig_server.demo import install_demo
 from fig_server.errors import ConfigurationError, FigError
 from fig_server.hot.backend import HotTarget
@@ -32,8 +36,10 @@ from fig_server.protocol.auth import refuse_open_trust
 from fig_server.protocol.server import FigServer
 from fig_server.session.audit_log import AuditLog
 from fig_server.session.federation import ColdService, TieredCatalog
+from fig_server.session.statement_metrics import StatementMetrics
 
 log = logging.getLogger("fig")
+METRICS_WRITE_S = 1.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,12 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--data-dir", help="state directory (default .fig)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 5433)")
+    status = commands.add_parser("status", help="print the health of a running fig serve")
+    status.add_argument("--config", help="TOML config file (default conf/fig.toml)")
+    status.add_argument("--data-dir", help="its state directory (default .fig)")
+    status.add_argument("--url", help="its metrics endpoint (default: from the data dir)")
+    status.add_argument("--json", action="store_true", help="the health document as JSON")
     return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> FigConfig:
     server = {key: value for key, value in
-              (("data_dir", args.data_dir), ("host", args.host), ("port", args.port))
+              (("data_dir", args.data_dir), ("host", getattr(args, "host", None)),
+               ("port", getattr(args, "port", None)))
               if value is not None}
     return load_config(args.config, server=server)
 
@@ -71,7 +83,26 @@ def run_cdc(config: FigConfig, dsn: str, stop_event: Any, parent: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
                      name="fig-cdc-parent-watch").start()
+    threading.Thread(target=_write_metrics, args=(_snapshot(config, "cdc"), stop_event),
+                     daemon=True, name="fig-cdc-metrics").start()
     cdc_service.run(config, dsn, stop_event)
+
+
+def _snapshot(config: FigConfig, process: str) -> Path:
+    """Where a process other than fig serve leaves its metrics for the endpoint."""
+    return config.data_dir / "metrics" / f"{process}.prom"
+
+
+def _write_metrics(path: Path, stop_event: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            metrics.write_snapshot(path)
+        except OSError as exc:
+            log.warning("could not write CDC metrics to %s: %s", path, exc)
+        if stop_event.wait(METRICS_WRITE_S):
+            metrics.write_snapshot(path)
+            return
 
 
 class CdcSupervisor:
@@ -128,8 +159,11 @@ def lock_data_dir(data_dir: Path, wait_s: float = 60.0) -> IO[bytes]:
 async def serve(config: FigConfig) -> None:
     """Run until SIGINT or SIGTERM, then stop everything Fig started."""
     refuse_open_trust(config)
+    refuse_open_endpoint(config.metrics)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = await asyncio.to_thread(lock_data_dir, config.data_dir)
+    # counters of an earlier run's CDC process are not this run's
+    _snapshot(config, "cdc").unlink(missing_ok=True)
     embedded = None if config.hot.dsn else EmbeddedPostgres(config)
     if embedded is not None:
         await asyncio.to_thread(embedded.start)
@@ -141,7 +175,9 @@ async def serve(config: FigConfig) -> None:
     await asyncio.to_thread(install_query_log, dsn, config.auth.admin_role)
     # Cold workers (started later, from a forkserver) read their memory limit from here.
     os.environ[MEMORY_LIMIT_ENV] = str(config.cold.memory_limit_mb)
-    audit = AuditLog(config.audit, config.data_dir, dsn) if config.audit.enabled else None
+    counted = StatementMetrics(config.audit.price_per_gb) if config.metrics.enabled else None
+    audit = AuditLog(config.audit, config.data_dir, dsn, counted) \
+        if config.audit.enabled or counted is not None else None
     tiered = TieredCatalog(dsn)
     await tiered.refresh()
     tiered.start()
@@ -157,9 +193,13 @@ async def serve(config: FigConfig) -> None:
     supervise = asyncio.create_task(cdc.watch())
     if audit is not None:
         audit.start()
+    endpoint = None
     try:
         port = await server.start()
         state = {"host": config.server.host, "port": port, "pid": os.getpid(), "hot_dsn": dsn}
+        if counted is not None:
+            endpoint = start_endpoint(config, dsn, counted)
+            state["metrics_url"] = endpoint.url if endpoint is not None else None
         (config.data_dir / "server.json").write_text(json.dumps(state))
         if tiered.current.tables or (config.demo.enabled and embedded is not None):
             await asyncio.to_thread(cold.warm)
@@ -170,6 +210,8 @@ async def serve(config: FigConfig) -> None:
         log.info("shutting down")
     finally:
         supervise.cancel()
+        if endpoint is not None:
+            await asyncio.to_thread(endpoint.stop)
         await server.stop()
         if audit is not None:
             await audit.stop()
@@ -180,6 +222,33 @@ async def serve(config: FigConfig) -> None:
             await asyncio.to_thread(embedded.stop)
         (config.data_dir / "server.json").unlink(missing_ok=True)
         lock.close()
+
+
+class _Running:
+    """The metrics endpoint and the monitor behind it, as started."""
+
+    def __init__(self, endpoint: Endpoint, monitor: HealthMonitor, url: str) -> None:
+        self.endpoint, self.monitor, self.url = endpoint, monitor, url
+
+    def stop(self) -> None:
+        self.endpoint.stop()
+        self.monitor.stop()
+
+
+def start_endpoint(config: FigConfig, dsn: str, counted: StatementMetrics) -> _Running | None:
+    """The [metrics] endpoint; a port already taken is logged, and Fig serves without it."""
+    snapshot = _snapshot(config, "cdc")
+    monitor = HealthMonitor(dsn, [snapshot], config.audit.enabled, counted.add_cost_today)
+    endpoint = Endpoint(config.metrics, monitor)
+    try:
+        url = endpoint.start()
+    except OSError as exc:
+        log.error("metrics endpoint not started on %s:%s: %s", config.metrics.host,
+                  config.metrics.port, exc)
+        return None
+    monitor.start()
+    log.info("metrics and dashboard at %s", url)
+    return _Running(endpoint, monitor, url)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -194,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"fig: {exc}", file=sys.stderr)
         return 2
+    if args.command == "status":
+        return print_status(config.data_dir, args.url, as_json=args.json)
     logging.basicConfig(level=config.server.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -104,6 +104,15 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9433
+    # Listening beyond loopback shows what fig.query_log holds to whoever reaches the port.
+    remote: bool = False
+
+
+@dataclass(frozen=True)
 class FigConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -114,6 +123,7 @@ class FigConfig:
     tiering: TieringConfig = field(default_factory=TieringConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -69,6 +69,7 @@ class FigProcess:
     hot_port: int
     hot_socket_dir: Path
     env: dict[str, str]
+    metrics_url: str | None = None  # the dashboard, when [metrics] is on
 
     @property
     def dsn(self) -> str:
@@ -110,6 +111,7 @@ def start_fig(data_dir: Path | None = None, env: dict[str, str] | None = None,
         "FIG__HOT__SETTINGS": ",".join(FAST_PG),
         "FIG__DEMO__ENABLED": "false",
         "FIG__CDC__FLUSH_INTERVAL_MS": "200",
+        "FIG__METRICS__PORT": "0",
     })
     full_env.update(env or {})
     state_file = data_dir / "server.json"
@@ -127,7 +129,7 @@ def start_fig(data_dir: Path | None = None, env: dict[str, str] | None = None,
         time.sleep(0.05)
     state = json.loads(state_file.read_text())
     return FigProcess(process, data_dir, state["host"], state["port"], hot_port,
-                      data_dir / "pg" / "run", full_env)
+                      data_dir / "pg" / "run", full_env, state.get("metrics_url"))
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ ALLOWED = {
     "cdc": {"storage"},
     # the session runs a plan: the planner's parts on the cold engine, the rest on hot
     "session": {"planner", "hot", "cold", "storage"},
+    # the metrics endpoint reads the hot Postgres with its own connection
+    "dashboard": set(),
 }
 
 

@@ -17,6 +17,7 @@ from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, TimestamptzType
 
+from fig_server import metrics
 from fig_server.cdc.control import KEY_MODULUS
 from fig_server.storage.tables import LSN, MANAGED
 
@@ -108,6 +109,7 @@ class Maintenance:
                 tx.overwrite(rows, overwrite_filter=window, snapshot_properties={LSN: lsn})
             done += 1
         if done:
+            metrics.COMPACTION_RUNS.inc()
             log.info("compacted %d days of %s", done, table.name())
         return done
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
+from fig_server import metrics
 from fig_server.cdc.control import BOUNDARY_LOCK
 from fig_server.cdc.replication import session_conninfo
 from fig_server.errors import ObjectNotInPrerequisiteState
@@ -149,6 +150,8 @@ class RetentionRunner:
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount
             self.conn.execute("UPDATE fig.tiered_tables SET boundary = greatest(boundary, %s) "
                               "WHERE table_oid = %s", (cutoff, table.relid))
+        metrics.RETENTION_RUNS.inc()
+        metrics.RETENTION_ROWS.inc(deleted)
         log.info("retention %s.%s: %d rows older than %s deleted from hot", table.schema,
                  table.name, deleted, cutoff)
         return more

@@ -22,6 +22,7 @@ import psycopg
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 
+from fig_server import metrics
 from fig_server.cdc import pgoutput as pgo
 from fig_server.cdc.applier import TableApplier, Unexpressible, column_spec
 from fig_server.cdc.changes import Change, RowDelete, RowInsert, RowUpdate, TableTruncate
@@ -277,6 +278,7 @@ class CdcProcess:
 
     def _record_pause(self, table: TieredTable, error: str) -> None:
         log.error("pausing CDC of %s.%s: %s", table.schema, table.name, error)
+        metrics.CDC_ERRORS.inc()
         # the error first: fig.sync reports it as soon as it sees the state
         self.status.table(table.relid, None, last_error=error)
         self.status.error(f"{table.schema}.{table.name}: {error}")
@@ -385,6 +387,7 @@ class CdcProcess:
 
     def commit(self, message: pgo.Commit) -> None:
         txn, self.txn = self.txn, None
+        metrics.CDC_TRANSACTIONS.inc()
         if txn is not None and txn.spill is not None:
             # before the batch may carry this end: its flush would confirm the transaction
             # to the slot before a chunk of it is in Iceberg
@@ -446,13 +449,17 @@ class CdcProcess:
             txn.spill.close()
         rows = txn.spill.rows + sum(len(c) for c in txn.changes.values())
         log.info("applied spilled transaction %s: %d changes", txn.xid, rows)
-        self.rows_total += rows
-        self.rate.add(rows)
-        self.status.committed()
+        self._applied(rows)
         self.applied_lsn = max(self.applied_lsn, end_lsn)
         self.batch = Batch(end_lsn=max(self.batch.end_lsn, end_lsn),
                            last_commit_ts_us=txn.commit_ts_us)
         self.send_status()
+
+    def _applied(self, rows: int) -> None:
+        self.rows_total += rows
+        self.rate.add(rows)
+        metrics.CDC_ROWS.inc(rows)
+        self.status.committed()
 
     # -- schema changes ----------------------------------------------------------------
 
@@ -527,9 +534,7 @@ class CdcProcess:
                 self.status.table(relid, applier.table, batch.end_lsn, last_error=None)
             del batch.changes[relid]
         if batch.rows:
-            self.rows_total += batch.rows
-            self.rate.add(batch.rows)
-            self.status.committed()
+            self._applied(batch.rows)
         self.applied_lsn = max(self.applied_lsn, batch.end_lsn)
         self.batch = Batch(end_lsn=batch.end_lsn, last_commit_ts_us=batch.last_commit_ts_us)
         self.send_status()
@@ -540,6 +545,7 @@ class CdcProcess:
         except (OSError, FigError, ValueError) as exc:
             # The warehouse may be unwritable for a while: keep the batch, retry later.
             log.exception("Iceberg commit failed; retrying")
+            metrics.CDC_ERRORS.inc()
             self.status.error(f"Iceberg commit failed: {exc}")
             self.retry_at = time.monotonic() + 2.0
 
@@ -579,6 +585,15 @@ class CdcProcess:
             time.sleep(min(timeout, 0.1))
         if self.txn is None and self.flush_due(caught_up):
             self.try_flush()
+        self._buffer_metrics()
+
+    def _buffer_metrics(self) -> None:
+        txn = self.txn
+        open_rows = sum(len(c) for c in txn.changes.values()) if txn is not None else 0
+        metrics.CDC_BUFFER_ROWS.set(self.batch.rows + open_rows)
+        metrics.CDC_BUFFER_BYTES.set(self.batch.bytes + (txn.bytes if txn is not None else 0))
+        spill = txn.spill if txn is not None else None
+        metrics.CDC_SPILLED_BYTES.set(spill.file.tell() if spill is not None else 0)
 
     def periodic(self, stop_event: Any) -> None:
         now = time.monotonic()

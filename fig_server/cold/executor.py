@@ -10,6 +10,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +18,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from fig_server import metrics
 from fig_server.cold import worker
 from fig_server.cold.units import UnitTask
 from fig_server.errors import InternalError, QueryCanceled
@@ -39,6 +41,10 @@ class Executor(ABC):
 
     def warm(self) -> None:  # noqa: B027 - optional hook, nothing to start by default
         """Start whatever the first query would otherwise wait for (in the background)."""
+
+    def load(self) -> tuple[int, int]:
+        """Slots running a task now, and tasks waiting for a slot (for the metrics)."""
+        return 0, 0
 
     @abstractmethod
     def close(self) -> None: ...
@@ -95,6 +101,9 @@ class ProcessExecutor(Executor):
     def worker_pids(self) -> list[int]:
         """Live worker processes (for tests and monitoring)."""
         return [pid for lane in self._lanes if (pid := lane.pid()) is not None]
+
+    def load(self) -> tuple[int, int]:
+        return sum(lane.busy() for lane in self._lanes), self._tasks.qsize()
 
     def busy_pids(self) -> list[int]:
         """Worker processes running a task right now."""
@@ -173,11 +182,13 @@ class _Lane(threading.Thread):
                     self._abort.clear()
                     if getattr(future, "fig_abort", False):
                         self._abort.set()
+                began = time.monotonic()
                 try:
                     self._run(future, task)
                 finally:
                     with self._guard:
                         self._current = None
+                    metrics.WORKER_SECONDS.inc(time.monotonic() - began)
                 if self._process is None and not self._stopping.is_set():
                     self._start_process()  # a killed worker's replacement starts at once
         finally:

@@ -8,7 +8,7 @@ import logging
 import socket
 import ssl
 
-from fig_server import wire
+from fig_server import metrics, wire
 from fig_server.config import FigConfig
 from fig_server.errors import (
     FeatureNotSupported,
@@ -104,6 +104,8 @@ class FigServer:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections += 1
+        metrics.CONNECTIONS.inc()
+        metrics.CONNECTIONS_TOTAL.inc()
         try:
             await self._negotiate(reader, writer)
         except OldProtocol as error:
@@ -118,6 +120,7 @@ class FigServer:
             log.exception("connection from %s failed", writer.get_extra_info("peername"))
         finally:
             self.connections -= 1
+            metrics.CONNECTIONS.dec()
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await writer.drain()
             writer.close()

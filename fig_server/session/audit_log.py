@@ -15,6 +15,7 @@ from typing import Any
 from fig_server.config import AuditConfig
 from fig_server.hot.query_log import QueryLogSink
 from fig_server.session.audit import StatementRecord, command_rows
+from fig_server.session.statement_metrics import StatementMetrics
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,16 @@ class AuditLog:
     loop can do per statement); a writer task takes the list every FLUSH_INTERVAL_S and hands
     it to a thread that writes the file and fig.query_log."""
 
-    def __init__(self, config: AuditConfig, data_dir: Path, hot_dsn: str) -> None:
+    def __init__(self, config: AuditConfig, data_dir: Path, hot_dsn: str,
+                 counted: StatementMetrics | None = None) -> None:
         self.config = config
         # UTF-8 needs at most 4 bytes a character: enough raw bytes for the kept characters.
         self.statement_max_bytes = max(config.statement_max_chars, 1) * 4
+        # With [audit] enabled = false the records only feed the metrics.
         self.file = AuditFile(data_dir / "audit" / "audit.jsonl", config.file_max_bytes,
-                              config.file_keep)
-        self.sink = QueryLogSink(hot_dsn, config.query_log_max_rows)
+                              config.file_keep) if config.enabled else None
+        self.sink = QueryLogSink(hot_dsn, config.query_log_max_rows) if config.enabled else None
+        self.counted = counted
         self.formatter = LineFormatter(config.statement_max_chars, config.price_per_gb)
         self.records: list[StatementRecord] = []
         self.dropped = 0
@@ -210,8 +214,6 @@ class AuditLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL_S)
             batch, self.records = self.records, []
-            if batch and self.config.group_relayed:
-                batch = group_relayed(batch)
             if batch:
                 try:
                     await asyncio.to_thread(self._write, batch)
@@ -221,12 +223,21 @@ class AuditLog:
                 return
 
     def _write(self, batch: list[StatementRecord]) -> None:
-        """In a worker thread: one JSON line per record to the file, the batch to the table."""
+        """In a worker thread: the metrics count each record, then one JSON line per record
+        (or group of relayed records) to the file, the batch to the table."""
+        if self.counted is not None:
+            self.counted.observe(batch)
+        if self.file is None or self.sink is None:
+            return
+        if self.config.group_relayed:
+            batch = group_relayed(batch)
         for index in range(0, len(batch), MAX_BATCH):
             lines = self.formatter.lines(batch[index:index + MAX_BATCH])
             self.file.write(lines)
             self.sink.insert(lines)
 
     def _close(self) -> None:
-        self.file.close()
-        self.sink.close()
+        if self.file is not None:
+            self.file.close()
+        if self.sink is not None:
+            self.sink.close()

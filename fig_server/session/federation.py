@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 import pyarrow as pa
 
-from fig_server import wire
+from fig_server import metrics, wire
 from fig_server.config import FigConfig
 from fig_server.errors import (
     FeatureNotSupported,
@@ -152,7 +152,10 @@ class ColdService:
                 from fig_server.storage.catalog import open_catalog
 
                 self._catalog = open_catalog(self.config)
-                self._engine = ColdEngine(workers=self.config.cold.workers)
+                engine = self._engine = ColdEngine(workers=self.config.cold.workers)
+                metrics.WORKERS.set_function(lambda: engine.executor.slots)
+                metrics.WORKERS_BUSY.set_function(lambda: engine.executor.load()[0])
+                metrics.WORK_QUEUE.set_function(lambda: engine.executor.load()[1])
             return self._engine, self._catalog
 
     def warm(self) -> None:

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.table import CommitTableResponse, Table
+from pyiceberg.table.update import AddSnapshotUpdate
 
+from fig_server import metrics
 from fig_server.config import FigConfig
+
+
+class CountingCatalog(SqlCatalog):
+    """The SQL catalog, counting every table commit and the data files it adds (every Iceberg
+    write of every Fig process goes through here)."""
+
+    def commit_table(self, table: Table, requirements: Any, updates: Any
+                     ) -> CommitTableResponse:
+        response = super().commit_table(table, requirements, updates)
+        snapshots = [u.snapshot for u in updates if isinstance(u, AddSnapshotUpdate)]
+        if snapshots:
+            last = snapshots[-1].summary
+            metrics.ICEBERG_COMMITS.labels(
+                last.operation.value if last is not None else "unknown").inc()
+        else:
+            metrics.ICEBERG_COMMITS.labels("metadata").inc()
+        for snapshot in snapshots:
+            summary = snapshot.summary
+            if summary is not None:
+                metrics.PARQUET_FILES.inc(int(summary.get("added-data-files") or 0))
+                metrics.PARQUET_BYTES.inc(int(summary.get("added-files-size") or 0))
+                metrics.ICEBERG_ROWS.inc(int(summary.get("added-records") or 0))
+        return response
 
 
 def _s3_properties(config: FigConfig) -> dict[str, str]:
@@ -37,7 +64,7 @@ def open_catalog(config: FigConfig) -> Catalog:
     properties = {"uri": config.catalog_uri, "warehouse": config.warehouse}
     if config.warehouse.startswith(("s3://", "s3a://")):
         properties.update(_s3_properties(config))
-    return SqlCatalog(config.cold.catalog_name, **properties)
+    return CountingCatalog(config.cold.catalog_name, **properties)
 
 
 def table_identifier(schema: str, table: str) -> tuple[str, str]:

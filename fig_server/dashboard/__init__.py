@@ -1,0 +1,1 @@
+"""The [metrics] endpoint: Prometheus metrics, the health dashboard page and `fig status`."""

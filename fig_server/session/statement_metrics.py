@@ -1,0 +1,73 @@
+"""Statement metrics: each finished request's route, time, rows, SQLSTATE and cold scans, counted
+into fig_server.metrics by the audit writer's thread (off the event loop)."""
+
+from __future__ import annotations
+
+import threading
+
+from fig_server import metrics
+from fig_server.cold.units import ScanStats
+from fig_server.session.audit import StatementRecord
+
+GB = 1_000_000_000
+READS = {b"SELECT": "select", b"FETCH": "fetch", b"COPY": "copy"}
+WRITES = {b"INSERT": "insert", b"UPDATE": "update", b"DELETE": "delete", b"MERGE": "merge"}
+ROUTES = {"relay": "relay", "HOT": "hot", "COLD": "cold", "SPLIT": "split"}
+
+
+class StatementMetrics:
+    """Counts finished requests; knows the price of a cold byte for the cost counters."""
+
+    def __init__(self, price_per_gb: float) -> None:
+        self.price_per_gb = price_per_gb
+        self._lock = threading.Lock()
+        self._day = metrics.utc_day()
+        self._cost_today = 0.0
+
+    def observe(self, records: list[StatementRecord]) -> None:
+        for record in records:
+            self._observe(record)
+
+    def _observe(self, record: StatementRecord) -> None:
+        metrics.STATEMENT_SECONDS.labels(ROUTES.get(record.route, "split")).observe(
+            max(record.ended - record.started, 0.0))
+        if record.sqlstate:
+            metrics.ERRORS.labels(metrics.sqlstate_class(record.sqlstate)).inc()
+        rows = record.total_rows()
+        if rows:
+            verb = record.command.split(b" ", 1)[0]
+            metrics.ROWS.labels(READS.get(verb) or WRITES.get(verb) or "other").inc(rows)
+        stats = [s for p in record.prepared for s in p.stats]
+        if stats:
+            self._observe_scans(stats)
+
+    def _observe_scans(self, stats: list[ScanStats]) -> None:
+        read = sum(s.bytes_read for s in stats)
+        candidate = sum(s.bytes_total for s in stats)
+        files = sum(s.files_kept for s in stats)
+        groups = sum(s.row_groups_kept for s in stats)
+        metrics.COLD_BYTES.labels("scanned").inc(read)
+        metrics.COLD_BYTES.labels("skipped").inc(max(candidate - read, 0))
+        for counter, kept, total in (
+                (metrics.COLD_FILES, files, sum(s.files_total for s in stats)),
+                (metrics.COLD_ROW_GROUPS, groups, sum(s.row_groups_total for s in stats)),
+                (metrics.COLD_MANIFESTS, sum(s.manifests_kept for s in stats),
+                 sum(s.manifests_total for s in stats))):
+            counter.labels("scanned").inc(kept)
+            counter.labels("skipped").inc(max(total - kept, 0))
+        metrics.COLD_FILES_PER_QUERY.observe(files)
+        metrics.COLD_ROW_GROUPS_PER_QUERY.observe(groups)
+        metrics.COLD_METADATA_SECONDS.observe(sum(s.plan_ms for s in stats) / 1000)
+        cost = read / GB * self.price_per_gb
+        metrics.COLD_COST.inc(cost)
+        self.add_cost_today(cost)
+
+    def add_cost_today(self, cost_usd: float) -> float:
+        """Add to today's cost (0 rolls it over at 00:00 UTC); today's cost so far."""
+        with self._lock:
+            day = metrics.utc_day()
+            if day != self._day:
+                self._day, self._cost_today = day, 0.0
+            self._cost_today += cost_usd
+            metrics.COLD_COST_TODAY.set(self._cost_today)
+            return self._cost_today
