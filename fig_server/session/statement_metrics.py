@@ -23,23 +23,29 @@ class StatementMetrics:
         self._lock = threading.Lock()
         self._day = metrics.utc_day()
         self._cost_today = 0.0
+        # label lookups taken once: this runs for every statement
+        self._seconds = {route: metrics.STATEMENT_SECONDS.labels(label)
+                         for route, label in ROUTES.items()}
+        self._rows = {verb: metrics.ROWS.labels(label)
+                      for verb, label in (READS | WRITES).items()}
 
     def observe(self, records: list[StatementRecord]) -> None:
         for record in records:
             self._observe(record)
 
     def _observe(self, record: StatementRecord) -> None:
-        metrics.STATEMENT_SECONDS.labels(ROUTES.get(record.route, "split")).observe(
+        self._seconds.get(record.route, self._seconds["SPLIT"]).observe(
             max(record.ended - record.started, 0.0))
         if record.sqlstate:
             metrics.ERRORS.labels(metrics.sqlstate_class(record.sqlstate)).inc()
         rows = record.total_rows()
         if rows:
-            verb = record.command.split(b" ", 1)[0]
-            metrics.ROWS.labels(READS.get(verb) or WRITES.get(verb) or "other").inc(rows)
-        stats = [s for p in record.prepared for s in p.stats]
-        if stats:
-            self._observe_scans(stats)
+            counter = self._rows.get(record.command.split(b" ", 1)[0])
+            (counter or metrics.ROWS.labels("other")).inc(rows)
+        if record.prepared:
+            stats = [s for p in record.prepared for s in p.stats]
+            if stats:
+                self._observe_scans(stats)
 
     def _observe_scans(self, stats: list[ScanStats]) -> None:
         read = sum(s.bytes_read for s in stats)
