@@ -636,6 +636,21 @@ DO $do$ BEGIN
 END $do$;
 """
 
+# Called by Fig's rewritten statements (planner/bounds.py GUARD): a date Fig computed from the
+# clock before reading cold rows must still be the statement's own.
+_GUARDS = """
+CREATE OR REPLACE FUNCTION fig._bounds_hold(unchanged boolean) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $fn$
+BEGIN
+    IF unchanged IS NOT TRUE THEN
+        RAISE EXCEPTION 'the date this statement compares with changed while Fig read its '
+                        'cold rows (the clock passed midnight)'
+            USING ERRCODE = 'serialization_failure', HINT = 'Run the statement again.';
+    END IF;
+    RETURN true;
+END $fn$;
+"""
+
 _VIEWS = """
 CREATE OR REPLACE VIEW fig.tables AS
 SELECT format('%I.%I', t.schema_name, t.table_name) AS table_name,
@@ -669,7 +684,7 @@ def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
     script = (_TABLES + _AUTHORIZE + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH
-              + _DROP + _VIEWS)
+              + _DROP + _GUARDS + _VIEWS)
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
                          ("@COMPACT@", str(COMPACT_LOCK)),
                          ("@COLDWRITE@", str(COLD_WRITE_LOCK)),

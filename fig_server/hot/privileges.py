@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 # Functions every session needs: read-your-writes, and the cold-write steps Fig runs inside
 # the client's own session for UPDATE/DELETE below the boundary (SECURITY DEFINER).
-PUBLIC_FUNCTIONS = ("sync", "request_cold_write", "confirm_cold_write", "wait_cold_write")
+PUBLIC_FUNCTIONS = ("sync", "request_cold_write", "confirm_cold_write", "wait_cold_write",
+                    "_bounds_hold")
 
 
 def apply_control_grants(dsn: str, admin_role: str) -> None:

@@ -67,6 +67,12 @@ class Need:
 
 # Marks a substituted value computed from the clock: the statement's own now() is later.
 MOVING = "fig_moving"
+# On a moving value of type date: the check that the statement's own evaluation still gives
+# it (a date changes only at midnight). The rewrite puts it in the reference's replacement
+# as a one-time filter of each branch, so a statement that runs on the next day fails (40001)
+# instead of comparing with a day its cold rows were not read for.
+GUARD = "fig_guard"
+GUARD_FUNCTION = "fig._bounds_hold"
 CLOCK = (exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime)
 
 
@@ -78,6 +84,21 @@ def moves(node: exp.Expression) -> bool:
 
 def moving(node: exp.Expression) -> bool:
     return any(n.meta.get(MOVING) for n in node.walk())
+
+
+def unguarded_moving(node: exp.Expression) -> bool:
+    """A moving value whose change the statement could not detect (not a guarded date)."""
+    return any(n.meta.get(MOVING) and not n.meta.get(GUARD) for n in node.walk())
+
+
+def guards(node: exp.Expression) -> list[str]:
+    """The guard conditions of the moving dates in the node."""
+    return [n.meta[GUARD] for n in node.walk() if n.meta.get(GUARD)]
+
+
+def guard_sql(conditions: list[str]) -> str:
+    """One-time filter SQL: true while every guarded date is unchanged, else an error."""
+    return f"{GUARD_FUNCTION}({' AND '.join(sorted(set(conditions)))})"
 
 
 def stable(node: exp.Expression) -> bool:
@@ -164,6 +185,9 @@ def substitute(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
         if literal is not None:
             if moves(node):
                 literal.meta[MOVING] = True
+                if found[0] == "date":
+                    literal.meta[GUARD] = (f"({need.text}) IS NOT DISTINCT FROM "
+                                           f"{literal.sql(dialect='postgres')}")
             node.replace(literal)
 
 

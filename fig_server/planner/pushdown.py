@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from fig_server.planner.bounds import moving
+from fig_server.planner.bounds import guards, moving, unguarded_moving
 from fig_server.planner.tiers import TieredTable
 
 INTEGER = {"smallint", "integer", "bigint"}
@@ -44,10 +44,30 @@ class Pushdown:
 
     pushed: list[str] = field(default_factory=list)
     residual: list[exp.Expression] = field(default_factory=list)
+    # bounds.GUARD conditions of the pushed conjuncts: the statement must check them
+    guards: list[str] = field(default_factory=list)
+    # Columns of pushed clock-derived lower bounds the statement evaluates later (higher):
+    # the cold rows are a superset, right for filtering, not for most top-n taken before
+    # Postgres's own (see complete_for).
+    loose: set[str] = field(default_factory=set)
 
     @property
     def complete(self) -> bool:
-        return not self.residual
+        return not self.residual and not self.loose
+
+    def complete_for(self, order: exp.Order | None) -> bool:
+        """Complete for a top-n in this order: with loose lower bounds only when the first key
+        is their column descending. The extra cold rows then sort after every row the
+        statement keeps, so they never displace one from the first n."""
+        if self.residual:
+            return False
+        if not self.loose:
+            return True
+        if order is None or not order.expressions:
+            return False
+        first = order.expressions[0]
+        return bool(first.args.get("desc")) and isinstance(first.this, exp.Column) and \
+            self.loose == {first.this.name}
 
 
 def conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
@@ -62,13 +82,19 @@ def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
     """Split the WHERE of the reference's own SELECT into pushed and residual conjuncts.
 
     moving_upper=False: the statement Postgres runs keeps its own now(), later than the
-    value bounds substituted, so a clock-derived value only bounds from below there."""
+    value bounds substituted, so a clock-derived value only bounds from below there, unless
+    it is a date the statement checks is unchanged (bounds.GUARD)."""
     result = Pushdown()
     for conjunct in conjuncts(where):
-        if not moving_upper and moving(conjunct) and not _lower_bound(conjunct):
+        loose = not moving_upper and unguarded_moving(conjunct)
+        if loose and not _lower_bound(conjunct):
             result.residual.append(conjunct)
         elif _exact(conjunct, _Scope(ref, table, single_source)):
             result.pushed.append(_unqualified(conjunct))
+            if loose:
+                result.loose.add(_bounded_column(conjunct))
+            if not moving_upper:
+                result.guards += guards(conjunct)
         else:
             result.residual.append(conjunct)
     return result
@@ -76,11 +102,16 @@ def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
 
 def _lower_bound(conjunct: exp.Expression) -> bool:
     """`column > value` or `value < column` (with = too): true for every later value."""
-    if isinstance(conjunct, (exp.GT, exp.GTE)):
-        return isinstance(conjunct.this, exp.Column) and not moving(conjunct.this)
-    if isinstance(conjunct, (exp.LT, exp.LTE)):
-        return isinstance(conjunct.expression, exp.Column) and not moving(conjunct.expression)
-    return False
+    return _bounded_column(conjunct) != ""
+
+
+def _bounded_column(conjunct: exp.Expression) -> str:
+    """The column a lower bound is on, or ""."""
+    column = conjunct.this if isinstance(conjunct, (exp.GT, exp.GTE)) else \
+        conjunct.expression if isinstance(conjunct, (exp.LT, exp.LTE)) else None
+    if isinstance(column, exp.Column) and not moving(column):
+        return str(column.name)
+    return ""
 
 
 @dataclass

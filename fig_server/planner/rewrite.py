@@ -254,7 +254,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
                        aggregate: bool) -> ColdPart:
     select = node.parent_select
     filters: list[str] = []
-    tail = ""
+    tail = guard = ""
     if isinstance(select, exp.Select) and not outer_joined(select, node):
         single = not select.args.get("joins")
         where = where_of(node)
@@ -268,7 +268,9 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
         # than when Fig evaluated it, so only its lower bounds keep every row.
         pushed = pushdown(where, node, table, single, moving_upper=False)
         filters = pushed.pushed
-        if pushed.complete:
+        if pushed.guards:
+            guard = bounds.guard_sql(pushed.guards)
+        if pushed.complete_for(select.args.get("order")):
             tail = top_n(select, node, table)
     cols = ", ".join(quote(c) for c in _columns_needed(tree, node, table))
     source = f"{quote(table.schema)}.{quote(table.name)}"
@@ -277,9 +279,13 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     cold_sql = f"SELECT {cols} FROM {source}{where_sql(cold_filters(table, route, filters))}{tail}"
     shape_sql = f"SELECT {cols} FROM {source}"
     temp = temp_name(table, shape_sql, slot)
-    parts_sql = f"SELECT {cols} FROM pg_temp.{temp} UNION ALL {shape_sql} WHERE "
     # Without a hot part, `WHERE false` still makes Postgres check the user's privileges.
-    parts_sql += hot_filter(table) if route is Route.SPLIT else "false"
+    hot = hot_filter(table) if route is Route.SPLIT else "false"
+    if guard:  # a one-time filter of each branch that runs (bounds.GUARD)
+        parts_sql = (f"SELECT {cols} FROM pg_temp.{temp} WHERE {guard} UNION ALL "
+                     f"{shape_sql} WHERE ({hot}) AND {guard}")
+    else:
+        parts_sql = f"SELECT {cols} FROM pg_temp.{temp} UNION ALL {shape_sql} WHERE {hot}"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     replacement = f"({parts_sql}) AS {alias.sql(dialect='postgres')}"
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
@@ -299,6 +305,22 @@ def _unqualify_schema(tree: exp.Expression, node: exp.Table, table: TieredTable)
 
 DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
 QUERY_LIKE = re.compile(r"^\s*(?:\(\s*)*(?:select|with|table|values|explain)\b", re.IGNORECASE)
+
+
+# Statements that change what the session evaluates: TimeZone, DateStyle, search_path,
+# fig.route...
+SESSION_CHANGE = re.compile(r"^\s*(?:set|reset|discard)\b", re.IGNORECASE)
+
+
+def refuse_after_session_change(statements: list[str], planned: list[bool]) -> None:
+    """Fig plans every statement of a simple Query before the first runs, in the session as
+    it is: a SET earlier in the same Query would change it under a statement planned
+    without it (its bounds evaluated in the old TimeZone, say)."""
+    for index, federated in enumerate(planned):
+        if federated and any(SESSION_CHANGE.match(s) for s in statements[:index]):
+            raise FeatureNotSupported(
+                "a statement over a tiered table after SET, RESET or DISCARD in the same "
+                "simple Query", hint="send the SET as a query of its own first")
 
 
 def plan_body(sql: str) -> str:

@@ -19,7 +19,7 @@ from fig_server.errors import (
     ProtocolViolation,
 )
 from fig_server.limits import UserLimits
-from fig_server.planner.rewrite import split_statements
+from fig_server.planner.rewrite import refuse_after_session_change, split_statements
 from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
 from fig_server.session.audit import StatementAudit, StatementRecord, route_of
@@ -395,9 +395,11 @@ class ClientConnection:
         async def work(federator: Federator) -> bool:
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
+            statements = split_statements(sql)
             prepared = [await federator.plan(self, statement, tiered, route, f"q{index}",
                                              writes=True)
-                        for index, statement in enumerate(split_statements(sql))]
+                        for index, statement in enumerate(statements)]
+            refuse_after_session_change(statements, [p.rewrite is not None for p in prepared])
             self._note(prepared)
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
