@@ -27,6 +27,7 @@ HISTORY_S = 3600.0
 HOT_CACHE_S = 1.0
 FAST_S = 0.05  # "data in < 50 ms", the architecture document's hot-tier figure
 HOT_ROUTES = ("relay", "hot")
+TABLE_STATES = ("copying", "active", "paused", "attached")
 COLD_ROUTES = ("cold", "split")
 
 CDC_SQL = """
@@ -154,9 +155,11 @@ class HealthMonitor:
         metrics.CDC_LAG_BYTES.set(max(int(cdc_row.get("lag_bytes") or 0), 0))
         metrics.REPLICATION_LAG.set(float(state["standby_lag_s"] or 0.0))
         tables = state["tables"]
-        metrics.TIERED_TABLES.clear()
+        counts = dict.fromkeys(TABLE_STATES, 0)
         for row in tables:
-            metrics.TIERED_TABLES.labels(row["state"]).inc()
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        for name, count in counts.items():  # set, never cleared: a scrape sees all or none
+            metrics.TIERED_TABLES.labels(name).set(count)
         for gauge, key in ((metrics.COLD_STORED_ROWS, "cold_rows"),
                            (metrics.COLD_STORED_FILES, "cold_files"),
                            (metrics.COLD_STORED_BYTES, "cold_bytes")):
