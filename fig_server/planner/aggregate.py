@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from fig_server.planner.outputs import pg_column_name
 from fig_server.planner.parts import (
     ColdPart,
     Route,
@@ -117,25 +118,6 @@ def group_keys(select: exp.Select, node: exp.Table, table: TieredTable) -> list[
         if column.name not in keys and column.name not in aliases:
             return None
     return list(dict.fromkeys(keys))
-
-
-def pg_column_name(node: exp.Expression) -> str:
-    """The name Postgres gives an unaliased output column (FigureColname's rules)."""
-    if isinstance(node, exp.Column):
-        return "?column?" if isinstance(node.this, exp.Star) else node.name
-    if isinstance(node, exp.Cast):
-        inner = pg_column_name(node.this)
-        return inner if inner != "?column?" else node.to.sql(dialect="postgres").lower()
-    if isinstance(node, exp.Paren):
-        return pg_column_name(node.this)
-    if isinstance(node, exp.Coalesce):
-        return "coalesce"
-    if isinstance(node, exp.Case):
-        return "case"
-    if isinstance(node, exp.Func):
-        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
-        return name.lower()
-    return "?column?"
 
 
 def keep_output_names(select: exp.Select, names: list[str] | None) -> None:

@@ -7,6 +7,7 @@ import re
 
 from sqlglot import exp
 
+from fig_server.planner.outputs import output_columns
 from fig_server.planner.tiers import TieredTable
 
 # Order keys whose order DataFusion shares with Postgres (text is ordered by a collation).
@@ -33,15 +34,16 @@ def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
     if order is None:
         # LIMIT without ORDER BY (a table preview): any n rows are Postgres's answer
         return f" LIMIT {count + skip}"
-    outputs = {p.alias for p in select.expressions if isinstance(p, exp.Alias)}
+    outputs = output_columns(select)
     keys = []
     for ordered in order.expressions:
         key = ordered.this
         if not isinstance(key, exp.Column) or key.name not in table.column_names or (
                 key.table and key.table not in (node.alias_or_name, table.name)):
             return ""
-        if not key.table and key.name in outputs:
-            return ""  # ORDER BY names an output column first
+        if not key.table and key.name in outputs and not _same_column(
+                outputs[key.name], key.name, node, table):
+            return ""  # ORDER BY names an output column first: `amount::int AS amount`
         if not orderable(table, key.name):
             return ""
         desc = bool(ordered.args.get("desc"))
@@ -49,6 +51,15 @@ def top_n(select: exp.Select, node: exp.Table, table: TieredTable) -> str:
         nulls = "FIRST" if (desc if nulls_first is None else nulls_first) else "LAST"
         keys.append(f'"{key.name}" {"DESC" if desc else "ASC"} NULLS {nulls}')
     return f" ORDER BY {', '.join(keys)} LIMIT {count + skip}"
+
+
+def _same_column(expressions: list[exp.Expression], name: str, node: exp.Table,
+                 table: TieredTable) -> bool:
+    """Every output of that name is the table's own column of that name: ordering by it is
+    ordering by the column (`select *`, `select amount`)."""
+    return all(isinstance(e, exp.Column) and e.name == name and name in table.column_names
+               and (not e.table or e.table in (node.alias_or_name, table.name))
+               for e in expressions)
 
 
 NUMERIC_TYPE = re.compile(r"^numeric(\(\d+,\d+\))?$")

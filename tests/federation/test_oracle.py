@@ -121,6 +121,11 @@ QUERIES = [
     # their schema too (generated oracle, seed 13 #2553: 42P01)
     'select (select count(*) from "public"."events" where ts > now() - interval \'1 day\'), '
     '(select max(id) from events where "public"."events"."user_id" < 50)',
+    # ORDER BY names the output column amount::int (named amount), not the table's amount:
+    # the cold top-n sorted by the table's column (generated oracle, seed 15 #3271)
+    "select amount::int, note, day from events order by status, amount nulls last, id desc "
+    "limit 3",
+    "select amount::text, id from events order by amount desc, id limit 4",
 ]
 
 
