@@ -317,7 +317,7 @@ class Federator:
         constants = None
         if plan is not None and plan.needs:
             constants = await self._evaluate(backend, plan.needs)
-            plan = rewrite(sql, tiered, route, constants, slot)
+            plan = rewrite(sql, tiered, route, constants, slot, same_clock=self.in_block)
         if plan is not None and plan.write is not None and not writes:
             raise FeatureNotSupported(
                 f"UPDATE/DELETE of {plan.write.table.qualified} that may reach rows below its "
@@ -325,7 +325,8 @@ class Federator:
                 hint="send it as a simple query (no parameters), outside a transaction block")
         if plan is not None and plan.describe:
             names = await self._describe(backend, plan_body(sql))
-            plan = rewrite(sql, tiered, route, constants, slot, names)
+            plan = rewrite(sql, tiered, route, constants, slot, names,
+                           same_clock=self.in_block)
         return Prepared(plan.sql if plan else sql, plan)
 
     async def _describe(self, backend: Injector, sql: str) -> list[str]:

@@ -98,3 +98,22 @@ def test_set_before_a_tiered_statement_in_one_query_is_refused(fig: FigProcess) 
         want = conn.execute("select count(*) from twin where day = current_date - 25"
                             ).fetchall()
         assert got == want
+
+
+BLOCK_SHAPE = "select id, ts from {t} where ts < now() - interval '12 days' and status = 2 " \
+    "order by ts desc limit 5"
+
+
+def test_in_a_transaction_block_a_now_bound_is_pushed_whole(fig: FigProcess) -> None:
+    """In a block the statement's now() is the one Fig evaluated: the upper bound and the
+    top-n go to the cold part; outside, Postgres applies the bound and no top-n is pushed."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        outside = "\n".join(r[0] for r in conn.execute(
+            "explain " + BLOCK_SHAPE.format(t="ev")).fetchall()).split("Hot part")[0]
+        with conn.transaction():
+            inside = "\n".join(r[0] for r in conn.execute(
+                "explain " + BLOCK_SHAPE.format(t="ev")).fetchall()).split("Hot part")[0]
+            got = conn.execute(BLOCK_SHAPE.format(t="ev")).fetchall()
+            want = conn.execute(BLOCK_SHAPE.format(t="twin")).fetchall()
+    assert "LIMIT 5" in inside and "LIMIT 5" not in outside, (inside, outside)
+    assert got == want and len(got) == 5
