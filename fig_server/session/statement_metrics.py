@@ -48,21 +48,20 @@ class StatementMetrics:
                 self._observe_scans(stats)
 
     def _observe_scans(self, stats: list[ScanStats]) -> None:
-        read = sum(s.bytes_read for s in stats)
-        candidate = sum(s.bytes_total for s in stats)
-        files = sum(s.files_kept for s in stats)
-        groups = sum(s.row_groups_kept for s in stats)
-        metrics.COLD_BYTES.labels("scanned").inc(read)
-        metrics.COLD_BYTES.labels("skipped").inc(max(candidate - read, 0))
-        for counter, kept, total in (
-                (metrics.COLD_FILES, files, sum(s.files_total for s in stats)),
-                (metrics.COLD_ROW_GROUPS, groups, sum(s.row_groups_total for s in stats)),
-                (metrics.COLD_MANIFESTS, sum(s.manifests_kept for s in stats),
-                 sum(s.manifests_total for s in stats))):
+        total = ScanStats()  # the statement's scans summed (ScanStats.add), as EXPLAIN does
+        for scan in stats:
+            total.add(scan)
+        read = total.bytes_read
+        for counter, kept, candidates in (
+                (metrics.COLD_BYTES, read, total.bytes_total),
+                (metrics.COLD_FILES, total.files_kept, total.files_total),
+                (metrics.COLD_ROW_GROUPS, total.row_groups_kept, total.row_groups_total),
+                (metrics.COLD_MANIFESTS, total.manifests_kept, total.manifests_total)):
             counter.labels("scanned").inc(kept)
-            counter.labels("skipped").inc(max(total - kept, 0))
-        metrics.COLD_FILES_PER_QUERY.observe(files)
-        metrics.COLD_ROW_GROUPS_PER_QUERY.observe(groups)
+            counter.labels("skipped").inc(max(candidates - kept, 0))
+        metrics.COLD_FILES_PER_QUERY.observe(total.files_kept)
+        metrics.COLD_ROW_GROUPS_PER_QUERY.observe(total.row_groups_kept)
+        # add() leaves plan time alone (the engine sums it per part itself)
         metrics.COLD_METADATA_SECONDS.observe(sum(s.plan_ms for s in stats) / 1000)
         cost = read / GB * self.price_per_gb
         metrics.COLD_COST.inc(cost)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -118,9 +117,8 @@ def browser(url: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def browser_ready() -> None:
     if CHROMIUM is None:
-        if os.environ.get("FIG_REQUIRE_BROWSER"):
-            pytest.fail("Debian's chromium package is needed (apt-get install chromium)")
-        pytest.skip("no chromium on this machine (.ci/run installs it)")
+        pytest.fail("Debian's chromium package is needed (apt-get install chromium; "
+                    ".ci/run installs it)")
 
 
 def test_dashboard_shows_what_postgres_holds(fig: FigProcess, tmp_path: Path,
@@ -136,14 +134,16 @@ def test_dashboard_shows_what_postgres_holds(fig: FigProcess, tmp_path: Path,
         table = direct.execute(
             "select state, tier_boundary, cold_rows, cold_files, cold_bytes from fig.tables "
             "where table_name = 'public.ev'").fetchone()
-        lag = direct.execute("select lag_seconds from fig.cdc_status").fetchone()
-    assert table is not None and lag is not None
+        cdc = direct.execute("select slot_active from fig.cdc_status").fetchone()
+    assert table is not None and cdc is not None and cdc[0]
     state, _, cold_rows, cold_files, cold_bytes = table
     cells = page.table_rows["public.ev"]
     assert cells[1] == state == "active"
     assert cells[5:8] == [f"{cold_rows:,}", f"{cold_files:,}", f"{cold_bytes:,}"]
     assert cold_rows == 3040
-    assert float(page.by_id["cdc-lag"].replace(",", "")) == pytest.approx(float(lag[0]), abs=1)
+    # fig.cdc_status's lag moves by seconds whenever WAL passes an idle slot (the audit's own
+    # inserts do): the page shows a number of seconds, not the value of another moment
+    assert 0 <= float(page.by_id["cdc-lag"].replace(",", "")) < 60
     assert page.by_id["workers"] == "0 / 2"
     assert page.by_id["hot-fast"].endswith("%")
     assert page.by_id["pruned"].endswith("%")
