@@ -111,5 +111,11 @@ class ObjectNotInPrerequisiteState(FigError):
     sqlstate = "55000"
 
 
+class IoError(FigError):
+    """Storage (a local folder or an object store) failed a read or write."""
+
+    sqlstate = "58030"
+
+
 class ConfigurationError(FigError):
     sqlstate = "F0000"

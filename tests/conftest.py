@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a real PostgreSQL and a real Fig, each in a fresh data dir."""
+"""Fixtures shared by every test: a real PostgreSQL and a real Fig, each in a fresh data dir.
+With FIG_TEST_WAREHOUSE=s3 each one's warehouse is a fresh bucket of a loopback S3 endpoint."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from fig_server.config import FigConfig, load_config
 from fig_server.hot.embedded import EmbeddedPostgres
+from tests import s3
 
 FAST_PG = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
@@ -36,6 +38,8 @@ def make_config(data_dir: Path, **sections: dict[str, object]) -> FigConfig:
         "hot": {"settings": FAST_PG},
         "demo": {"enabled": False},
     }
+    if s3.S3_MODE and "warehouse" not in sections.get("cold", {}):
+        overrides["cold"] = dict(s3.new_warehouse())
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return load_config(**overrides)  # type: ignore[arg-type]
@@ -113,6 +117,8 @@ def start_fig(data_dir: Path | None = None, env: dict[str, str] | None = None,
         "FIG__CDC__FLUSH_INTERVAL_MS": "200",
         "FIG__METRICS__PORT": "0",
     })
+    if s3.S3_MODE and "FIG__COLD__WAREHOUSE" not in (env or {}):
+        full_env.update(s3.as_env(s3.new_warehouse()))
     full_env.update(env or {})
     state_file = data_dir / "server.json"
     state_file.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fig_server"
 ALLOWED = {
     "planner": set(),
     "hot": set(),
-    "cold": set(),
+    "cold": {"storage"},
     "storage": set(),
     "cdc": {"storage"},
     # the session runs a plan: the planner's parts on the cold engine, the rest on hot

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import shutil
 import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
+from pyarrow.fs import FileSelector, FileType
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan, Reference
 from pyiceberg.expressions.literals import literal
@@ -19,6 +18,7 @@ from pyiceberg.types import DateType, TimestamptzType
 
 from fig_server import metrics
 from fig_server.cdc.control import KEY_MODULUS
+from fig_server.storage import objects
 from fig_server.storage.tables import LSN, MANAGED
 
 if TYPE_CHECKING:
@@ -46,9 +46,8 @@ def referenced_files(table: Table) -> set[str]:
     return files
 
 
-def _local_path(location: str) -> str | None:
-    parsed = urlparse(location)
-    return parsed.path if parsed.scheme in ("", "file") else None
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Maintenance:
@@ -114,18 +113,19 @@ class Maintenance:
         return done
 
     def remove_orphans(self, table: Table) -> int:
-        root = _local_path(table.location())
-        if root is None:
-            return 0
-        keep = {(_local_path(f) or f) for f in referenced_files(table)}
+        """Delete files under the table's location that no metadata references and that are
+        older than ORPHAN_AGE_S (a writer may not have committed a newer one yet)."""
+        fs, root = objects.filesystem(table.io.properties, table.location())
+        keep = {objects.filesystem(table.io.properties, f)[1]
+                for f in referenced_files(table)}
         removed = 0
-        now = time.time()
-        for folder, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(folder, name)
-                if path not in keep and now - os.path.getmtime(path) > ORPHAN_AGE_S:
-                    os.remove(path)
-                    removed += 1
+        oldest = datetime.now(UTC) - timedelta(seconds=ORPHAN_AGE_S)
+        for info in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True)):
+            if info.type != FileType.File or info.path in keep:
+                continue
+            if info.mtime is not None and _aware(info.mtime) < oldest:
+                fs.delete_file(info.path)
+                removed += 1
         return removed
 
     def drop_table(self, identifier: tuple[str, str]) -> None:
@@ -135,14 +135,14 @@ class Maintenance:
             table = catalog.load_table(identifier)
         except NoSuchTableError:
             return
-        folder = _local_path(table.location())
-        warehouse = _local_path(self.process.config.warehouse)
-        if folder and warehouse and os.path.isdir(folder) and \
-                os.path.commonpath([folder, warehouse]) == warehouse and folder != warehouse:
+        fs, folder = objects.filesystem(table.io.properties, table.location())
+        _, warehouse = objects.filesystem(table.io.properties, self.process.config.warehouse)
+        if folder.rstrip("/").startswith(warehouse.rstrip("/") + "/"):
             # A Fig-managed table owns its folder: removing it is one call, where reading
             # every manifest of a long-streamed table took minutes and held up CDC's start.
             catalog.drop_table(identifier)
-            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_dir(folder)
             log.info("dropped cold table %s (folder %s)", ".".join(identifier), folder)
             return
         files = referenced_files(table)

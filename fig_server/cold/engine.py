@@ -33,7 +33,7 @@ from fig_server.cold.predicates import exact_filter, pruning_filter
 from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
 from fig_server.cold.topn import cannot_beat, domain_value, sort_key
-from fig_server.cold.units import ColdResult, ScanStats, UnitTask, WorkUnit
+from fig_server.cold.units import ColdResult, ScanStats, TaskOutput, UnitTask, WorkUnit
 from fig_server.errors import (
     AdminShutdown,
     FigError,
@@ -216,7 +216,7 @@ class ColdEngine:
                   control: _Control) -> list[pa.Table]:
         """Run work items as slots free up; for top-n keep a heap and stop when it wins."""
         order = scan.order
-        in_flight: dict[Future[bytes], tuple[WorkUnit, ...]] = {}
+        in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
         results: list[pa.Table] = []
         heap: pa.Table | None = None
         threshold = None
@@ -250,9 +250,12 @@ class ColdEngine:
                     if future not in in_flight:  # dropped by the heap a moment ago
                         continue
                     item = in_flight.pop(future)
-                    table = worker.from_ipc(self._result(future))
+                    output = self._result(future)
+                    table = worker.from_ipc(output.ipc)
                     stats.units_run += len(item)
                     stats.bytes_read += sum(unit.bytes for unit in item)
+                    stats.requests += output.requests
+                    stats.bytes_fetched += output.bytes_fetched
                     if order is None or part.merge_sql is None:
                         results.append(table)
                         continue
@@ -273,13 +276,13 @@ class ColdEngine:
             return [heap]
         return results
 
-    def _submit(self, task: UnitTask) -> Future[bytes]:
+    def _submit(self, task: UnitTask) -> Future[TaskOutput]:
         try:
             return self.executor.submit(task)
         except BrokenProcessPool as exc:  # executors built on concurrent.futures pools
             raise InternalError("a cold worker process died") from exc
 
-    def _result(self, future: Future[bytes]) -> bytes:
+    def _result(self, future: Future[TaskOutput]) -> TaskOutput:
         try:
             return future.result()
         except FigError:

@@ -20,7 +20,7 @@ from typing import Any
 
 from fig_server import metrics
 from fig_server.cold import worker
-from fig_server.cold.units import UnitTask
+from fig_server.cold.units import TaskOutput, UnitTask
 from fig_server.errors import InternalError, QueryCanceled
 
 # How often a lane waiting on its worker looks for an abort request.
@@ -28,14 +28,14 @@ _POLL_S = 0.02
 
 
 class Executor(ABC):
-    """Runs UnitTasks somewhere, returning Arrow IPC bytes through futures."""
+    """Runs UnitTasks somewhere, returning TaskOutputs (Arrow IPC bytes) through futures."""
 
     slots: int
 
     @abstractmethod
-    def submit(self, task: UnitTask) -> Future[bytes]: ...
+    def submit(self, task: UnitTask) -> Future[TaskOutput]: ...
 
-    def abort(self, future: Future[bytes]) -> None:
+    def abort(self, future: Future[TaskOutput]) -> None:
         """Stop a task: drop it if still queued; executors that can also stop a running one."""
         future.cancel()
 
@@ -68,7 +68,7 @@ class ProcessExecutor(Executor):
         self.slots = workers
         self.scratch = scratch_root()
         weakref.finalize(self, shutil.rmtree, self.scratch, True)
-        self._tasks: queue.Queue[tuple[Future[bytes], UnitTask] | None] = queue.Queue()
+        self._tasks: queue.Queue[tuple[Future[TaskOutput], UnitTask] | None] = queue.Queue()
         self._lanes: list[_Lane] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -83,15 +83,15 @@ class ProcessExecutor(Executor):
             for lane in self._lanes:
                 lane.start()
 
-    def submit(self, task: UnitTask) -> Future[bytes]:
+    def submit(self, task: UnitTask) -> Future[TaskOutput]:
         if self._closed:
             raise InternalError("the cold engine is closed")
         self.warm()
-        future: Future[bytes] = Future()
+        future: Future[TaskOutput] = Future()
         self._tasks.put((future, task))
         return future
 
-    def abort(self, future: Future[bytes]) -> None:
+    def abort(self, future: Future[TaskOutput]) -> None:
         future.fig_abort = True  # type: ignore[attr-defined]  # seen by a lane taking it now
         if future.cancel():
             return
@@ -134,14 +134,14 @@ class ProcessExecutor(Executor):
 class _Lane(threading.Thread):
     """Feeds queued tasks to one worker process; kills and replaces it on abort or death."""
 
-    def __init__(self, tasks: queue.Queue[tuple[Future[bytes], UnitTask] | None], scratch: str,
+    def __init__(self, tasks: queue.Queue[tuple[Future[TaskOutput], UnitTask] | None], scratch: str,
                  index: int) -> None:
         super().__init__(name=f"fig-cold-lane-{index}", daemon=True)
         self._tasks = tasks
         self._scratch = scratch
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
-        self._current: Future[bytes] | None = None
+        self._current: Future[TaskOutput] | None = None
         self._abort = threading.Event()
         self._stopping = threading.Event()
         self._guard = threading.Lock()
@@ -153,7 +153,7 @@ class _Lane(threading.Thread):
     def busy(self) -> bool:
         return self._current is not None
 
-    def abort(self, future: Future[bytes]) -> None:
+    def abort(self, future: Future[TaskOutput]) -> None:
         with self._guard:
             if self._current is future:
                 self._abort.set()
@@ -194,7 +194,7 @@ class _Lane(threading.Thread):
         finally:
             self._shutdown()
 
-    def _run(self, future: Future[bytes], task: UnitTask) -> None:
+    def _run(self, future: Future[TaskOutput], task: UnitTask) -> None:
         try:
             if self._process is None or not self._process.is_alive():
                 self._start_process()
@@ -277,7 +277,7 @@ class ThreadExecutor(Executor):
                                         initializer=worker.initialize,
                                         initargs=(self.scratch,))
 
-    def submit(self, task: UnitTask) -> Future[bytes]:
+    def submit(self, task: UnitTask) -> Future[TaskOutput]:
         return self._pool.submit(worker.run_task, task)
 
     def close(self) -> None:

@@ -36,6 +36,9 @@ def explain_lines(plan: QueryPlan, scans: list[ScanSpec], stats: ScanStats,
         lines.append(f"Work units run: {stats.units_run} of {stats.units_planned} planned")
         lines.append(f"Bytes read: {stats.bytes_read} of {stats.bytes_total} "
                      f"({_percent(stats.bytes_read, stats.bytes_total)})")
+        if stats.requests:
+            lines.append(f"Storage reads: {stats.requests} requests, "
+                         f"{stats.bytes_fetched} bytes fetched")
         if stats.stopped_early:
             lines.append(f"Stopped early: yes, at {stats.stopped_after_ms:.1f} ms")
         else:

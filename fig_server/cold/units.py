@@ -28,12 +28,16 @@ class ScanStats:
     stopped_after_ms: float = 0.0
     plan_ms: float = 0.0
     exec_ms: float = 0.0
+    # reads workers made against storage outside DataFusion (each one request on S3)
+    requests: int = 0
+    bytes_fetched: int = 0
 
     def add(self, other: ScanStats) -> None:
         """Accumulate another table's scan into this one (multi-table queries)."""
         for name in ("manifests_total", "manifests_kept", "files_total", "files_kept",
                      "row_groups_total", "row_groups_kept", "bytes_total", "bytes_estimated",
-                     "bytes_read", "units_planned", "units_run", "files_from_metadata"):
+                     "bytes_read", "units_planned", "units_run", "files_from_metadata",
+                     "requests", "bytes_fetched"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped_early = self.stopped_early or other.stopped_early
         self.stopped_after_ms = max(self.stopped_after_ms, other.stopped_after_ms)
@@ -68,6 +72,15 @@ class UnitTask:
     units: tuple[WorkUnit, ...]
     sql: str
     io_properties: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    """A task's rows (Arrow IPC stream bytes) and the storage reads it made."""
+
+    ipc: bytes
+    requests: int = 0
+    bytes_fetched: int = 0
 
 
 @dataclass

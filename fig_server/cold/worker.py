@@ -17,11 +17,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
-from pyiceberg.io import FileIO, load_file_io
 
 from fig_server.cold.errors import classify_datafusion_error
-from fig_server.cold.units import UnitTask, WorkUnit
-from fig_server.errors import FigError
+from fig_server.cold.metadata import Lru
+from fig_server.cold.units import TaskOutput, UnitTask, WorkUnit
+from fig_server.errors import FigError, IoError
+from fig_server.storage.objects import Fetched, OpenFiles
 
 UNIT_TABLE = "__unit"
 ROW_MARKER = "__fig_row"
@@ -75,7 +76,8 @@ def _context() -> SessionContext:
                   .set("datafusion.execution.parquet.reorder_filters", "true"))
         ctx = SessionContext(config, _runtime())
         _local.ctx = ctx
-        _local.io = {}
+        _local.files = OpenFiles()
+        _local.footers = Lru(4096)  # files never change in place: a footer is read once
     return ctx
 
 
@@ -89,22 +91,29 @@ def _runtime() -> RuntimeEnvBuilder | None:
             .with_greedy_memory_pool(limit_mb * 1024 * 1024))
 
 
-def _file_io(properties: tuple[tuple[str, str], ...], path: str) -> FileIO:
+def read_unit(unit: WorkUnit, properties: tuple[tuple[str, str], ...],
+              fetched: Fetched) -> pa.Table:
+    """The unit's rows with the table's current column names and types (NULL if absent).
+
+    The file stays open in this worker and its footer is read once; the needed column
+    chunks of the unit's row groups are fetched with as few ranged reads as pyarrow's
+    coalescing makes (pre_buffer).
+    """
     _context()
-    cache: dict[tuple[tuple[str, str], ...], FileIO] = _local.io
-    if properties not in cache:
-        cache[properties] = load_file_io(dict(properties), path)
-    return cache[properties]
-
-
-def read_unit(unit: WorkUnit, io: FileIO) -> pa.Table:
-    """The unit's rows with the table's current column names and types (NULL if absent)."""
     wanted = [c.file_name for c in unit.columns if c.file_name is not None]
-    with io.new_input(unit.path).open() as stream:
-        parquet = pq.ParquetFile(stream)
+    try:
+        source = _local.files.open(dict(properties), unit.path, fetched)
+        footer = _local.footers.get_or_load(unit.path, lambda: pq.read_metadata(source))
+        parquet = pq.ParquetFile(source, metadata=footer, pre_buffer=True)
         data = parquet.read_row_groups(list(unit.row_groups), columns=wanted,
                                        use_threads=False)
+    except OSError as exc:  # storage unreachable, file missing, or a failed request
+        raise IoError(f"could not read cold file {unit.path}: {_first_line(exc)}") from exc
     return shape(data, unit)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def shape(data: pa.Table, unit: WorkUnit) -> pa.Table:
@@ -202,20 +211,21 @@ def _links(units: tuple[WorkUnit, ...]) -> str:
     return folder
 
 
-def run_task(task: UnitTask) -> bytes:
+def run_task(task: UnitTask) -> TaskOutput:
     """Worker entry point: the task's units in, Arrow IPC stream bytes out."""
     native = tuple(u for u in task.units if u.native and native_path(u.path) is not None)
     other = [u for u in task.units if not (u.native and native_path(u.path) is not None)]
     results = []
     if native:
         results.append(run_native(native, task.sql))
+    fetched = Fetched()
     if other:
-        tables = [read_unit(u, _file_io(task.io_properties, u.path)) for u in other]
+        tables = [read_unit(u, task.io_properties, fetched) for u in other]
         data = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         results.append(run_sql(data, task.sql))
     result = results[0] if len(results) == 1 else pa.concat_tables(
         results, promote_options="permissive")
-    return to_ipc(result)
+    return TaskOutput(to_ipc(result), fetched.requests, fetched.bytes)
 
 
 def to_ipc(table: pa.Table) -> bytes:

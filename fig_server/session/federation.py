@@ -8,10 +8,12 @@ formats, parameters, privileges on the hot table and every SQL construct stay Po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +26,7 @@ from fig_server.errors import (
     FeatureNotSupported,
     FigError,
     InvalidParameterValue,
+    IoError,
     ProgramLimitExceeded,
 )
 from fig_server.planner.bounds import Need
@@ -172,8 +175,9 @@ class ColdService:
               cancel: threading.Event | None, timeout_s: float | None = None
               ) -> tuple[pa.Table, Any]:
         engine, _ = self._open()
-        result = engine.query(part.cold_sql, self._tables(part), as_of=as_of, cancel=cancel,
-                              timeout_s=timeout_s)
+        with _storage_errors(part):
+            result = engine.query(part.cold_sql, self._tables(part), as_of=as_of,
+                                  cancel=cancel, timeout_s=timeout_s)
         limit = self.config.limits.max_result_rows
         if limit and result.table.num_rows > limit:
             raise ProgramLimitExceeded(
@@ -184,12 +188,26 @@ class ColdService:
 
     def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None) -> list[str]:
         engine, _ = self._open()
-        return list(engine.explain(part.cold_sql, self._tables(part), analyze=analyze,
-                                   as_of=as_of))
+        with _storage_errors(part):
+            return list(engine.explain(part.cold_sql, self._tables(part), analyze=analyze,
+                                       as_of=as_of))
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
+
+
+@contextlib.contextmanager
+def _storage_errors(part: ColdPart) -> Iterator[None]:
+    """Iceberg metadata or Parquet that storage could not serve (a folder gone, an object
+    store unreachable): 58030, naming the table, instead of an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise IoError(f"could not read the cold tier of {part.table.qualified}: {first}",
+                      hint="Fig retries each request a few times; check the warehouse "
+                           "storage (`fig status`, fig.cdc_status)") from exc
 
 
 class Injector(Protocol):

@@ -13,6 +13,7 @@ from pyiceberg.table.update import AddSnapshotUpdate
 
 from fig_server import metrics
 from fig_server.config import FigConfig
+from fig_server.storage import objects
 
 
 class CountingCatalog(SqlCatalog):
@@ -38,17 +39,6 @@ class CountingCatalog(SqlCatalog):
         return response
 
 
-def _s3_properties(config: FigConfig) -> dict[str, str]:
-    cold = config.cold
-    props = {
-        "s3.endpoint": cold.s3_endpoint,
-        "s3.region": cold.s3_region,
-        "s3.access-key-id": cold.s3_access_key_id,
-        "s3.secret-access-key": cold.s3_secret_access_key,
-    }
-    return {key: value for key, value in props.items() if value}
-
-
 def _ensure_local_folders(config: FigConfig) -> None:
     uri = config.catalog_uri
     if uri.startswith("sqlite:///"):
@@ -62,8 +52,11 @@ def open_catalog(config: FigConfig) -> Catalog:
     """The SQL catalog named [cold] catalog_name, creating its local folders when needed."""
     _ensure_local_folders(config)
     properties = {"uri": config.catalog_uri, "warehouse": config.warehouse}
-    if config.warehouse.startswith(("s3://", "s3a://")):
-        properties.update(_s3_properties(config))
+    if objects.is_object_store(config.warehouse):
+        cold = config.cold
+        properties.update(objects.s3_properties(cold.s3_endpoint, cold.s3_region,
+                                                cold.s3_access_key_id,
+                                                cold.s3_secret_access_key))
     return CountingCatalog(config.cold.catalog_name, **properties)
 
 
