@@ -17,7 +17,7 @@ VENDOR_STAMP := $(VENDOR)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
 # dbt pins libraries that conflict with the dev tools, so it lives in a venv of its own.

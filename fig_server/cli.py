@@ -37,6 +37,7 @@ from fig_server.protocol.server import FigServer
 from fig_server.session.audit_log import AuditLog
 from fig_server.session.federation import ColdService, TieredCatalog
 from fig_server.session.statement_metrics import StatementMetrics
+from fig_server.storage.catalog import check_warehouse
 
 log = logging.getLogger("fig")
 METRICS_WRITE_S = 1.0
@@ -160,6 +161,7 @@ async def serve(config: FigConfig) -> None:
     """Run until SIGINT or SIGTERM, then stop everything Fig started."""
     refuse_open_trust(config)
     refuse_open_endpoint(config.metrics)
+    await asyncio.to_thread(check_warehouse, config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = await asyncio.to_thread(lock_data_dir, config.data_dir)
     # counters of an earlier run's CDC process are not this run's

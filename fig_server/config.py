@@ -67,6 +67,8 @@ class ColdConfig:
     s3_secret_access_key: str = ""
     workers: int = 0
     memory_limit_mb: int = 0
+    executor: str = "local"
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)

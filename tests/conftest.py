@@ -1,5 +1,6 @@
 """Fixtures shared by every test: a real PostgreSQL and a real Fig, each in a fresh data dir.
-With FIG_TEST_WAREHOUSE=s3 each one's warehouse is a fresh bucket of a loopback S3 endpoint."""
+With FIG_TEST_WAREHOUSE=s3 each one's warehouse is a fresh bucket of a loopback S3 endpoint;
+with FIG_TEST_EXECUTOR=ray cold work units run on a two-node Ray cluster on this machine."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 from fig_server.config import FigConfig, load_config
 from fig_server.hot.embedded import EmbeddedPostgres
-from tests import s3
+from tests import ray_cluster, s3
 
 FAST_PG = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
@@ -119,6 +120,8 @@ def start_fig(data_dir: Path | None = None, env: dict[str, str] | None = None,
     })
     if s3.S3_MODE and "FIG__COLD__WAREHOUSE" not in (env or {}):
         full_env.update(s3.as_env(s3.new_warehouse()))
+    if ray_cluster.RAY_MODE and "FIG__COLD__EXECUTOR" not in (env or {}):
+        full_env.update(ray_cluster.env())
     full_env.update(env or {})
     state_file = data_dir / "server.json"
     state_file.unlink(missing_ok=True)

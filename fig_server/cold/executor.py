@@ -4,6 +4,7 @@ A Ray executor can implement the same interface."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import queue
@@ -13,6 +14,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -22,6 +24,8 @@ from fig_server import metrics
 from fig_server.cold import worker
 from fig_server.cold.units import TaskOutput, UnitTask
 from fig_server.errors import InternalError, QueryCanceled
+
+log = logging.getLogger(__name__)
 
 # How often a lane waiting on its worker looks for an abort request.
 _POLL_S = 0.02
@@ -56,18 +60,32 @@ def scratch_root() -> str:
     return tempfile.mkdtemp(prefix="fig-cold-", dir=base)
 
 
+class WorkerDied(InternalError):
+    """The worker running a task went away without answering (killed, crashed, its node
+    lost): the lane starts another and runs the task again, up to RERUNS times."""
+
+
+# How many times a lane reruns a task whose worker died under it.
+RERUNS = 2
+
+
 class ProcessExecutor(Executor):
     """One lane per slot: a thread feeding one worker process over a pipe.
 
-    A lane can kill its process in the middle of a unit (client cancel, statement timeout) and
-    starts a new one; processes are forked from a forkserver that has the worker module
-    imported already, so a restart costs milliseconds, not a DataFusion import.
+    A lane can kill its process in the middle of a unit (client cancel, statement timeout)
+    and starts another; processes are forked from a forkserver that has the worker module
+    imported already, so a restart costs milliseconds, not a DataFusion import. The process
+    runs `target(conn, scratch, *args)`: worker.serve here, a Ray actor's driver for
+    RayExecutor.
     """
 
-    def __init__(self, workers: int, *, eager: bool = False) -> None:
+    def __init__(self, workers: int, *, eager: bool = False,
+                 target: Callable[..., None] = worker.serve, args: tuple[Any, ...] = ()
+                 ) -> None:
         self.slots = workers
         self.scratch = scratch_root()
         weakref.finalize(self, shutil.rmtree, self.scratch, True)
+        self._target, self._args = target, args
         self._tasks: queue.Queue[tuple[Future[TaskOutput], UnitTask] | None] = queue.Queue()
         self._lanes: list[_Lane] = []
         self._lock = threading.Lock()
@@ -79,7 +97,9 @@ class ProcessExecutor(Executor):
         with self._lock:
             if self._closed or self._lanes:
                 return
-            self._lanes = [_Lane(self._tasks, self.scratch, i) for i in range(self.slots)]
+            self._lanes = [
+                _Lane(self._tasks, _ProcessWorker(self.scratch, i, self._target, self._args), i)
+                for i in range(self.slots)]
             for lane in self._lanes:
                 lane.start()
 
@@ -100,14 +120,15 @@ class ProcessExecutor(Executor):
 
     def worker_pids(self) -> list[int]:
         """Live worker processes (for tests and monitoring)."""
-        return [pid for lane in self._lanes if (pid := lane.pid()) is not None]
+        return [pid for lane in self._lanes if (pid := lane.worker.pid()) is not None]
 
     def load(self) -> tuple[int, int]:
         return sum(lane.busy() for lane in self._lanes), self._tasks.qsize()
 
     def busy_pids(self) -> list[int]:
         """Worker processes running a task right now."""
-        return [pid for lane in self._lanes if lane.busy() and (pid := lane.pid()) is not None]
+        return [pid for lane in self._lanes
+                if lane.busy() and (pid := lane.worker.pid()) is not None]
 
     def close(self) -> None:
         with self._lock:
@@ -132,23 +153,17 @@ class ProcessExecutor(Executor):
 
 
 class _Lane(threading.Thread):
-    """Feeds queued tasks to one worker process; kills and replaces it on abort or death."""
+    """Feeds queued tasks to one worker; kills and replaces it on abort or death."""
 
-    def __init__(self, tasks: queue.Queue[tuple[Future[TaskOutput], UnitTask] | None], scratch: str,
-                 index: int) -> None:
+    def __init__(self, tasks: queue.Queue[tuple[Future[TaskOutput], UnitTask] | None],
+                 worker: _ProcessWorker, index: int) -> None:
         super().__init__(name=f"fig-cold-lane-{index}", daemon=True)
         self._tasks = tasks
-        self._scratch = scratch
-        self._process: BaseProcess | None = None
-        self._conn: Connection | None = None
+        self.worker = worker
         self._current: Future[TaskOutput] | None = None
         self._abort = threading.Event()
         self._stopping = threading.Event()
         self._guard = threading.Lock()
-
-    def pid(self) -> int | None:
-        process = self._process
-        return process.pid if process is not None and process.is_alive() else None
 
     def busy(self) -> bool:
         return self._current is not None
@@ -165,9 +180,10 @@ class _Lane(threading.Thread):
     def run(self) -> None:
         try:
             try:
-                self._start_process()
+                self.worker.start()
             except Exception:  # retried per task, whose future then carries the error
-                self._process = None
+                log.warning("cold worker did not start; retrying with the next task",
+                            exc_info=True)
             while True:
                 item = self._tasks.get()
                 if item is None or self._stopping.is_set():
@@ -189,60 +205,99 @@ class _Lane(threading.Thread):
                     with self._guard:
                         self._current = None
                     metrics.WORKER_SECONDS.inc(time.monotonic() - began)
-                if self._process is None and not self._stopping.is_set():
-                    self._start_process()  # a killed worker's replacement starts at once
+                if not self.worker.alive() and not self._stopping.is_set():
+                    with contextlib.suppress(Exception):  # retried with the next task
+                        self.worker.start()  # a killed worker's replacement starts at once
         finally:
-            self._shutdown()
+            self.worker.shutdown()
 
     def _run(self, future: Future[TaskOutput], task: UnitTask) -> None:
-        try:
-            if self._process is None or not self._process.is_alive():
-                self._start_process()
-            outcome = self._exchange(task)
-        except BaseException as exc:  # the future carries it to the dispatching thread
-            future.set_exception(exc)
+        for attempt in range(RERUNS + 1):
+            try:
+                if not self.worker.alive():
+                    self.worker.start()
+                ok, payload = self.worker.exchange(task, self._abort)
+            except WorkerDied as exc:
+                if attempt < RERUNS and not self._abort.is_set():
+                    log.warning("%s; running its work unit again", exc)
+                    continue
+                future.set_exception(exc)
+                return
+            except BaseException as exc:  # the future carries it to the dispatching thread
+                future.set_exception(exc)
+                return
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(payload)
             return
-        ok, payload = outcome
-        if ok:
-            future.set_result(payload)
-        else:
-            future.set_exception(payload)
 
-    def _exchange(self, task: UnitTask) -> tuple[bool, Any]:
+
+class _ProcessWorker:
+    """A worker process from the forkserver, fed over a pipe."""
+
+    def __init__(self, scratch: str, index: int, target: Callable[..., None],
+                 args: tuple[Any, ...]) -> None:
+        self._scratch = scratch
+        self._target, self._args = target, args
+        self._name = f"fig-cold-{index}"
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self) -> None:
+        self.kill()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["fig_server.cold.worker"])
+        parent, child = context.Pipe()
+        process = context.Process(target=self._target,
+                                  args=(child, self._scratch, *self._args),
+                                  name=self._name, daemon=True)
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+
+    def exchange(self, task: UnitTask, abort: threading.Event) -> tuple[bool, Any]:
+        """Run the task: (True, TaskOutput) or (False, FigError). Kills the process and raises
+        QueryCanceled once abort is set; raises WorkerDied when it exits without answering."""
         conn, process = self._conn, self._process
         assert conn is not None and process is not None
         try:
             conn.send(task)
         except (OSError, ValueError) as exc:
-            self._kill()
-            raise InternalError("a cold worker process died") from exc
+            self.kill()
+            raise WorkerDied("a cold worker process died") from exc
         while True:
             ready = wait([conn, process.sentinel], timeout=_POLL_S)
-            if self._abort.is_set():
-                self._kill()
+            if abort.is_set():
+                self.kill()
                 raise QueryCanceled("canceling statement: work unit stopped")
             if conn in ready:
                 try:
                     outcome: tuple[bool, Any] = conn.recv()
                     return outcome
                 except (EOFError, OSError) as exc:
-                    self._kill()
-                    raise InternalError("a cold worker process died") from exc
+                    self.kill()
+                    raise WorkerDied("a cold worker process died") from exc
             if ready:  # the sentinel alone: the process exited without answering
-                self._kill()
-                raise InternalError("a cold worker process died")
+                self.kill()
+                raise WorkerDied("a cold worker process died")
 
-    def _start_process(self) -> None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["fig_server.cold.worker"])
-        parent, child = context.Pipe()
-        process = context.Process(target=worker.serve, args=(child, self._scratch),
-                                  name=f"fig-cold-{self.name}", daemon=True)
-        process.start()
-        child.close()
-        self._process, self._conn = process, parent
+    def shutdown(self) -> None:
+        conn, process = self._conn, self._process
+        if conn is not None and process is not None and process.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+            process.join(timeout=2)
+        self.kill()
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
         process, conn = self._process, self._conn
         self._process, self._conn = None, None
         if conn is not None:
@@ -253,14 +308,6 @@ class _Lane(threading.Thread):
             process.join()
             process.close()
             shutil.rmtree(os.path.join(self._scratch, str(pid)), ignore_errors=True)
-
-    def _shutdown(self) -> None:
-        conn, process = self._conn, self._process
-        if conn is not None and process is not None and process.is_alive():
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-            process.join(timeout=2)
-        self._kill()
 
 
 class ThreadExecutor(Executor):

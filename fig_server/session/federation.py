@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import pyarrow as pa
 from fig_server import metrics, wire
 from fig_server.config import FigConfig
 from fig_server.errors import (
+    ConfigurationError,
     FeatureNotSupported,
     FigError,
     InvalidParameterValue,
@@ -35,7 +37,7 @@ from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
 from fig_server.storage.typemap import to_copy_csv
 
 if TYPE_CHECKING:
-    from fig_server.cold import ColdEngine
+    from fig_server.cold import ColdEngine, Executor
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,8 @@ class ColdService:
                 from fig_server.storage.catalog import open_catalog
 
                 self._catalog = open_catalog(self.config)
-                engine = self._engine = ColdEngine(workers=self.config.cold.workers)
+                engine = self._engine = ColdEngine(workers=self.config.cold.workers,
+                                                   executor=_executor(self.config))
                 metrics.WORKERS.set_function(lambda: engine.executor.slots)
                 metrics.WORKERS_BUSY.set_function(lambda: engine.executor.load()[0])
                 metrics.WORK_QUEUE.set_function(lambda: engine.executor.load()[1])
@@ -195,6 +198,21 @@ class ColdService:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
+
+
+def _executor(config: FigConfig) -> Executor | None:
+    """Where work units run: None for the local process pool, or a Ray cluster."""
+    cold = config.cold
+    if cold.executor == "local":
+        return None
+    if cold.executor != "ray" or not cold.ray_address:
+        raise ConfigurationError(
+            f"[cold] executor = {cold.executor!r}: use \"local\", or \"ray\" with "
+            "ray_address set")
+    from fig_server.cold.ray_executor import RayExecutor
+
+    return RayExecutor(cold.ray_address, cold.workers or os.cpu_count() or 1,
+                       cold.memory_limit_mb)
 
 
 @contextlib.contextmanager

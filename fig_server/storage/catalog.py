@@ -13,6 +13,7 @@ from pyiceberg.table.update import AddSnapshotUpdate
 
 from fig_server import metrics
 from fig_server.config import FigConfig
+from fig_server.errors import ConfigurationError
 from fig_server.storage import objects
 
 
@@ -48,15 +49,32 @@ def _ensure_local_folders(config: FigConfig) -> None:
         Path(warehouse.path).mkdir(parents=True, exist_ok=True)
 
 
+def warehouse_properties(config: FigConfig) -> dict[str, str]:
+    """How pyiceberg and the cold workers reach the warehouse (S3 settings, when it is one)."""
+    if not objects.is_object_store(config.warehouse):
+        return {}
+    cold = config.cold
+    return objects.s3_properties(cold.s3_endpoint, cold.s3_region, cold.s3_access_key_id,
+                                 cold.s3_secret_access_key)
+
+
+def check_warehouse(config: FigConfig) -> None:
+    """Refuse to start over an object store whose bucket does not exist: every CDC commit
+    would fail. (An unreachable store is retried and reported once Fig runs.)"""
+    bucket = objects.missing_bucket(warehouse_properties(config), config.warehouse)
+    if bucket is not None:
+        raise ConfigurationError(
+            f"the warehouse bucket {bucket!r} does not exist at "
+            f"{config.cold.s3_endpoint or 'the default S3 endpoint'}",
+            hint="create the bucket (Fig never creates or deletes buckets), or point [cold] "
+                 "warehouse at another one")
+
+
 def open_catalog(config: FigConfig) -> Catalog:
     """The SQL catalog named [cold] catalog_name, creating its local folders when needed."""
     _ensure_local_folders(config)
-    properties = {"uri": config.catalog_uri, "warehouse": config.warehouse}
-    if objects.is_object_store(config.warehouse):
-        cold = config.cold
-        properties.update(objects.s3_properties(cold.s3_endpoint, cold.s3_region,
-                                                cold.s3_access_key_id,
-                                                cold.s3_secret_access_key))
+    properties = {"uri": config.catalog_uri, "warehouse": config.warehouse,
+                  **warehouse_properties(config)}
     return CountingCatalog(config.cold.catalog_name, **properties)
 
 

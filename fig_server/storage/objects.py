@@ -78,6 +78,20 @@ def _s3(props: dict[str, str]) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**options)
 
 
+def missing_bucket(properties: Mapping[str, str], uri: str) -> str | None:
+    """The name of uri's bucket when the store answers that it does not exist, else None
+    (an unreachable store is not an answer: CDC and queries retry and report it)."""
+    if not is_object_store(uri):
+        return None
+    fs, path = filesystem(properties, uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError:
+        return None
+    return None if found else bucket
+
+
 @dataclass
 class Fetched:
     """Reads made against storage and the bytes they returned (one read of a remote file is

@@ -11,6 +11,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 from fig_server.cold import ColdEngine
+from tests import ray_cluster
 
 
 def new_catalog(root: Path) -> SqlCatalog:
@@ -36,7 +37,15 @@ def module_catalog() -> Iterator[SqlCatalog]:
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[ColdEngine]:
-    """Thread workers: the same code path as processes minus process start-up."""
+    """Thread workers: the same code path as processes minus process start-up (with
+    FIG_TEST_EXECUTOR=ray: actors of a two-node Ray cluster)."""
+    if ray_cluster.RAY_MODE:
+        from fig_server.cold.ray_executor import RayExecutor
+
+        executor = RayExecutor(ray_cluster.address(), ray_cluster.NODES)
+        with ColdEngine(executor=executor) as cold:
+            yield cold
+        return
     with ColdEngine(workers=2, use_processes=False) as cold:
         yield cold
 
