@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,7 +23,7 @@ from fig_server.cold.errors import classify_datafusion_error
 from fig_server.cold.metadata import Lru
 from fig_server.cold.units import TaskOutput, UnitTask, WorkUnit
 from fig_server.errors import FigError, IoError
-from fig_server.storage.objects import Fetched, OpenFiles
+from fig_server.storage.objects import OPEN_FILES, Fetched
 
 UNIT_TABLE = "__unit"
 ROW_MARKER = "__fig_row"
@@ -76,8 +77,6 @@ def _context() -> SessionContext:
                   .set("datafusion.execution.parquet.reorder_filters", "true"))
         ctx = SessionContext(config, _runtime())
         _local.ctx = ctx
-        _local.files = OpenFiles()
-        _local.footers = Lru(4096)  # files never change in place: a footer is read once
     return ctx
 
 
@@ -91,6 +90,32 @@ def _runtime() -> RuntimeEnvBuilder | None:
             .with_greedy_memory_pool(limit_mb * 1024 * 1024))
 
 
+# Files never change in place: a worker reads each footer once.
+_footers = Lru(4096)
+# Units of one task read concurrently (remote reads wait on the network, not the CPU).
+READ_THREADS = 8
+_readers: ThreadPoolExecutor | None = None
+_readers_lock = threading.Lock()
+
+
+def read_units(units: list[WorkUnit], properties: tuple[tuple[str, str], ...]
+               ) -> tuple[list[pa.Table], Fetched]:
+    """Each unit's rows, read concurrently when there are several, and what was fetched."""
+    global _readers
+    fetches = [Fetched() for _ in units]
+    if len(units) == 1:
+        return [read_unit(units[0], properties, fetches[0])], fetches[0]
+    with _readers_lock:
+        if _readers is None:
+            _readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="fig-read")
+    tables = list(_readers.map(lambda pair: read_unit(pair[0], properties, pair[1]),
+                               zip(units, fetches, strict=True)))
+    total = Fetched()
+    for fetched in fetches:
+        total.add(fetched)
+    return tables, total
+
+
 def read_unit(unit: WorkUnit, properties: tuple[tuple[str, str], ...],
               fetched: Fetched) -> pa.Table:
     """The unit's rows with the table's current column names and types (NULL if absent).
@@ -99,11 +124,10 @@ def read_unit(unit: WorkUnit, properties: tuple[tuple[str, str], ...],
     chunks of the unit's row groups are fetched with as few ranged reads as pyarrow's
     coalescing makes (pre_buffer).
     """
-    _context()
     wanted = [c.file_name for c in unit.columns if c.file_name is not None]
     try:
-        source = _local.files.open(dict(properties), unit.path, fetched)
-        footer = _local.footers.get_or_load(unit.path, lambda: pq.read_metadata(source))
+        source = OPEN_FILES.open(dict(properties), unit.path, fetched)
+        footer = _footers.get_or_load(unit.path, lambda: pq.read_metadata(source))
         parquet = pq.ParquetFile(source, metadata=footer, pre_buffer=True)
         data = parquet.read_row_groups(list(unit.row_groups), columns=wanted,
                                        use_threads=False)
@@ -220,7 +244,7 @@ def run_task(task: UnitTask) -> TaskOutput:
         results.append(run_native(native, task.sql))
     fetched = Fetched()
     if other:
-        tables = [read_unit(u, task.io_properties, fetched) for u in other]
+        tables, fetched = read_units(other, task.io_properties)
         data = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         results.append(run_sql(data, task.sql))
     result = results[0] if len(results) == 1 else pa.concat_tables(

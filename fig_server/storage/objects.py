@@ -106,30 +106,38 @@ class Fetched:
 
 
 class CountingFile:
-    """A random-access file (pyarrow NativeFile) seen as a Python file that counts its reads;
-    pyarrow's Parquet reader accepts it as a source and coalesces nearby column chunks into
-    one read each."""
+    """A random-access file (pyarrow NativeFile) seen as a Python file with its own position,
+    counting its reads; pyarrow's Parquet reader accepts it as a source and coalesces nearby
+    column chunks into one read each. Reads are positional, so several threads may read one
+    open file through their own CountingFiles."""
 
     def __init__(self, raw: pa.NativeFile, fetched: Fetched) -> None:
         self._raw = raw
         self._fetched = fetched
+        self._position = 0
+        self._size = int(raw.size())
         self.closed = False
 
     def read(self, nbytes: int | None = None) -> bytes:
-        data = self._raw.read(nbytes)
+        if nbytes is None or nbytes < 0:
+            nbytes = self._size - self._position
+        data = self._raw.read_at(nbytes, self._position) if nbytes else b""
         if data:
             self._fetched.requests += 1
             self._fetched.bytes += len(data)
-        return data
+            self._position += len(data)
+        return bytes(data)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return int(self._raw.seek(offset, whence))
+        base = (0, self._position, self._size)[whence]
+        self._position = base + offset
+        return self._position
 
     def tell(self) -> int:
-        return int(self._raw.tell())
+        return self._position
 
     def size(self) -> int:
-        return int(self._raw.size())
+        return self._size
 
     def seekable(self) -> bool:
         return True
@@ -141,27 +149,33 @@ class CountingFile:
         return False
 
     def close(self) -> None:
-        self.closed = True  # the underlying file stays open in its OpenFiles cache
+        self.closed = True  # the underlying file stays open in OPEN_FILES
 
 
 class OpenFiles:
-    """Files a worker keeps open across work units (an S3 open is a HEAD request); LRU."""
+    """Files a process keeps open across work units (an S3 open is a HEAD request); LRU.
+    An evicted file is closed when its last reader lets go of it."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
         self._files: OrderedDict[str, pa.NativeFile] = OrderedDict()
+        self._lock = threading.Lock()
 
     def open(self, properties: Mapping[str, str], uri: str, fetched: Fetched) -> CountingFile:
-        raw = self._files.get(uri)
+        with self._lock:
+            raw = self._files.get(uri)
+            if raw is not None:
+                self._files.move_to_end(uri)
         if raw is None:
             fs, path = filesystem(properties, uri)
             raw = fs.open_input_file(path)
             if not isinstance(fs, pafs.LocalFileSystem):
                 fetched.requests += 1  # the HEAD that found its size
-            self._files[uri] = raw
-            while len(self._files) > self._capacity:
-                _, old = self._files.popitem(last=False)
-                old.close()
-        else:
-            self._files.move_to_end(uri)
+            with self._lock:
+                self._files[uri] = raw
+                while len(self._files) > self._capacity:
+                    self._files.popitem(last=False)
         return CountingFile(raw, fetched)
+
+
+OPEN_FILES = OpenFiles()
