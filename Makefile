@@ -12,6 +12,10 @@ UPLOT_SHA512 := KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMas
 VENDOR := fig_server/dashboard/page/vendor
 VENDOR_STAMP := $(VENDOR)/.installed
 
+# Statements of the generated oracle in the S3 and Ray passes of `make test` (1,000 locally).
+S3_ORACLE_COUNT ?= 120
+RAY_ORACLE_COUNT ?= 200
+
 .PHONY: serve test lint bench bench-full clean vendor
 
 $(STAMP): pyproject.toml
@@ -47,6 +51,13 @@ test: $(STAMP) $(DBT_STAMP) $(VENDOR_STAMP)
 	$(BIN)/ruff check fig_server tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
+	# the CDC suite and the generated oracle again with the warehouse on an S3 endpoint
+	FIG_TEST_WAREHOUSE=s3 FIG_ORACLE_COUNT=$(S3_ORACLE_COUNT) FIG_ORACLE_TIMEOUT_S=45 $(BIN)/python -m pytest -q \
+		tests/cdc/test_stream.py tests/federation/test_oracle_generated.py
+	# the cold engine's suites and the generated oracle with work units on a Ray cluster
+	FIG_TEST_EXECUTOR=ray FIG_ORACLE_COUNT=$(RAY_ORACLE_COUNT) FIG_ORACLE_TIMEOUT_S=45 $(BIN)/python -m pytest -q \
+		tests/cold/test_engine.py tests/cold/test_properties.py \
+		tests/federation/test_oracle_generated.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check fig_server tests benchmarks

@@ -15,7 +15,7 @@ from pyiceberg.exceptions import NoSuchTableError
 
 from fig_server.storage.catalog import open_catalog
 from tests import s3
-from tests.conftest import FigProcess, make_config, start_fig
+from tests.conftest import FigProcess, free_port, make_config, make_data_dir, start_fig
 
 # Both tables get the same rows: times count back from one instant, not each statement's now().
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -150,3 +150,28 @@ def test_drop_table_removes_its_objects(fig: tuple[FigProcess, dict[str, str]]) 
     assert s3.keys(bucket, prefix) == []
     with pytest.raises(NoSuchTableError):
         catalog.load_table(("public", "gone"))
+
+
+def test_catalog_in_the_hot_postgres_keeps_no_local_iceberg_state() -> None:
+    """An object-store warehouse and a `postgresql://` catalog URI: nothing Iceberg on disk."""
+    data_dir = make_data_dir()
+    hot_port = free_port()
+    env = s3.as_env(s3.new_warehouse())
+    env.update({"FIG__HOT__PORT": str(hot_port),
+                "FIG__COLD__CATALOG_URI": "postgresql+psycopg://postgres@/postgres"
+                                          f"?host={data_dir}/pg/run&port={hot_port}"})
+    server = start_fig(data_dir, env=env)
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("create table pc (id int primary key, ts timestamptz not null)")
+            conn.execute("insert into pc select g, now() - g * interval '1 day' "
+                         "from generate_series(1, 40) g")
+            conn.execute("select fig.tier_table('pc', 'ts', interval '10 days')")
+            conn.execute("select fig.sync(interval '60 seconds')")
+            conn.execute("select fig.run_retention()")
+            assert conn.execute("select count(*), sum(id) from pc").fetchone() == (40, 820)
+            assert conn.execute("select table_namespace, table_name from iceberg_tables"
+                                ).fetchall() == [("public", "pc")]
+        assert not (data_dir / "iceberg").exists()
+    finally:
+        server.stop()
