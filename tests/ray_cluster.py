@@ -14,22 +14,25 @@ from typing import Any
 
 RAY_MODE = os.environ.get("FIG_TEST_EXECUTOR") == "ray"
 NODES = 2
+# Logical CPUs per node: each actor holds one, and one test process may run several engines
+# (a session's fixtures, a Fig) at once, so more actors than cores must fit.
+CPUS_PER_NODE = 4
 
 _lock = threading.Lock()
 _cluster: Any = None
 
 
 def address() -> str:
-    """host:port of the cluster's GCS, started on first use: NODES nodes of one CPU each."""
+    """host:port of the cluster's GCS, started on first use: NODES nodes."""
     global _cluster
     with _lock:
         if _cluster is None:
             from ray.cluster_utils import Cluster
 
             cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "include_dashboard": False})
+                "num_cpus": CPUS_PER_NODE, "include_dashboard": False})
             for _ in range(NODES - 1):
-                cluster.add_node(num_cpus=1)
+                cluster.add_node(num_cpus=CPUS_PER_NODE)
             cluster.wait_for_nodes()
             atexit.register(cluster.shutdown)
             _cluster = cluster

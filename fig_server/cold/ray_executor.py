@@ -78,7 +78,8 @@ def serve(conn: Connection, scratch: str, address: str, memory_limit_mb: int) ->
         _reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level="WARNING",
                  configure_logging=False)
-        actor = ray.remote(num_cpus=1, max_restarts=0)(UnitActor).remote(memory_limit_mb)
+        actor = ray.remote(num_cpus=1, max_restarts=0, scheduling_strategy="SPREAD")(
+            UnitActor).remote(memory_limit_mb)
         ray.get(actor.ready.remote(), timeout=START_TIMEOUT_S)
     except Exception as exc:  # answered to the next task: the query fails, clearly
         failure = exc if isinstance(exc, FigError) else IoError(
