@@ -57,10 +57,12 @@ def populate(server: FigProcess) -> None:
 
 
 def audit_records(fig: FigProcess) -> list[dict[str, Any]]:
+    """Every complete record (the writer may be in the middle of the last line)."""
     folder = fig.data_dir / "audit"
     records = []
     for path in sorted(folder.glob("audit.jsonl*"), reverse=True):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line]
+        complete = path.read_text().rpartition("\n")[0]
+        records += [json.loads(line) for line in complete.splitlines() if line]
     return records
 
 
