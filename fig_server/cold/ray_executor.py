@@ -61,13 +61,7 @@ class UnitActor:
         return os.getpid()
 
     def run(self, task: Any) -> tuple[bool, Any]:
-        from fig_server.cold.errors import classify_datafusion_error
-        try:
-            return True, worker.run_task(task)
-        except FigError as exc:
-            return False, exc
-        except Exception as exc:  # every failure is answered, as an error with a SQLSTATE
-            return False, classify_datafusion_error(exc)
+        return worker.answer(task)
 
 
 def serve(conn: Connection, scratch: str, address: str, memory_limit_mb: int) -> None:
@@ -86,21 +80,15 @@ def serve(conn: Connection, scratch: str, address: str, memory_limit_mb: int) ->
             f"no cold worker started on the Ray cluster at {address}: {_first_line(exc)}")
         _answer_and_exit(conn, failure)
         return
-    while True:
+
+    def run(task: Any) -> tuple[bool, Any]:
         try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        try:
-            outcome = ray.get(actor.run.remote(task))
+            outcome: tuple[bool, Any] = ray.get(actor.run.remote(task))
         except ray.exceptions.RayError:
             os._exit(1)  # the actor died: the lane sees this process gone and reruns the unit
-        try:
-            conn.send(outcome)
-        except (OSError, ValueError):
-            return
+        return outcome
+
+    worker.answer_tasks(conn, run)
 
 
 def _reachable(address: str) -> None:

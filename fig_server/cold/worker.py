@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
@@ -49,6 +50,21 @@ def serve(conn: Connection, scratch: str) -> None:
     _settings["scratch"] = os.path.join(scratch, str(os.getpid()))
     os.makedirs(_settings["scratch"], exist_ok=True)
     _context()
+    answer_tasks(conn, answer)
+
+
+def answer(task: UnitTask) -> tuple[bool, Any]:
+    """Run a task: (True, TaskOutput), or (False, the error with its SQLSTATE)."""
+    try:
+        return True, run_task(task)
+    except FigError as exc:
+        return False, exc
+    except Exception as exc:  # every failure is answered, as an error with a SQLSTATE
+        return False, classify_datafusion_error(exc)
+
+
+def answer_tasks(conn: Connection, run: Callable[[UnitTask], tuple[bool, Any]]) -> None:
+    """Tasks in over the pipe until None or a closed pipe, each one's run(task) out."""
     while True:
         try:
             task = conn.recv()
@@ -56,13 +72,7 @@ def serve(conn: Connection, scratch: str) -> None:
             return
         if task is None:
             return
-        outcome: tuple[bool, Any]
-        try:
-            outcome = (True, run_task(task))
-        except FigError as exc:
-            outcome = (False, exc)
-        except Exception as exc:  # every failure is answered, as an error with a SQLSTATE
-            outcome = (False, classify_datafusion_error(exc))
+        outcome = run(task)
         try:
             conn.send(outcome)
         except (OSError, ValueError):
