@@ -185,7 +185,8 @@ class ColdEngine:
             scans.append(ScanSpec(
                 name=part.binding.key, io=table.io, snapshot=snapshots[part.binding.key],
                 schema=part.binding.schema, specs=table.specs(), row_filter=row_filter,
-                fields=part.fields, order=part.order, count_filter=count_filter))
+                fields=part.fields, order=part.order, count_filter=count_filter,
+                limit=part.limit))
             props.append(tuple(sorted((str(k), str(v)) for k, v in table.io.properties.items())))
         return _Prepared(plan, scans, props)
 
@@ -221,6 +222,7 @@ class ColdEngine:
         heap: pa.Table | None = None
         threshold = None
         planning_done = False
+        found = 0  # rows returned so far (LIMIT without ORDER BY stops at part.limit)
         try:
             while True:
                 control.check()
@@ -258,6 +260,15 @@ class ColdEngine:
                     stats.bytes_fetched += output.bytes_fetched
                     if order is None or part.merge_sql is None:
                         results.append(table)
+                        found += table.num_rows
+                        if part.limit is not None and found >= part.limit:
+                            planning_done = True  # enough rows: the rest need not run
+                            stop.set()
+                            _mark_stopped(stats, control)
+                            for other in in_flight:  # running ones finish unawaited
+                                other.cancel()
+                            in_flight.clear()
+                            break
                         continue
                     heap = table if heap is None else worker.run_sql(
                         pa.concat_tables([heap, table], promote_options="permissive"),
@@ -296,7 +307,7 @@ class ColdEngine:
 def _work_items(pruner: Pruner, scan: ScanSpec, slots: int,
                 stop: Callable[[], bool]) -> Iterator[tuple[WorkUnit, ...]]:
     """Batches of whole files for plain scans; single row-group units, best first, for top-n."""
-    if scan.order is None:
+    if scan.order is None and scan.limit is None:
         return pruner.batches(slots, stop)
     return ((unit,) for unit in pruner.units(stop))
 

@@ -54,6 +54,9 @@ class ScanSpec:
     # Set when the query is count(*) only and this filter is exactly its WHERE: files whose
     # partition implies it are counted from their manifest record counts, never read.
     count_filter: BooleanExpression | None = None
+    # LIMIT n without ORDER BY: any n matching rows answer it, so files run one at a time,
+    # in scan order, until n rows are found.
+    limit: int | None = None
 
 
 # Batches per worker slot: enough to balance uneven files, few enough to keep per-batch

@@ -70,6 +70,8 @@ class ScanPart:
     # Partial columns of a worker SQL that is only count(*) (no GROUP BY): files whose
     # partitions imply the WHERE can be answered from manifest record counts.
     count_columns: tuple[str, ...] | None = None
+    # LIMIT n (plus OFFSET) of a scan without ORDER BY: the scan stops at n rows.
+    limit: int | None = None
 
 
 @dataclass
@@ -191,6 +193,9 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
         merge.set("order", ordered_worker)
         merge.set("limit", exp.Limit(expression=exp.Literal.number(order.limit)))
         merge_sql = merge.sql(dialect=PG)
+    limit = _plain_limit(select) if order is None else None
+    if limit is not None:
+        worker.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
     final = select.copy()
     final.set("where", None)
     names = _alias_outputs(final)
@@ -199,8 +204,23 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
     _replace_table(final, final_binding, "__cold_0")
     _strip_schema_qualifiers(final)
     part = ScanPart(binding, "__cold_0", where, fields, worker.sql(dialect=PG), order,
-                    merge_sql)
+                    merge_sql, limit=limit)
     return QueryPlan("topn" if order else "scan", [part], final.sql(dialect=PG), names)
+
+
+def _plain_limit(select: exp.Select) -> int | None:
+    """n + offset of a LIMIT without ORDER BY, DISTINCT or aggregates: any that many rows of
+    the scan answer it."""
+    limit = select.args.get("limit")
+    if limit is None or select.args.get("order") or select.args.get("distinct"):
+        return None
+    count = constant(limit.expression)
+    offset = select.args.get("offset")
+    skip = constant(offset.expression) if offset is not None else None
+    if count is None or not isinstance(count.value, int) or count.value <= 0 or (
+            offset is not None and (skip is None or not isinstance(skip.value, int))):
+        return None
+    return count.value + (skip.value if skip is not None else 0)
 
 
 def _top_n(select: exp.Select, binding: TableBinding) -> tuple[OrderKey | None,

@@ -3,6 +3,8 @@ Postgres; only when the reference's filter is pushed whole and the tree prints b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlglot import exp
 
 from fig_server.planner.outputs import pg_column_name
@@ -50,9 +52,10 @@ AVG_TYPE = {"double precision": "double precision"}
 
 
 def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
-                       filters: list[str], slot: str, names: list[str] | None
-                       ) -> ColdPart | None:
-    """Push GROUP BY and count/sum/min/max/avg into both tiers; the outer query combines."""
+                      filters: list[str], slot: str, names: list[str] | None, utc: bool
+                      ) -> ColdPart | None:
+    """Push GROUP BY and count/sum/min/max/avg/bool_and/bool_or into both tiers; the outer
+    query combines. utc: the session's TimeZone is UTC (see `computed_key`)."""
     if select.args.get("joins") or select.args.get("distinct") or any(
             select.find_all(exp.Window)):
         return None
@@ -63,43 +66,93 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
     if group is not None and any(group.args.get(k) for k in ("rollup", "cube",
                                                               "grouping_sets", "totals")):
         return None
-    keys = group_keys(select, node, table)
+    keys = group_keys(select, node, table, utc)
     if keys is None or any(combine(aggregate, table, []) is None for aggregate in aggregates):
         return None
-    # Only now, with the pushdown certain, rename projections and rewrite their aggregates.
-    keep_output_names(select, names if select.parent is None else None)
+    # Only now, with the pushdown certain, rename projections and rewrite them.
+    keep_output_names(select, names if select.parent is None else None, keys)
     partials: list[str] = []
     finals: list[tuple[exp.AggFunc, str]] = []
     for aggregate in select.find_all(exp.AggFunc):
         if aggregate.parent_select is select:
             finals.append((aggregate, str(combine(aggregate, table, partials))))
-    key_cols = [quote(k) for k in keys]
+    for aggregate, combined in finals:
+        aggregate.replace(parse(f"SELECT {combined}").expressions[0])
+    replace_computed_keys(select, keys)
+    key_cols = [key.select_item for key in keys]
+    key_names = [quote(key.name) for key in keys]
+    key_sql = [key.sql for key in keys]
     source = f"{quote(table.schema)}.{quote(table.name)}"
     select_list = ", ".join(key_cols + [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
-    group_by = f" GROUP BY {', '.join(key_cols)}" if key_cols else ""
+    group_by = f" GROUP BY {', '.join(key_sql)}" if key_sql else ""
     cold_sql = (f"SELECT {select_list} FROM {source}"
                 f"{where_sql(cold_filters(table, route, filters))}{group_by}")
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
     temp = temp_name(table, shape_sql, slot)
-    partial_names = ", ".join(key_cols + [f"fig_a{i}" for i in range(len(partials))])
+    partial_names = ", ".join(key_names + [f"fig_a{i}" for i in range(len(partials))])
     hot_where = where_sql([hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
     parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp} "
                  f"UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}")
-    for aggregate, combined in finals:
-        aggregate.replace(parse(f"SELECT {combined}").expressions[0])
     select.set("where", None)
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)
 
 
-def group_keys(select: exp.Select, node: exp.Table, table: TieredTable) -> list[str] | None:
-    """The table's columns the GROUP BY names (by name, output alias or ordinal), or None when
-    it groups by anything else or another column is read outside the aggregates."""
+@dataclass(frozen=True)
+class Key:
+    """One GROUP BY key as both tiers compute it: a column of the table (named as itself in
+    the partials) or an expression of its columns (`computed_key`, named fig_k<i>)."""
+
+    name: str
+    sql: str
+    computed: str | None = None  # canonical text of the expression, for computed keys
+
+    @property
+    def select_item(self) -> str:
+        return self.sql if self.computed is None else f"{self.sql} AS {quote(self.name)}"
+
+
+# date_trunc units DataFusion truncates as Postgres does (weeks start on Monday in both).
+TRUNC_UNITS = {"SECOND", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "QUARTER", "YEAR"}
+TIMESTAMPTZ = "timestamp with time zone"
+
+
+def computed_key(node: exp.Expression, ref: exp.Table, table: TieredTable, utc: bool) -> bool:
+    """An expression of one column that DataFusion computes exactly as Postgres does in this
+    session: date_trunc(unit, t) and CAST(t AS date) of a timestamp column, of a timestamptz
+    column only when the session's TimeZone is UTC (Postgres truncates and takes the date in
+    the session's zone, DataFusion in UTC), CAST(d AS date) of a date."""
+    if isinstance(node, exp.Paren):
+        return computed_key(node.this, ref, table, utc)
+    if isinstance(node, exp.TimestampTrunc):
+        unit = node.args.get("unit")
+        kind = _own_column_type(node.this, ref, table)
+        return node.args.get("zone") is None and unit is not None and \
+            unit.name.upper() in TRUNC_UNITS and (
+                kind == "timestamp without time zone" or (kind == TIMESTAMPTZ and utc))
+    if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.DATE):
+        kind = _own_column_type(node.this, ref, table)
+        return kind in ("date", "timestamp without time zone") or (kind == TIMESTAMPTZ and utc)
+    return False
+
+
+def _own_column_type(node: exp.Expression, ref: exp.Table, table: TieredTable) -> str | None:
+    if not isinstance(node, exp.Column) or node.name not in table.column_names or (
+            node.table and node.table not in (ref.alias_or_name, table.name)):
+        return None
+    return table.column_type(node.name)
+
+
+def group_keys(select: exp.Select, node: exp.Table, table: TieredTable, utc: bool
+               ) -> list[Key] | None:
+    """The GROUP BY keys (named, by output alias or by ordinal: columns of the table or
+    `computed_key` expressions), or None when it groups by anything else or a column is read
+    outside the aggregates and the keys."""
     group = select.args.get("group")
     outputs = select.expressions
     aliases = {p.alias: p.this for p in outputs if isinstance(p, exp.Alias)}
-    keys: list[str] = []
+    keys: dict[str, Key] = {}
     for key in (group.expressions if group is not None else []):
         if isinstance(key, exp.Literal) and key.is_number and key.name.isdigit() \
                 and 1 <= int(key.name) <= len(outputs):
@@ -107,26 +160,79 @@ def group_keys(select: exp.Select, node: exp.Table, table: TieredTable) -> list[
         elif isinstance(key, exp.Column) and not key.table and \
                 key.name not in table.column_names and key.name in aliases:
             key = aliases[key.name]
-        if not isinstance(key, exp.Column) or key.name not in table.column_names or (
-                key.table and key.table not in (node.alias_or_name, table.name)):
+        if _own_column_type(key, node, table) is not None:
+            keys.setdefault(key.name, Key(key.name, quote(key.name)))
+        elif computed_key(key, node, table, utc):
+            text = canonical(key)
+            if text not in keys:
+                name = f"fig_k{sum(1 for k in keys.values() if k.computed)}"
+                keys[text] = Key(name, text, text)
+        else:
             return None
-        keys.append(key.name)
+    computed = {k.computed for k in keys.values() if k.computed}
     for column in select.find_all(exp.Column):
         if column.parent_select is not select or column.find_ancestor(
                 exp.AggFunc, exp.Group, exp.Where):  # the WHERE is pushed whole
             continue
-        if column.name not in keys and column.name not in aliases:
+        if column.name not in keys and column.name not in aliases and \
+                not _inside_key(column, select, computed):
             return None
-    return list(dict.fromkeys(keys))
+    return list(keys.values())
 
 
-def keep_output_names(select: exp.Select, names: list[str] | None) -> None:
-    """Alias projections before their aggregates are rewritten, so names stay Postgres's:
-    the names Postgres described for the original statement when this is its top level."""
+def _inside_key(column: exp.Column, select: exp.Select, computed: set[str]) -> bool:
+    node: exp.Expr | None = column
+    while node is not None and node is not select:
+        if canonical(node) in computed:
+            return True
+        node = node.parent
+    return False
+
+
+def replace_computed_keys(select: exp.Select, keys: list[Key]) -> None:
+    """Each occurrence of a computed key outside the aggregates becomes its partials column
+    (the combined aggregates are already in place)."""
+    names = {k.computed: k.name for k in keys if k.computed}
+    if not names:
+        return
+    for node in list(select.walk()):
+        if isinstance(node, (exp.Select, exp.Literal, exp.Identifier)) or \
+                node.parent_select is not select or node.find_ancestor(exp.AggFunc):
+            continue
+        name = names.get(canonical(node))
+        if name is not None and _attached(node, select):
+            node.replace(exp.column(name, quoted=True))
+
+
+def _attached(node: exp.Expr, root: exp.Expr) -> bool:
+    parent: exp.Expr | None = node
+    while parent is not None and parent is not root:
+        parent = parent.parent
+    return parent is root
+
+
+def canonical(node: exp.Expr) -> str:
+    """An expression's text with its columns unqualified (to match GROUP BY keys)."""
+    copy = node.copy()
+    for column in copy.find_all(exp.Column):
+        column.set("table", None)
+        column.set("db", None)
+        column.set("catalog", None)
+    return copy.sql(dialect="postgres")
+
+
+def keep_output_names(select: exp.Select, names: list[str] | None, keys: list[Key]) -> None:
+    """Alias projections before their aggregates and computed keys are rewritten, so names
+    stay Postgres's: the names Postgres described for the original statement when this is
+    its top level."""
     if names is not None and len(names) != len(select.expressions):
         names = None
+    computed = {k.computed for k in keys if k.computed}
     for index, projection in enumerate(select.expressions):
-        if not isinstance(projection, exp.Alias) and projection.find(exp.AggFunc):
+        if not isinstance(projection, exp.Alias) and (
+                projection.find(exp.AggFunc) or any(
+                    canonical(n) in computed for n in projection.walk()
+                    if not isinstance(n, (exp.Literal, exp.Identifier)))):
             name = names[index] if names is not None else pg_column_name(projection)
             select.expressions[index] = exp.alias_(projection, name, quoted=True)
     select.set("expressions", select.expressions)
@@ -154,6 +260,12 @@ def combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) -> 
         if not orderable(table, argument.name):
             return None  # text min/max follow a collation
         name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
+        partials.append(f"{name}({column})")
+        return f"{name}(fig_a{index})"
+    if isinstance(aggregate, (exp.LogicalAnd, exp.LogicalOr)):
+        if kind != "boolean":
+            return None
+        name = "BOOL_AND" if isinstance(aggregate, exp.LogicalAnd) else "BOOL_OR"
         partials.append(f"{name}({column})")
         return f"{name}(fig_a{index})"
     if isinstance(aggregate, exp.Sum):

@@ -23,7 +23,8 @@ REGENERATED_AS_WRITTEN = (
     exp.Add, exp.Sub, exp.Mul, exp.Neg, exp.Not, exp.And, exp.Or, exp.EQ, exp.NEQ,
     exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.Null, exp.Boolean, exp.In, exp.Between,
     exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max, exp.Distinct, exp.Case, exp.If,
-    exp.Coalesce, exp.Tuple, exp.Interval, exp.Var,
+    exp.Coalesce, exp.Tuple, exp.Interval, exp.Var, exp.TimestampTrunc, exp.LogicalAnd,
+    exp.LogicalOr,
 )
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+# Functions sqlglot names otherwise than Postgres does.
+PG_FUNCTION_NAMES: dict[type[exp.Expression], str] = {
+    exp.TimestampTrunc: "date_trunc", exp.LogicalAnd: "bool_and", exp.LogicalOr: "bool_or"}
+
 
 def pg_column_name(node: exp.Expression) -> str:
     """The name Postgres gives an unaliased output column (FigureColname's rules)."""
@@ -19,8 +23,9 @@ def pg_column_name(node: exp.Expression) -> str:
     if isinstance(node, exp.Case):
         return "case"
     if isinstance(node, exp.Func):
-        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
-        return name.lower()
+        if isinstance(node, exp.Anonymous):
+            return node.name.lower()
+        return PG_FUNCTION_NAMES.get(type(node), node.sql_name().lower())
     return "?column?"
 
 

@@ -88,8 +88,8 @@ EXPLAIN = re.compile(r"^\s*explain\s+(?:(analyze)\s+|\(([^)]*)\)\s*)?", re.IGNOR
 
 def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
             constants: Mapping[str, Any] | None = None, slot: str = "q0",
-            output_names: list[str] | None = None, same_clock: bool = False
-            ) -> Rewrite | None:
+            output_names: list[str] | None = None, same_clock: bool = False,
+            utc: bool = False) -> Rewrite | None:
     """The plan for one statement, or None when it touches no tiered table's cold rows.
 
     constants: values (UTC) of the expressions a first call listed in `needs`.
@@ -99,6 +99,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     the top-level projections are rewritten (see `describe`).
     same_clock: the statement runs in the transaction the constants were evaluated in (a
     transaction block), so its now() and current_date are theirs.
+    utc: the session's TimeZone is UTC, where timestamptz values truncate and convert to
+    dates in the cold engine as in Postgres (planner/aggregate.py, `computed_key`).
     """
     explain = EXPLAIN.match(sql)
     analyze = bool(explain and (explain.group(1) or "analyze" in (explain.group(2) or "").lower()))
@@ -108,7 +110,7 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         raise refusal
     declare = DECLARE.match(body)
     if declare is not None and not explain:
-        return _cursor(body, declare, tiered, forced, constants, same_clock)
+        return _cursor(body, declare, tiered, forced, constants, same_clock, utc)
     body = copy_as_query(body, tiered) or body
     try:
         tree = parse(body)
@@ -171,7 +173,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         routes.add(part_route)
         reference_edits = edits[id(table_node)]
         part = _rewrite_reference(tree, table_node, table, part_route, f"{slot}:{len(parts)}",
-                                  output_names, aggregate=as_written, same_clock=same_clock)
+                                  output_names, aggregate=as_written, same_clock=same_clock,
+                                  utc=utc)
         parts.append(part)
         if reference_edits is not None and part.replacement is not None:
             (start, end, _), *qualifiers = reference_edits
@@ -187,11 +190,12 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
 
 
 def _cursor(body: str, declare: re.Match[str], tiered: TieredSet, forced: str,
-            constants: Mapping[str, Any] | None, same_clock: bool) -> Rewrite | None:
+            constants: Mapping[str, Any] | None, same_clock: bool, utc: bool
+            ) -> Rewrite | None:
     """DECLARE ... CURSOR FOR <query>: the query planned under the cursor's own slot (its
     cold rows must stay while the cursor is open), the DECLARE text kept."""
     plan = rewrite(body[declare.end():], tiered, forced, constants,
-                   slot=f"cursor:{declare.group(1)}", same_clock=same_clock)
+                   slot=f"cursor:{declare.group(1)}", same_clock=same_clock, utc=utc)
     if plan is None or plan.needs:
         return plan
     if plan.explain:
@@ -254,7 +258,7 @@ def _needs(ref: exp.Table, table: TieredTable) -> list[bounds.Need]:
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
                        route: Route, slot: str, names: list[str] | None,
-                       aggregate: bool, same_clock: bool) -> ColdPart:
+                       aggregate: bool, same_clock: bool, utc: bool) -> ColdPart:
     select = node.parent_select
     filters: list[str] = []
     tail = guard = ""
@@ -264,7 +268,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
         if aggregate and pushdown(where, node, table, single).complete:
             # the tree is regenerated: both tiers see the same evaluated bounds
             filters = pushdown(where, node, table, single).pushed
-            part = partial_aggregate(select, node, table, route, filters, slot, names)
+            part = partial_aggregate(select, node, table, route, filters, slot, names, utc)
             if part is not None:
                 return part
         # The user's own text runs: outside the transaction Fig evaluated a bound that moves

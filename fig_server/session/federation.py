@@ -281,6 +281,11 @@ class Prepared:
     stats: list[Any] = field(default_factory=list)
 
 
+# TimeZone settings that are UTC at every instant (compared upper-cased).
+UTC_ZONES = frozenset({"UTC", "ETC/UTC", "GMT", "ETC/GMT", "UCT", "ETC/UCT", "UNIVERSAL",
+                       "ETC/UNIVERSAL", "ZULU", "ETC/ZULU"})
+
+
 class Federator:
     """Runs one client session's statements that name tiered tables."""
 
@@ -292,6 +297,8 @@ class Federator:
         self.in_block = False
         # The session's statement_timeout (seconds, None when off), read by prelude.
         self.timeout_s: float | None = None
+        # The session's TimeZone is UTC (read by prelude; see planner/aggregate.py).
+        self.utc = False
 
     def may_apply(self, buffer: bytes | bytearray, start: int, end: int) -> bool:
         """The cheap pre-check on a message's raw bytes, before any decoding."""
@@ -309,7 +316,8 @@ class Federator:
         sql = (f"SELECT {lock}({BOUNDARY_LOCK});"
                "SELECT coalesce(current_setting('fig.route', true), ''),"
                " coalesce(current_setting('fig.as_of', true), ''),"
-               " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout');"
+               " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
+               " current_setting('TimeZone');"
                + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
@@ -320,6 +328,7 @@ class Federator:
         rows = data_rows(answers)
         route = (rows[1][0] or "auto").strip().lower()
         self.timeout_s = int(rows[1][2] or 0) / 1000 or None
+        self.utc = (rows[1][3] or "").upper() in UTC_ZONES
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
@@ -349,11 +358,12 @@ class Federator:
                    slot: str, writes: bool = False) -> Prepared:
         """writes: the caller runs UPDATE/DELETE that reach cold (simple Query); elsewhere
         such statements are refused, never relayed to hot alone."""
-        plan = rewrite(sql, tiered, route, slot=slot)
+        plan = rewrite(sql, tiered, route, slot=slot, utc=self.utc)
         constants = None
         if plan is not None and plan.needs:
             constants = await self._evaluate(backend, plan.needs)
-            plan = rewrite(sql, tiered, route, constants, slot, same_clock=self.in_block)
+            plan = rewrite(sql, tiered, route, constants, slot, same_clock=self.in_block,
+                           utc=self.utc)
         if plan is not None and plan.write is not None and not writes:
             raise FeatureNotSupported(
                 f"UPDATE/DELETE of {plan.write.table.qualified} that may reach rows below its "
@@ -362,7 +372,7 @@ class Federator:
         if plan is not None and plan.describe:
             names = await self._describe(backend, plan_body(sql))
             plan = rewrite(sql, tiered, route, constants, slot, names,
-                           same_clock=self.in_block)
+                           same_clock=self.in_block, utc=self.utc)
         return Prepared(plan.sql if plan else sql, plan)
 
     async def _describe(self, backend: Injector, sql: str) -> list[str]:

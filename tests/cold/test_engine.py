@@ -73,6 +73,20 @@ def test_top_n_stops_early_and_skips_bytes(engine: ColdEngine, sorted_events: Ta
     assert any(line.startswith("Stopped early: yes") for line in lines)
 
 
+@pytest.mark.parametrize("offset", [0, 3])
+def test_limit_without_order_stops_at_n_rows(engine: ColdEngine, sorted_events: Table,
+                                             offset: int) -> None:
+    """A table preview (LIMIT without ORDER BY) reads files until it has n matching rows."""
+    sql = f"SELECT id, status FROM sorted_events WHERE status = 500 LIMIT 12 OFFSET {offset}"
+    result = engine.query(sql, {"sorted_events": sorted_events})
+    got = result.table.to_pylist()
+    assert len(got) == 12 and all(r["status"] == 500 for r in got)
+    assert len({r["id"] for r in got}) == 12
+    stats = result.stats
+    assert stats.stopped_early
+    assert stats.units_run < stats.files_total // 2, stats
+
+
 def test_pruning_by_day_reads_one_file(engine: ColdEngine, sorted_events: Table) -> None:
     sql = "SELECT count(*) FROM sorted_events WHERE date_trunc('day', ts) = $1"
     result = engine.query(sql, {"sorted_events": sorted_events},

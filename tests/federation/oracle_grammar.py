@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 MARK = "\x01"
@@ -74,8 +74,10 @@ DAYS = (-5, 1, 5, 20, 29, 30, 31, 40, 60, 100, 119, 130)
 class Grammar:
     """Statements from one seed: `Grammar(seed, now).case()` again and again."""
 
-    def __init__(self, seed: int, now: dt.datetime) -> None:
+    def __init__(self, seed: int, now: dt.datetime, shapes: Sequence[str] = ()) -> None:
+        """shapes: only statements of these shapes (names in SHAPES); every shape when empty."""
         self.rng = random.Random(seed)
+        self.shapes = [s for s in _SHAPES if not shapes or s[0] in shapes]
         self.now = now
         self.params: list[Param] = []
         self.clock = False
@@ -362,7 +364,7 @@ class Grammar:
     def case(self) -> Case:
         self.params = []
         self.clock = False
-        shape, build = self.rng.choices(SHAPES, weights=[w for _, w, _ in _SHAPES])[0]
+        shape, _, build = self.rng.choices(self.shapes, weights=[w for _, w, _ in self.shapes])[0]
         sql, ordered, tlp = build(self)
         return Case(shape, sql, self.params, ordered, self.clock, tlp)
 

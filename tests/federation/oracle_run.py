@@ -1,7 +1,7 @@
 """Run generated statements over the tiered tables and their twins through one Fig, and judge.
 
     python -m tests.federation.oracle_run --seed 1 --count 500 [--route auto|cold]
-        [--timezone UTC] [--protocol simple|psycopg|asyncpg] [--show 3]
+        [--timezone UTC] [--protocol simple|psycopg|asyncpg] [--shape aggregate] [--show 3]
 
 Each statement runs on the tiered tables and, on the same session, on their never-tiered
 twins; the answers must have the same column names, type OIDs and rows (in order when the
@@ -32,7 +32,7 @@ from psycopg.postgres import types as pg_types
 from psycopg.types.string import TextLoader
 
 from tests.federation.oracle_fixture import OracleData, build_generated_oracle
-from tests.federation.oracle_grammar import TIMEZONES, Case, Grammar
+from tests.federation.oracle_grammar import SHAPES, TIMEZONES, Case, Grammar
 
 ROUTES = ("auto", "cold")
 PROTOCOLS = ("simple", "psycopg", "asyncpg")
@@ -301,8 +301,9 @@ class Oracle:
     def __init__(self, data: OracleData, routes: str = "both",
                  timezones: Sequence[str] = TIMEZONES,
                  protocols: Sequence[str] = PROTOCOLS, verbose: bool = False,
-                 workers: int = 1) -> None:
+                 workers: int = 1, shapes: Sequence[str] = ()) -> None:
         self.data = data
+        self.shapes = shapes
         self.verbose = verbose
         self.workers = workers
         self.sessions = Sessions(data)
@@ -312,7 +313,7 @@ class Oracle:
 
     def run_seed(self, seed: int, count: int) -> None:
         """All statements of one seed, over `workers` threads, each with its own sessions."""
-        grammar = Grammar(seed, self.data.now)
+        grammar = Grammar(seed, self.data.now, self.shapes)
         jobs = []
         for index in range(count):
             case = grammar.case()
@@ -441,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3, help="client threads")
     parser.add_argument("--timezone", nargs="+", default=list(TIMEZONES))
     parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    parser.add_argument("--shape", nargs="+", choices=[name for name, _ in SHAPES], default=[],
+                        help="only statements of these shapes")
     parser.add_argument("--show", type=int, default=1, help="0: signatures only")
     parser.add_argument("--verbose", action="store_true", help="each statement to stderr")
     args = parser.parse_args(argv)
@@ -448,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = build_generated_oracle()
     built = time.monotonic()
     oracle = Oracle(data, args.route, args.timezone, args.protocol, args.verbose,
-                    args.workers)
+                    args.workers, args.shape)
     try:
         for seed in args.seed:
             oracle.run_seed(seed, args.count)

@@ -110,6 +110,10 @@ QUERIES = [
     "select row_to_json(e) from events e order by id limit 2",
     "select count(*) from events e where e is not null",
     "select id from events join users using (id) order by id limit 5",
+    # NATURAL joins on the columns both tables name (id): every column of the tiered table
+    "select * from events natural join users order by id",
+    "select id, name, status from users natural left join events where vip order by id",
+    "select e.id, u.name from events e natural join users u where e.id < 5 order by 1",
     "select count(*) from events where user_id = 7 and ts < '{d2}'",
     "select max(note), min(country) from events where status = 500",
     "select count(*), count(distinct id) from (select id from events where status = 500 "
@@ -200,3 +204,30 @@ def tiered_fig() -> Iterator[tuple[FigProcess, dict[str, str]]]:
 def test_tiered_table_answers_like_plain_table(tiered_fig: tuple[FigProcess, dict[str, str]],
                                                query: str, route: str) -> None:
     assert_same_answer(*tiered_fig, query, route)
+
+
+# GROUP BY expressions of the time column: partial aggregates in both tiers where DataFusion
+# computes the key as Postgres does for the session (timestamptz only in a UTC session).
+COMPUTED_KEYS = [
+    "select date_trunc('day', ts), count(*), sum(amount) from events group by 1 order by 1",
+    "select ts::date d, status, max(amount), min(ts) from events where status <> 200 "
+    "group by d, status having count(*) > 3 order by d desc, status",
+    "select date_trunc('week', e.ts) + interval '1 day' w, avg(amount) from events e "
+    "group by date_trunc('week', e.ts) order by date_trunc('week', e.ts) limit 5",
+    "select cast(day as date), date_trunc('month', ts), count(note) from events "
+    "group by 1, 2 order by 2, 1",
+]
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata"])
+@pytest.mark.parametrize("query", COMPUTED_KEYS)
+def test_computed_group_keys(tiered_fig: tuple[FigProcess, dict[str, str]], query: str,
+                             timezone: str) -> None:
+    fig, _ = tiered_fig
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute(f"set timezone = '{timezone}'")
+        plan = "\n".join(str(r[0]) for r in conn.execute("explain " + query))
+        got = rows_of(conn, query)
+        want = rows_of(conn, query.replace("events", "events_plain"))
+    assert got == want
+    assert ("(partial aggregates)" in plan) == (timezone == "UTC"), plan

@@ -51,15 +51,18 @@ EVALUATED = {
 
 
 def render(sql: str, route: str) -> str:
+    """route: auto, hot or cold, followed by ` utc` for a session whose TimeZone is UTC."""
+    route, _, zone = route.partition(" ")
+    utc = zone == "utc"
     try:
-        plan = rewrite(sql, TIERED, route)
+        plan = rewrite(sql, TIERED, route, utc=utc)
         needs = plan.needs if plan is not None else []
         if needs:
             constants = {}
             for need in needs:
                 kind, value = EVALUATED[need.text]
                 constants[need.key] = (need.as_type or kind, value)
-            plan = rewrite(sql, TIERED, route, constants)
+            plan = rewrite(sql, TIERED, route, constants, utc=utc)
     except FeatureNotSupported as error:
         return f"error {error.sqlstate}: {error.message}"
     evaluated = [f"evaluated in session: {need.text}"
