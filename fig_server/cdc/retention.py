@@ -39,12 +39,31 @@ class BoundaryBusy(ObjectNotInPrerequisiteState):
     """Federated statements hold the boundary lock: retention tries again shortly."""
 
 
+# How long retention waits in the boundary lock's queue: federated statements arriving
+# meanwhile queue behind it, so the wait is kept short.
+BOUNDARY_WAIT = "500ms"
+
+
 def take_boundary_lock(conn: psycopg.Connection) -> None:
-    """The boundary lock for this transaction, only tried: a session holding it shared may
-    be waiting for a table lock the caller holds."""
-    acquired = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (BOUNDARY_LOCK,)).fetchone()
-    if acquired is None or not acquired[0]:
-        raise BoundaryBusy("federated statements are reading the boundary")
+    """The boundary lock for this transaction, exclusive, or BoundaryBusy.
+
+    Waited for in the lock's queue: a stream of federated statements (each holds it shared
+    while it runs) cannot keep it from retention for ever, as only trying it did on any busy
+    table. The caller holds the table's EXCLUSIVE lock, which a session holding the boundary
+    lock shared may be waiting for: that deadlock is found by this session first (a
+    deadlock_timeout of 10 ms, where this role may set it), which gives way, so the user's
+    statement goes on; one that joins the wait later outlasts BOUNDARY_WAIT.
+    """
+    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (BOUNDARY_WAIT,))
+    conn.execute("SELECT set_config('deadlock_timeout', '10ms', true) "
+                 "WHERE current_setting('is_superuser') = 'on'")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOUNDARY_LOCK,))
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+        raise BoundaryBusy("federated statements are reading the boundary") from exc
+    conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                 (previous[0] if previous else "0",))
 
 
 class RetentionRunner:
@@ -144,7 +163,6 @@ class RetentionRunner:
             self.wait_cold(table, target)
             # Fig's federated statements hold this shared while they read a boundary and run
             # (fig_server.session.federation), so the boundary never moves under a statement.
-            # Only tried, never waited for: a session holding it may wait for our table lock.
             take_boundary_lock(self.conn)
             deleted = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} < %s").format(
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount

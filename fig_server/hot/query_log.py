@@ -19,6 +19,10 @@ COLUMNS = (
     ("files_kept", "integer"), ("files_total", "integer"), ("row_groups_kept", "integer"),
     ("row_groups_total", "integer"), ("duration_ms", "double precision"), ("outcome", "text"),
     ("sqlstate", "text"), ("cost_usd", "numeric"), ("calls", "integer"),
+    # where a statement over tiered tables spent its time (NULL for statements relayed whole)
+    ("prelude_ms", "double precision"), ("plan_ms", "double precision"),
+    ("cold_ms", "double precision"), ("copy_ms", "double precision"),
+    ("final_ms", "double precision"),
 )
 
 # Rows are stored as the audit file's JSON documents (json, not jsonb: only validated on the

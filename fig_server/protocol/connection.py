@@ -7,8 +7,9 @@ import datetime as dt
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import nullcontext
+from time import perf_counter
 
 from fig_server import wire
 from fig_server.errors import (
@@ -50,6 +51,7 @@ AUDITED_BACKEND = frozenset(b"CES")
 
 # Statements after which the server-wide list of tiered tables and views is read again.
 DDL = re.compile(r"^\s*(?:create|alter|drop)\b", re.IGNORECASE)
+COPY = re.compile(r"^\s*copy\b", re.IGNORECASE)
 
 
 class ClientConnection:
@@ -302,20 +304,31 @@ class ClientConnection:
         if entry is not None and self.audit is not None:
             self.audit.finish(entry)
 
-    def _note(self, prepared: list[Prepared]) -> None:
-        """What the audit records of a statement over tiered tables: route, cold scans."""
+    def _note(self, prepared: list[Prepared], prelude_ms: float) -> None:
+        """What the audit records of a statement over tiered tables: route, cold scans, the
+        time of the prelude."""
         if self._entry is not None and self.federator is not None:
             self._entry.prepared = tuple(prepared)
             self._entry.route = route_of(prepared)
             self._entry.matcher = self.federator.tiered.current.matcher
+            self._entry.prelude_ms = prelude_ms
+
+    def _mark_forwarded(self) -> None:
+        """The statement goes to Postgres now: what follows is its final step."""
+        if self._entry is not None:
+            self._entry.forwarded = perf_counter()
 
     async def _wait_idle(self) -> None:
         while self.session.in_flight > 0:
             self._idle.clear()
             await self._idle.wait()
 
-    async def inject(self, data: bytes, ready_count: int) -> list[tuple[int, bytes]]:
-        """Run Fig's own messages on the idle backend; the client never sees the answers."""
+    async def inject(self, data: bytes, ready_count: int,
+                     copy: AsyncIterator[bytes] | None = None) -> list[tuple[int, bytes]]:
+        """Run Fig's own messages on the idle backend; the client never sees the answers.
+
+        copy: CopyData messages to send after data (whose last statement is a COPY FROM
+        STDIN), written as they come, then CopyDone."""
         backend = self.session.backend
         assert backend is not None
         queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
@@ -323,6 +336,12 @@ class ClientConnection:
         try:
             backend.writer.write(data)
             await backend.writer.drain()
+            if copy is not None:
+                async for message in copy:
+                    backend.writer.write(message)
+                    await backend.writer.drain()
+                backend.writer.write(wire.message(b"c"))
+                await backend.writer.drain()
             answers = []
             while ready_count:
                 kind, payload = await queue.get()
@@ -393,17 +412,19 @@ class ClientConnection:
             return
 
         async def work(federator: Federator) -> bool:
+            started = perf_counter()
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
+            prelude_ms = (perf_counter() - started) * 1000
             statements = split_statements(sql)
             prepared = [await federator.plan(self, statement, tiered, route, f"q{index}",
                                              writes=True)
                         for index, statement in enumerate(statements)]
             refuse_after_session_change(statements, [p.rewrite is not None for p in prepared])
-            self._note(prepared)
+            self._note(prepared, prelude_ms)
             explain = next((p for p in prepared if p.rewrite and p.rewrite.explain), None)
             if explain is not None and len(prepared) == 1:
-                await self._explain(federator, explain, as_of)
+                await self._explain(federator, explain, as_of, prelude_ms)
                 return True
             writes = [p for p in prepared if p.rewrite and p.rewrite.write]
             if writes:  # an UPDATE/DELETE reaching cold rows: both tiers, one command tag
@@ -413,18 +434,26 @@ class ClientConnection:
                 self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
                 return True
             if all(p.rewrite is None for p in prepared):
-                # Nothing read from cold (COPY ... FROM STDIN into a tiered table, DDL): relay
-                # without holding the boundary lock, and without waiting for the answer here:
-                # a COPY FROM needs the client's CopyData, which this reader forwards.
+                if not any(COPY.match(statement) for statement in statements):
+                    # Nothing read from cold (nothing has left hot yet, DDL): hot answers, with
+                    # the boundary lock held until it has (retention must not move rows out
+                    # of hot under a statement planned to read hot alone).
+                    self._mark_forwarded()
+                    self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
+                    if DDL.match(sql):
+                        # a view over a tiered table may be new: the next statement sees it
+                        await self._wait_idle()
+                        await federator.tiered.refresh()
+                    return True
+                # COPY ... FROM STDIN into a tiered table (a write, carried to cold by CDC):
+                # relayed without waiting for the answer here, as it needs the client's
+                # CopyData, which this reader forwards; so the lock is released first.
                 await federator.release(self)
                 self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
-                if DDL.match(sql):
-                    # a view over a tiered table may be new: the next statement must see it
-                    await self._wait_idle()
-                    await federator.tiered.refresh()
                 return False
             for statement in prepared:
                 await federator.load(self, statement, True, as_of, self.session.cold_cancel)
+            self._mark_forwarded()
             self._forward(wire.message(b"Q", wire.cstring(
                 ";\n".join(p.sql for p in prepared))), 1)
             return True
@@ -432,11 +461,11 @@ class ClientConnection:
         await self._federate(work)
 
     async def _explain(self, federator: Federator, prepared: Prepared,
-                       as_of: dt.datetime | None) -> None:
+                       as_of: dt.datetime | None, prelude_ms: float) -> None:
         plan = prepared.rewrite
         assert plan is not None
         await federator.load(self, prepared, plan.analyze, as_of, self.session.cold_cancel)
-        lines = await asyncio.to_thread(federator.explain_lines, prepared, as_of)
+        lines = await asyncio.to_thread(federator.explain_lines, prepared, as_of, prelude_ms)
         verb = "EXPLAIN ANALYZE " if plan.analyze else "EXPLAIN "
         answers = await self.inject(wire.message(b"Q", wire.cstring(verb + plan.sql)), 1)
         error = next((p for k, p in answers if k == ord("E")), None)
@@ -479,13 +508,14 @@ class ClientConnection:
             return
 
         async def work(federator: Federator) -> bool:
+            started = perf_counter()
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
             parsed: set[str] = set()
             parses = 0
             out = []
-            self._note([])
+            self._note([], (perf_counter() - started) * 1000)
             for raw in batch:
                 kind, payload = raw[0], raw[5:]
                 if kind == 80:
@@ -497,13 +527,16 @@ class ClientConnection:
                     prepared = await federator.plan(self, sql, tiered, route, slot)
                     if self._entry is not None:
                         self._entry.prepared += (prepared,)
+                    parsed.add(name)
                     if prepared.rewrite is not None:
-                        parsed.add(name)
                         await federator.load(self, prepared, run_cold, as_of,
                                              self.session.cold_cancel)
                         payload = wire.replace_parse_sql(payload, prepared.sql)
-                        self.tiered_statements[name] = (sql, payload)
                         raw = wire.message(b"P", payload)
+                    # Planned again at each Bind, even when hot alone answers it now (nothing
+                    # of the table has left hot yet): retention may move rows to cold before
+                    # the statement runs again.
+                    self.tiered_statements[name] = (sql, payload)
                 elif kind == 66:
                     name = wire.bind_statement(payload)
                     if name in self.tiered_statements and name not in parsed:
@@ -512,6 +545,7 @@ class ClientConnection:
                 out.append(raw)
             if self._entry is not None:
                 self._entry.route = route_of(self._entry.prepared)
+            self._mark_forwarded()
             if flush:
                 await federator.release(self)
                 self._forward(b"".join(out), 0)

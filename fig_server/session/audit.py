@@ -28,8 +28,8 @@ class StatementRecord:
     A plain slotted class: one is made per request on the event loop, so it stays cheap.
     """
 
-    __slots__ = ("busy", "calls", "command", "ended", "matcher", "origin", "prepared", "route",
-                 "rows", "sqlstate", "started", "text")
+    __slots__ = ("busy", "calls", "command", "ended", "forwarded", "matcher", "origin",
+                 "prelude_ms", "prepared", "route", "rows", "sqlstate", "started", "text")
 
     def __init__(self, started: float, text: bytes, origin: StatementAudit) -> None:
         self.started = started  # perf_counter; the writer converts it to wall-clock time
@@ -44,6 +44,10 @@ class StatementRecord:
         # cold ScanStats) and the tiered-name matcher, read by the writer once done.
         self.prepared: tuple[Any, ...] = ()
         self.matcher: Any = None
+        # Statements over tiered tables: the prelude's time (ms) and when the rewritten
+        # statement went to Postgres (perf_counter; its final step runs until `ended`).
+        self.prelude_ms = 0.0
+        self.forwarded = 0.0
         # Identical relayed statements grouped by the writer: how many, their total time.
         self.calls = 1
         self.busy = 0.0

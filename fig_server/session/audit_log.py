@@ -84,7 +84,9 @@ class AuditFile:
 LINE = ('{"ts":"%s",%s,"statement":%s,"route":"%s","tables":%s,"command":%s,"rows":%d,'
         '"bytes_scanned":%d,"bytes_total":%d,"manifests_kept":%d,"manifests_total":%d,'
         '"files_kept":%d,"files_total":%d,"row_groups_kept":%d,"row_groups_total":%d,'
-        '"duration_ms":%.3f,"outcome":"%s","sqlstate":%s,"cost_usd":%s,"calls":%d}')
+        '"duration_ms":%.3f,"outcome":"%s","sqlstate":%s,"cost_usd":%s,"calls":%d%s}')
+# The phases of a statement over tiered tables (fig.query_log's *_ms columns; NULL elsewhere).
+PHASES = ',"prelude_ms":%.3f,"plan_ms":%.3f,"cold_ms":%.3f,"copy_ms":%.3f,"final_ms":%.3f'
 NO_SCAN = (0,) * 8
 
 
@@ -116,10 +118,15 @@ class LineFormatter:
         tables = "[]"
         scan = NO_SCAN
         cost = "0"
+        phases = ""
         if record.prepared:
             stats = [s for p in record.prepared for s in p.stats]
             scan = tuple(sum(getattr(s, name) for s in stats) for name in SCAN_FIELDS)
             cost = repr(round(scan[0] / GB * self.price_per_gb, 9))
+            phases = PHASES % (
+                record.prelude_ms, *(sum(getattr(p, name) for p in record.prepared)
+                                     for name in ("plan_ms", "cold_ms", "copy_ms")),
+                (record.ended - record.forwarded) * 1000 if record.forwarded else 0.0)
         if record.matcher is not None:
             tables = json.dumps(sorted({n.lower() for n in record.matcher.findall(text)}))
         return LINE % (
@@ -128,7 +135,8 @@ class LineFormatter:
                 errors="replace")), record.total_rows(), *scan,
             (record.busy if record.calls > 1 else record.ended - record.started) * 1000,
             "error" if record.sqlstate else "ok",
-            json.dumps(record.sqlstate) if record.sqlstate else "null", cost, record.calls)
+            json.dumps(record.sqlstate) if record.sqlstate else "null", cost, record.calls,
+            phases)
 
     def _timestamp(self, wall: float) -> str:
         second = int(wall)

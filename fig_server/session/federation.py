@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 # boundary, so a statement never sees a boundary that moved under it.
 BOUNDARY_LOCK = 7203
 COPY_CHUNK = 256 * 1024
+COPY_BATCH_ROWS = 64 * 1024  # rows encoded to CSV at a time
 
 # One JSON document per tiered table, then one per view that reads one (through other views
 # too); read by the catalog refresher and, for a boundary and a search_path consistent with
@@ -228,10 +230,21 @@ def _storage_errors(part: ColdPart) -> Iterator[None]:
                            "storage (`fig status`, fig.cdc_status)") from exc
 
 
+async def copy_messages(rows: pa.Table) -> AsyncIterator[bytes]:
+    """CopyData messages of the rows as CSV, a batch at a time, each encoded off the event
+    loop: the server never holds more than one batch of the text."""
+    for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
+        csv = await asyncio.to_thread(to_copy_csv, pa.Table.from_batches([batch]))
+        view = memoryview(csv)
+        yield b"".join(wire.message(b"d", bytes(view[i:i + COPY_CHUNK]))
+                       for i in range(0, len(csv), COPY_CHUNK))
+
+
 class Injector(Protocol):
     """What the connection layer offers: run Fig's own messages on the idle backend."""
 
-    async def inject(self, data: bytes, ready_count: int) -> list[tuple[int, bytes]]: ...
+    async def inject(self, data: bytes, ready_count: int,
+                     copy: AsyncIterator[bytes] | None = None) -> list[tuple[int, bytes]]: ...
 
 
 def data_rows(messages: list[tuple[int, bytes]]) -> list[list[str | None]]:
@@ -279,6 +292,11 @@ class Prepared:
     sql: str
     rewrite: Rewrite | None
     stats: list[Any] = field(default_factory=list)
+    # Wall time of Fig's phases (ms): planning (with the round trips it needs), the cold
+    # engine's answer, the copy of its rows into the session.
+    plan_ms: float = 0.0
+    cold_ms: float = 0.0
+    copy_ms: float = 0.0
 
 
 # TimeZone settings that are UTC at every instant (compared upper-cased).
@@ -358,6 +376,7 @@ class Federator:
                    slot: str, writes: bool = False) -> Prepared:
         """writes: the caller runs UPDATE/DELETE that reach cold (simple Query); elsewhere
         such statements are refused, never relayed to hot alone."""
+        started = time.perf_counter()
         plan = rewrite(sql, tiered, route, slot=slot, utc=self.utc)
         constants = None
         if plan is not None and plan.needs:
@@ -373,7 +392,8 @@ class Federator:
             names = await self._describe(backend, plan_body(sql))
             plan = rewrite(sql, tiered, route, constants, slot, names,
                            same_clock=self.in_block, utc=self.utc)
-        return Prepared(plan.sql if plan else sql, plan)
+        return Prepared(plan.sql if plan else sql, plan,
+                        plan_ms=(time.perf_counter() - started) * 1000)
 
     async def _describe(self, backend: Injector, sql: str) -> list[str]:
         """The result column names of a statement, as Postgres describes it (never run)."""
@@ -408,21 +428,22 @@ class Federator:
         if plan is None:
             return
         for part in plan.parts:
-            csv = b""
+            rows = None
+            started = time.perf_counter()
             if run_cold:
-                table, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel,
-                                                       self.timeout_s)
+                rows, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel,
+                                                      self.timeout_s)
                 prepared.stats.append(stats)
-                csv = await asyncio.to_thread(to_copy_csv, table)
-            data = [wire.message(b"Q", wire.cstring(await self._scratch(backend, part)))]
-            if csv:
-                data.append(wire.message(b"Q", wire.cstring(
-                    f"COPY pg_temp.{part.temp_table} FROM STDIN (FORMAT csv)")))
-                view = memoryview(csv)
-                data.extend(wire.message(b"d", bytes(view[i:i + COPY_CHUNK]))
-                            for i in range(0, len(csv), COPY_CHUNK))
-                data.append(wire.message(b"c"))
-            answers = await backend.inject(b"".join(data), 2 if csv else 1)
+            loaded = time.perf_counter()
+            prepared.cold_ms += (loaded - started) * 1000
+            data = wire.message(b"Q", wire.cstring(await self._scratch(backend, part)))
+            if rows is None or rows.num_rows == 0:
+                answers = await backend.inject(data, 1)
+            else:
+                data += wire.message(b"Q", wire.cstring(
+                    f"COPY pg_temp.{part.temp_table} FROM STDIN (FORMAT csv)"))
+                answers = await backend.inject(data, 2, copy_messages(rows))
+            prepared.copy_ms += (time.perf_counter() - loaded) * 1000
             error = _first_error(answers)
             if error is not None:
                 raise BackendError(error)
@@ -457,7 +478,8 @@ class Federator:
                 "then works inside), or make the transaction read-write")
         return create
 
-    def explain_lines(self, prepared: Prepared, as_of: dt.datetime | None) -> list[str]:
+    def explain_lines(self, prepared: Prepared, as_of: dt.datetime | None,
+                      prelude_ms: float) -> list[str]:
         plan = prepared.rewrite
         assert plan is not None
         lines = [f"Fig route: {plan.route.value}"]
@@ -465,6 +487,12 @@ class Federator:
             lines.append(f"Cold part of {part.table.qualified}"
                          f"{' (partial aggregates)' if part.aggregated else ''}: {part.cold_sql}")
             lines.extend("  " + line for line in self.cold.explain(part, plan.analyze, as_of))
+        if plan.analyze:
+            metadata = sum(s.plan_ms for s in prepared.stats)
+            lines.append(f"Fig time: prelude {prelude_ms:.1f} ms, planning "
+                         f"{prepared.plan_ms:.1f} ms, cold {prepared.cold_ms:.1f} ms (Iceberg "
+                         f"metadata and pruning {metadata:.1f} ms), copy into the session "
+                         f"{prepared.copy_ms:.1f} ms")
         lines.append("Hot part and merge (PostgreSQL):")
         return lines
 

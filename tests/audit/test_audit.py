@@ -146,6 +146,24 @@ def test_federated_statement_recorded_with_scan(fig: FigProcess) -> None:
         Decimal(simple["bytes_scanned"]) / 10**9 * Decimal(PRICE_PER_GB), rel=Decimal("1e-6"))
     (extended,), _ = wait_for(fig, "fed-extended")
     assert extended["route"] in ("COLD", "SPLIT") and extended["rows"] == 10
+    # where the time went: every phase timed, together within the statement's duration
+    for record, row in ((simple, simple_row), (extended, None)):
+        phases = [record[name] for name in PHASES]
+        assert all(ms >= 0 for ms in phases) and record["cold_ms"] > 0, record
+        assert sum(phases) <= record["duration_ms"] * 1.01 + 1, record
+        if row is not None:
+            assert [row[name] for name in PHASES] == pytest.approx(phases)
+
+
+def test_relayed_statement_has_no_phases(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("select 3 /* relay-phases */").fetchall()
+    (record,), (row,) = wait_for(fig, "relay-phases")
+    assert all(name not in record for name in PHASES)
+    assert all(row[name] is None for name in PHASES)
+
+
+PHASES = ("prelude_ms", "plan_ms", "cold_ms", "copy_ms", "final_ms")
 
 
 def test_cost_per_user_view(fig: FigProcess) -> None:
@@ -205,3 +223,16 @@ def test_audit_file_rotates_at_configured_size(fig: FigProcess) -> None:
         assert 0 < size <= MAX_BYTES
     record = next(r for r in audit_records(fig) if "rotate-399 */" in r["statement"])
     assert len(record["statement"]) == 300
+
+
+def test_explain_analyze_gives_fig_phases(fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        lines = [r[0] for r in conn.execute("explain analyze select count(*) from events "
+                                            "where amount > 50").fetchall()]
+    timing = [line for line in lines if line.startswith("Fig time: ")]
+    assert len(timing) == 1, lines
+    for phase in ("prelude", "planning", "cold", "Iceberg metadata and pruning",
+                  "copy into the session"):
+        assert f"{phase} " in timing[0], timing
+    assert lines.index(timing[0]) < lines.index("Hot part and merge (PostgreSQL):")
+    assert any(line.startswith("Execution Time:") for line in lines)  # Postgres's own step
