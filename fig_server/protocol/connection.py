@@ -52,6 +52,9 @@ AUDITED_BACKEND = frozenset(b"CES")
 # Statements after which the server-wide list of tiered tables and views is read again.
 DDL = re.compile(r"^\s*(?:create|alter|drop)\b", re.IGNORECASE)
 COPY = re.compile(r"^\s*copy\b", re.IGNORECASE)
+# Named statements remembered per session to see a table tiered after they were prepared
+# (the oldest forgotten beyond this: drivers close theirs, psycopg keeps at most 100).
+MAX_PLAIN_STATEMENTS = 4096
 
 
 class ClientConnection:
@@ -71,6 +74,9 @@ class ClientConnection:
         # Prepared statements whose SQL names tiered tables: name -> (original SQL, the Parse
         # payload the backend holds).
         self.tiered_statements: dict[str, tuple[str, bytes]] = {}
+        # Named statements prepared over no tiered table: Parse payload and the tiered
+        # catalog's generation they were last checked against (a table may be tiered later).
+        self.plain_statements: dict[str, tuple[bytes, int]] = {}
         self._idle = asyncio.Event()
         self._divert: asyncio.Queue[tuple[int, bytes]] | None = None
         # Per-user limits (set by the server), the refusal of the statement being held, and
@@ -253,17 +259,39 @@ class ClientConnection:
         buffer = self.client_buffer
         try:
             if kind == 66:
-                return bool(self.tiered_statements) and \
-                    wire.bind_statement(bytes(buffer[start + 5:end])) in self.tiered_statements
+                if not self.tiered_statements and not self.plain_statements:
+                    return False
+                name = wire.bind_statement(bytes(buffer[start + 5:end]))
+                return name in self.tiered_statements or self._tiered_since_parsed(name)
             if self.federator.may_apply(buffer, start + 5, end):
                 return True
-            if kind == 80 and self.tiered_statements:
+            if kind == 80 and buffer[start + 5] != 0:  # a named statement
+                payload = bytes(buffer[start + 5:end])
+                name = wire.parse_text(payload)[0]
                 # The name now holds a statement over no tiered table.
-                self.tiered_statements.pop(wire.parse_text(bytes(buffer[start + 5:end]))[0],
-                                           None)
+                self.tiered_statements.pop(name, None)
+                self.plain_statements.pop(name, None)
+                if len(self.plain_statements) >= MAX_PLAIN_STATEMENTS:
+                    self.plain_statements.pop(next(iter(self.plain_statements)))
+                self.plain_statements[name] = (payload, self.federator.tiered.generation)
         except ValueError:
             pass  # a malformed message: Postgres reports it as it always does
         return False
+
+    def _tiered_since_parsed(self, name: str) -> bool:
+        """Does a statement prepared over no tiered table now read one (tiered since)? Then
+        it is planned at each Bind from now on, like one that did from the start."""
+        entry = self.plain_statements.get(name)
+        federator = self.federator
+        if entry is None or federator is None or entry[1] == federator.tiered.generation:
+            return False
+        payload = entry[0]
+        if not federator.may_apply(payload, 0, len(payload)):
+            self.plain_statements[name] = (payload, federator.tiered.generation)
+            return False
+        del self.plain_statements[name]
+        self.tiered_statements[name] = (wire.parse_text(payload)[1], payload)
+        return True
 
     def _refuses(self, kind: int) -> bool:
         """Does the user's rate limit refuse the statement this message begins?"""

@@ -113,6 +113,8 @@ class TieredCatalog:
         self.database = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "postgres")
         self.interval_s = interval_s
         self.current = TieredSet()
+        # Counts the changes of `current` (sessions re-check what they cached against it).
+        self.generation = 0
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
@@ -123,8 +125,11 @@ class TieredCatalog:
             if current != self.current:
                 log.info("tiered tables: %s", ", ".join(
                     f"{t.qualified} (boundary {t.boundary})" for t in current.tables) or "none")
+                self.generation += 1
             self.current = current
         except psycopg.errors.UndefinedTable:
+            if self.current != TieredSet():
+                self.generation += 1
             self.current = TieredSet()
         except psycopg.Error as exc:
             log.warning("could not read fig.tiered_tables: %s", exc)
