@@ -11,6 +11,7 @@ cached under benchmarks/data/.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -125,6 +126,17 @@ CREATE TABLE {name} (
 )"""
 PG_COUNTRIES_DDL = """
 CREATE TABLE {name} (code text PRIMARY KEY, name text NOT NULL, region text NOT NULL)"""
+PG_USERS_DDL = """
+CREATE TABLE {name} (
+    user_id bigint PRIMARY KEY,
+    plan text NOT NULL,
+    segment text NOT NULL,
+    signup_day date NOT NULL
+)"""
+# (plan, weight, share of its users that are businesses): the users dimension's mix.
+PLANS: tuple[tuple[str, int, float], ...] = (
+    ("free", 70, 0.02), ("pro", 20, 0.3), ("team", 7, 0.9), ("enterprise", 3, 1.0))
+FIRST_SIGNUP = dt.date(2023, 1, 1)
 
 
 def _payload_pool() -> pa.Array:
@@ -190,6 +202,23 @@ def iter_days(scale: Scale, seed: int) -> Iterator[tuple[dt.date, pa.Table]]:
 def countries_table() -> pa.Table:
     codes, names, regions, _ = zip(*COUNTRIES, strict=True)
     return pa.table({"code": list(codes), "name": list(names), "region": list(regions)})
+
+
+@functools.cache
+def users_table(seed: int) -> pa.Table:
+    """The hot-only dimension `users`: one row per possible user_id, the same for a seed."""
+    rng = np.random.default_rng([seed, USERS])
+    weights = np.array([weight for _, weight, _ in PLANS], dtype=np.float64)
+    plan = rng.choice(len(PLANS), USERS, p=weights / weights.sum())
+    business = rng.random(USERS) < np.array([share for *_, share in PLANS])[plan]
+    signup_days = (LAST_DAY - FIRST_SIGNUP).days + 1
+    signup = rng.integers(0, signup_days, USERS) + (FIRST_SIGNUP - dt.date(1970, 1, 1)).days
+    return pa.table({
+        "user_id": pa.array(np.arange(1, USERS + 1, dtype=np.int64)),
+        "plan": pa.array([name for name, *_ in PLANS]).take(pa.array(plan)),
+        "segment": pa.array(np.where(business, "business", "consumer")),
+        "signup_day": pa.array(signup.astype(np.int32), pa.date32()),
+    })
 
 
 @dataclass(frozen=True)

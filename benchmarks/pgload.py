@@ -18,9 +18,12 @@ from psycopg import sql
 from benchmarks.datagen import (
     PG_COUNTRIES_DDL,
     PG_EVENTS_DDL,
+    PG_USERS_DDL,
+    VERSION,
     DataSet,
     countries_table,
     iter_days,
+    users_table,
 )
 
 PEER_DB = "peer"
@@ -47,6 +50,24 @@ def load_countries(dsn: str) -> None:
             for row in countries_table().to_pylist():
                 copy.write_row((row["code"], row["name"], row["region"]))
         conn.execute("ANALYZE countries")
+
+
+def load_users(dsn: str, seed: int) -> None:
+    """The hot-only dimension table `users` (a million rows), loaded once per seed: the table's
+    comment names what it holds."""
+    key = f"benchmark users, seed {seed}, v{VERSION}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT obj_description(to_regclass('users'), 'pg_class')").fetchone()
+        if found and found[0] == key:
+            return
+        conn.execute("DROP TABLE IF EXISTS users")
+        conn.execute(PG_USERS_DDL.format(name="users"))
+        buffer = io.BytesIO()
+        pacsv.write_csv(users_table(seed), buffer, pacsv.WriteOptions(include_header=False))
+        with conn.cursor() as cur, cur.copy("COPY users FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buffer.getbuffer())
+        conn.execute(sql.SQL("COMMENT ON TABLE users IS {}").format(sql.Literal(key)))
+        conn.execute("VACUUM ANALYZE users")
 
 
 def _loaded_key(conn: psycopg.Connection) -> str | None:

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks.hotpath import LoopResult, PgbenchResult
+from benchmarks.workloads import ROW_COUNT, Query
 
 
 @dataclass
@@ -30,6 +31,8 @@ class ColdMeasure:
     pruning: dict[str, Any] = field(default_factory=dict)
     agrees: bool | None = None
     skipped: str = ""
+    short: str = ""
+    mismatch: str = ""  # how the rows differ from the reference's, when they do
     digest: list[tuple[str, ...]] = field(default_factory=list, repr=False)
 
     @property
@@ -52,6 +55,18 @@ class RunReport:
     cdc: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     queries: dict[str, str] = field(default_factory=dict)
+    peer_sql: dict[str, str] = field(default_factory=dict)  # DuckDB and DataFusion's spelling
+    star: list[str] = field(default_factory=list)  # the star-schema shapes
+    row_count_only: list[str] = field(default_factory=list)  # LIMIT without ORDER BY
+
+    def add_query(self, query: Query) -> None:
+        self.queries[query.name] = query.sql
+        if query.peer_sql:
+            self.peer_sql[query.name] = query.peer_sql
+        if query.star:
+            self.star.append(query.name)
+        if query.compare == ROW_COUNT:
+            self.row_count_only.append(query.name)
 
 
 def _ms(value: float) -> str:
@@ -125,6 +140,81 @@ def loop_rows(report: RunReport) -> list[list[str]]:
 def _find(report: RunReport, query: str, fig: bool, prefix: str = "") -> ColdMeasure | None:
     return next((m for m in report.cold if m.query == query and m.is_fig == fig and m.runs_ms
                  and m.system.startswith(prefix)), None)
+
+
+SHAPE_SYSTEMS = (("fig-auto", "Fig auto"), ("fig-cold", "Fig cold"),
+                 ("fig-inproc", "Fig engine"), ("duckdb", "DuckDB"),
+                 ("datafusion", "DataFusion"), ("postgres", "Postgres"))
+RATIOS = (("fig-auto", "duckdb"), ("fig-cold", "duckdb"), ("fig-auto", "postgres"))
+_LABEL = dict(SHAPE_SYSTEMS)
+
+
+def _timed(report: RunReport, query: str) -> dict[str, ColdMeasure]:
+    return {m.short: m for m in report.cold if m.query == query}
+
+
+def _ratio(measures: dict[str, ColdMeasure], fig: str, peer: str) -> float:
+    a, b = measures.get(fig), measures.get(peer)
+    if a is None or b is None or not a.runs_ms or not b.runs_ms:
+        return math.nan
+    return a.median_ms / b.median_ms
+
+
+def shape_header() -> list[str]:
+    return (["shape"] + [f"{label} ms" for _, label in SHAPE_SYSTEMS]
+            + [f"{_LABEL[f]}/{_LABEL[p]}" for f, p in RATIOS] + ["answers"])
+
+
+def shape_rows(report: RunReport) -> list[list[str]]:
+    """One row per shape: each system's median, Fig's ratios, and whether all answers agree."""
+    rows = []
+    for query in report.queries:
+        measures = _timed(report, query)
+        cells = [query + (" *" if query in report.star else "")]
+        for short, _ in SHAPE_SYSTEMS:
+            m = measures.get(short)
+            cells.append("" if m is None else ("skip" if m.skipped else _ms(m.median_ms)))
+        for fig, peer in RATIOS:
+            ratio = _ratio(measures, fig, peer)
+            cells.append("" if math.isnan(ratio) else f"{ratio:.2f}x")
+        wrong = [_LABEL.get(m.short, m.system) for m in measures.values() if m.agrees is False]
+        if wrong:
+            cells.append("DISAGREE: " + ", ".join(wrong))
+        else:
+            cells.append("agree (row count)" if query in report.row_count_only else "agree")
+        rows.append(cells)
+    return rows
+
+
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+
+def ratio_summary(report: RunReport) -> list[str]:
+    """Geometric means of Fig/DuckDB over every shape both ran, and of Fig/Postgres over the
+    star shapes, for each route; then the count of disagreements."""
+    lines = []
+    groups = (("duckdb", list(report.queries), "shapes"),
+              ("postgres", report.star, "star shapes"))
+    for peer, names, what in groups:
+        for fig in ("fig-auto", "fig-cold"):
+            ratios = [r for r in (_ratio(_timed(report, q), fig, peer) for q in names)
+                      if not math.isnan(r)]
+            if ratios:
+                lines.append(f"Geometric mean over {len(ratios)} {what}: {_LABEL[fig]} / "
+                             f"{_LABEL[peer]} = {geometric_mean(ratios):.2f}x")
+    wrong = [m for m in report.cold if m.agrees is False]
+    compared = {m.query for m in report.cold if m.agrees is not None}
+    if wrong:
+        lines.append(f"!!! {len(wrong)} answers DISAGREE with the reference, on "
+                     f"{len({m.query for m in wrong})} of {len(compared)} shapes (see below)")
+    else:
+        lines.append(f"Every answer agrees with the reference on all {len(compared)} shapes")
+    return lines
+
+
+def disagreements(report: RunReport) -> list[str]:
+    return [f"{m.query}: {m.system}\n{m.mismatch}" for m in report.cold if m.agrees is False]
 
 
 def cold_summary(report: RunReport) -> list[str]:
@@ -201,9 +291,13 @@ def print_report(report: RunReport) -> None:
     for key, value in report.header.items():
         print(f"{key}: {value}")
     if report.cold:
-        print("\nCold queries\n" + text_table(COLD_HEADER, cold_rows(report)))
-        for line in cold_summary(report):
+        print("\nCold, federated and star (*) shapes: median ms per system, Fig's ratios "
+              "(< 1: Fig faster); per-system bytes and pruning in the Markdown report\n"
+              + text_table(shape_header(), shape_rows(report)))
+        for line in [*ratio_summary(report), *cold_summary(report)]:
             print(line)
+        for text in disagreements(report):
+            print("\n!!! DISAGREEMENT " + text)
     if report.pgbench:
         print("\nHot path: pgbench\n" + text_table(PGBENCH_HEADER, pgbench_rows(report)))
     if report.loops:
@@ -230,15 +324,28 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
                   "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN "
                   "ANALYZE bytes_scanned; Postgres: EXPLAIN BUFFERS shared+temp buffer accesses x "
                   "8 KiB, so a page visited twice counts twice). "
-                  "Fig/peer divides Fig's median (over pgwire when it ran, else the in-process "
-                  "engine) by the peer's: < 1 means Fig is faster. For Fig over pgwire, bytes "
+                  "Fig over pgwire runs each shape twice, in a session with fig.route = 'auto' "
+                  "(Fig's planner picks hot, cold or both) and one with fig.route = 'cold'; "
+                  "every session is in TimeZone UTC. Ratios divide Fig's median by the peer's: "
+                  "< 1 means Fig is faster; the per-system table's Fig/peer uses the first Fig "
+                  "that ran (route auto over pgwire when it ran). For Fig over pgwire, bytes "
                   "are its cold scans' (EXPLAIN ANALYZE), not the hot part of a SPLIT. "
-                  "\"same rows\" compares every system's "
-                  "result with Postgres's (or, without Postgres, the first system that ran).", ""]
-        parts.append(markdown_table(COLD_HEADER, cold_rows(report)))
-        parts += [""] + [f"- {line}" for line in cold_summary(report)]
-        parts += ["", "Queries:", ""]
-        parts += [f"- `{name}`: `{sql}`" for name, sql in report.queries.items()]
+                  "Answers are compared with Postgres's (or, without Postgres, the first system "
+                  "that ran): row by row in order where ORDER BY is a total order, as multisets "
+                  "otherwise, and by row count alone for LIMIT without ORDER BY.", ""]
+        parts += [markdown_table(shape_header(), shape_rows(report)), ""]
+        parts += [f"- {line}" for line in [*ratio_summary(report), *cold_summary(report)]]
+        if disagreements(report):
+            parts += ["", "### Disagreements", ""]
+            parts += [f"```\n{text}\n```" for text in disagreements(report)]
+        parts += ["", "### Per system", "", markdown_table(COLD_HEADER, cold_rows(report))]
+        parts += ["", "Queries (* star schema; DuckDB and DataFusion get the peer spelling "
+                  "where one is given, the same question without Metabase's schema-qualified "
+                  "names):", ""]
+        for name, sql in report.queries.items():
+            parts.append(f"- `{name}`{' *' if name in report.star else ''}: `{sql}`")
+            if name in report.peer_sql:
+                parts.append(f"  - peers: `{report.peer_sql[name]}`")
     if report.pgbench or report.loops:
         parts += ["", "## Hot path", ""]
         if report.pgbench:
@@ -279,33 +386,35 @@ def _grouped_bars(ax: Any, report: RunReport, value: Any, label: Any, log: bool)
                 continue
             bars = ax.bar([x], [number], width, color=colors[m.system])
             ax.bar_label(bars, labels=[label(number)], fontsize=6, padding=1, rotation=90)
-    ax.set_xticks(range(len(queries)), queries)
+    ax.set_xticks(range(len(queries)), queries, rotation=60, ha="right", fontsize=8)
     if log:
         ax.set_yscale("log")
         ax.margins(y=0.15)
     ax.grid(axis="y", which="major", alpha=0.3)
     handles = [matplotlib.patches.Patch(color=colors[s], label=s) for s in systems]
-    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
-              ncol=min(len(systems), 4), frameon=False)
+    # Above the plot: below it, the legend would cover the rotated shape names.
+    ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=min(len(systems), 6), frameon=False)
 
 
 def write_charts(report: RunReport, folder: Path, stem: str) -> list[Path]:
     charts = []
     if report.cold:
-        fig, ax = plt.subplots(figsize=(11, 5))
+        fig, ax = plt.subplots(figsize=(max(11.0, 0.6 * len(report.queries)), 6))
         _grouped_bars(ax, report, lambda m: m.median_ms,
                       lambda h: "" if math.isnan(h) else _ms(h), log=True)
         ax.set_ylabel("median latency, ms (log scale)")
-        ax.set_title(f"Cold queries: latency per system ({report.header.get('data', '')})")
+        ax.set_title(f"Cold queries: latency per system ({report.header.get('data', '')})", pad=28)
         fig.tight_layout()
         charts.append(folder / f"{stem}-cold-latency.png")
         fig.savefig(charts[-1], dpi=110)
         plt.close(fig)
-        fig, ax = plt.subplots(figsize=(11, 5))
+        fig, ax = plt.subplots(figsize=(max(11.0, 0.6 * len(report.queries)), 6))
         _grouped_bars(ax, report, lambda m: m.bytes_read,
                       lambda h: "" if math.isnan(h) else _bytes(int(h)), log=True)
         ax.set_ylabel("bytes read (log scale)")
-        ax.set_title("Cold queries: bytes read per system (Postgres: buffer accesses x 8 KiB)")
+        ax.set_title("Cold queries: bytes read per system (Postgres: buffer accesses x 8 KiB)",
+                     pad=28)
         fig.tight_layout()
         charts.append(folder / f"{stem}-cold-bytes.png")
         fig.savefig(charts[-1], dpi=110)

@@ -24,12 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.datagen import (
+    LAST_DAY,
     SCALES,
     DataSet,
     Scale,
+    countries_table,
     current_data_files,
     ensure_iceberg,
     local_path,
+    users_table,
 )
 from benchmarks.fig_process import REPO, FigProcess, start_fig
 from benchmarks.report import ColdMeasure, RunReport, print_report, write_charts, write_markdown
@@ -44,7 +47,15 @@ from benchmarks.systems import (
     normalize,
     probe_fig_pgwire,
 )
-from benchmarks.workloads import Query, cold_queries, split_queries
+from benchmarks.workloads import (
+    ORDERED,
+    ROW_COUNT,
+    Params,
+    Query,
+    cold_queries,
+    split_queries,
+    star_queries,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("cold", "hot", "cdc")
@@ -67,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per cold query")
+    parser.add_argument("--shapes", default="",
+                        help="comma-separated shape names to run (default: all), e.g. "
+                             "gb-dbt-cte,star-cohort")
     parser.add_argument("--hot-seconds", type=int, help="seconds per pgbench run")
     return parser.parse_args(argv)
 
@@ -117,15 +131,24 @@ def needle_user(files: list[tuple[str, int, int]]) -> int:
     return int(min(once) if once else counts[0]["values"])
 
 
+def shape_params(data: DataSet, files: list[tuple[str, int, int]]) -> Params:
+    from benchmarks.figload import tier_boundary
+    return Params(last_day=LAST_DAY, boundary=tier_boundary(data),
+                  example_day=data.example_day(),
+                  needle_user=needle_user(files), needle_id=max(1, data.scale.rows // 4),
+                  rows_per_day=max(1, data.scale.rows // data.scale.days))
+
+
 def cold_systems(fig: FigProcess, data: DataSet, files: list[str], example: Query,
                  report: RunReport, with_postgres: bool) -> list[System]:
-    """Every system that can run, Fig first; the others go to report.skipped with why."""
+    """Every system that can run, Fig first (route auto, then route cold, each set in its
+    session); the others go to report.skipped with why."""
     systems: list[System] = []
     reason = probe_fig_pgwire(fig.dsn(), example)
     if reason is None:
-        systems.append(FigPgwire(fig.dsn()))
+        systems += [FigPgwire(fig.dsn(), route="auto"), FigPgwire(fig.dsn(), route="cold")]
     else:
-        report.skipped.append(("Fig over pgwire (cold)", reason))
+        report.skipped.append(("Fig over pgwire (routes auto and cold)", reason))
     engine_class, why = find_cold_engine()
     if engine_class is not None:
         try:
@@ -135,8 +158,10 @@ def cold_systems(fig: FigProcess, data: DataSet, files: list[str], example: Quer
                                    f"{error}"))
     else:
         report.skipped.append(("Fig cold engine (in-process)", why))
-    for name, make in (("DuckDB", lambda: DuckDBSystem(files)),
-                       ("DataFusion", lambda: DataFusionSystem(files, data.root / "df-files"))):
+    dimensions = {"countries": countries_table(), "users": users_table(data.seed)}
+    for name, make in (("DuckDB", lambda: DuckDBSystem(files, dimensions)),
+                       ("DataFusion", lambda: DataFusionSystem(files, data.root / "df-files",
+                                                               dimensions))):
         try:
             systems.append(make())
         except ImportError as error:
@@ -147,7 +172,7 @@ def cold_systems(fig: FigProcess, data: DataSet, files: list[str], example: Quer
 
 
 def measure(system: System, query: Query, runs: int) -> ColdMeasure:
-    result = ColdMeasure(query.name, system.name, system.is_fig)
+    result = ColdMeasure(query.name, system.name, system.is_fig, short=system.short)
     skip = system.query_skip_reason(query)
     if skip:
         result.skipped = skip
@@ -169,12 +194,13 @@ def measure(system: System, query: Query, runs: int) -> ColdMeasure:
     result.rows = len(rows)
     result.bytes_read, result.bytes_note, result.pruning = (
         reading.bytes_read, reading.note, reading.pruning)
-    result.digest = normalize(rows)
+    result.digest = normalize(rows, ordered=query.compare == ORDERED)
     return result
 
 
-def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport) -> None:
-    from benchmarks.pgload import ensure_postgres_peer, load_countries
+def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport,
+             shapes: set[str]) -> None:
+    from benchmarks.pgload import ensure_postgres_peer, load_countries, load_users
     if data.layout == "fig":
         from benchmarks.figload import ensure_fig_layout
         info = ensure_fig_layout(fig, data)
@@ -195,45 +221,81 @@ def run_cold(fig: FigProcess, data: DataSet, runs: int, report: RunReport) -> No
                              f"{table_bytes / 1e6:.0f} MB in Iceberg")
     report.header["layout"] = f"Iceberg catalog `fig` in Fig's data dir, public.events {layout}"
     load_countries(fig.hot_dsn())
+    load_users(fig.hot_dsn(), data.seed)
     with_postgres = data.scale.rows <= POSTGRES_PEER_MAX_ROWS
     if with_postgres:
         seconds = ensure_postgres_peer(fig.hot_dsn(), fig.hot_dsn("peer"), data)
         if seconds:
             print(f"  postgres peer loaded and indexed in {seconds:.0f} s (cached)")
+        load_users(fig.hot_dsn("peer"), data.seed)
     else:
         report.skipped.append(("Postgres, all rows", f"{data.scale.rows:,} rows exceed the "
                                f"{POSTGRES_PEER_MAX_ROWS:,} loaded within the time budget"))
-    queries = cold_queries(data.example_day(), needle_user(files))
-    report.queries = {q.name: q.sql for q in queries}
+    params = shape_params(data, files)
+    queries = [*cold_queries(params), *star_queries(params)]
     systems = cold_systems(fig, data, [f for f, _, _ in files], queries[0], report,
                            with_postgres)
     try:
         for query in queries:
-            measures = []
-            for system in systems:
-                print(f"  {query.name}: {system.name}", flush=True)
-                measures.append(measure(system, query, runs))
-            _check_agreement(measures)
-            report.cold.extend(measures)
+            if not shapes or query.name in shapes:
+                run_shape(query, systems, runs, report)
         if data.layout == "fig":
-            run_split(fig, data, systems, runs, report)
+            run_split(fig, data, systems, runs, report, shapes)
     finally:
         for system in systems:
             system.close()
 
 
-def _check_agreement(measures: list[ColdMeasure]) -> None:
-    """Compare every system's rows with Postgres's (the oracle), else with the first that ran."""
+def run_shape(query: Query, systems: list[System], runs: int, report: RunReport) -> None:
+    """One shape on every system, its answers compared; the one place a shape is run."""
+    report.add_query(query)
+    measures = []
+    for system in systems:
+        print(f"  {query.name}: {system.name}", flush=True)
+        measures.append(measure(system, query, runs))
+    _check_agreement(query, measures)
+    report.cold.extend(measures)
+
+
+def _check_agreement(query: Query, measures: list[ColdMeasure]) -> None:
+    """Compare every system's rows with Postgres's (the oracle), else with the first that ran:
+    in order, as multisets, or (LIMIT without ORDER BY) by row count only, as the shape says.
+    A disagreement is printed at once, with both answers, and kept for the report."""
     ran = [m for m in measures if not m.skipped]
-    reference = next((m for m in ran if m.system.startswith("Postgres")), ran[0] if ran else None)
+    reference = next((m for m in ran if m.short == "postgres"), ran[0] if ran else None)
+    if reference is None:
+        return
     for m in ran:
-        m.agrees = reference is not None and m.digest == reference.digest
+        if query.compare == ROW_COUNT:
+            m.agrees = m.rows == reference.rows
+        else:
+            m.agrees = m.digest == reference.digest
+        if not m.agrees:
+            m.mismatch = _describe_mismatch(query, m, reference)
+            print(f"  !!! DISAGREEMENT on {query.name}: {m.system} vs {reference.system}\n"
+                  f"{m.mismatch}", flush=True)
     for m in ran:
         m.digest = []
 
 
+def _describe_mismatch(query: Query, got: ColdMeasure, reference: ColdMeasure) -> str:
+    """Row counts and the first rows that differ, enough to reproduce and report the bug."""
+    lines = [f"    SQL: {query.sql}"]
+    if query.peer_sql:
+        lines.append(f"    DuckDB and DataFusion's SQL: {query.peer_sql}")
+    lines.append(f"    {got.rows} rows vs {reference.rows} rows ({query.compare} comparison)")
+    if query.compare != ROW_COUNT:
+        differ = [i for i, (a, b) in enumerate(zip(got.digest, reference.digest, strict=False))
+                  if a != b]
+        at = differ[0] if differ else min(len(got.digest), len(reference.digest))
+        lines += [f"    first difference at row {at}:",
+                  f"      {got.system}: {got.digest[at:at + 3]}",
+                  f"      {reference.system}: {reference.digest[at:at + 3]}"]
+    return "\n".join(lines)
+
+
 def run_split(fig: FigProcess, data: DataSet, systems: list[System], runs: int,
-              report: RunReport) -> None:
+              report: RunReport, shapes: set[str]) -> None:
     """A daily aggregate spanning the tier boundary, through Fig's planner (route auto), with
     its cold and hot parts alone, against Postgres holding every row."""
     from benchmarks.figload import tier_boundary
@@ -244,18 +306,10 @@ def run_split(fig: FigProcess, data: DataSet, systems: list[System], runs: int,
     boundary = tier_boundary(data)
     hot_days = (data.scale.days + 1) // 2
     start = boundary - dt.timedelta(days=max(1, hot_days // 2))
-    split_system = FigPgwire(fig.dsn(), route="auto")
-    try:
-        for query in split_queries(start, boundary):
-            report.queries[query.name] = query.sql
-            measures = []
-            for system in (split_system, peer):
-                print(f"  {query.name}: {system.name}", flush=True)
-                measures.append(measure(system, query, runs))
-            _check_agreement(measures)
-            report.cold.extend(measures)
-    finally:
-        split_system.close()
+    auto = [s for s in systems if isinstance(s, FigPgwire) and s.route == "auto"]
+    for query in split_queries(start, boundary):
+        if not shapes or query.name in shapes:
+            run_shape(query, [*auto, peer], runs, report)
 
 
 def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport) -> None:
@@ -347,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             fig, data = build_fig_layout(fig, data, report)
         if "cold" in only:
             print("cold workloads", flush=True)
-            run_cold(fig, data, args.runs, report)
+            run_cold(fig, data, args.runs, report,
+                     {s.strip() for s in args.shapes.split(",") if s.strip()})
         if "hot" in only:
             print("hot path", flush=True)
             run_hot(fig, scale, args.hot_seconds, report)
@@ -378,7 +433,8 @@ def write_results(report: RunReport, subset: str) -> None:
     charts = write_charts(report, RESULTS, stem)
     markdown = RESULTS / f"{stem}.md"
     write_markdown(report, markdown, charts)
-    raw = {"header": report.header, "queries": report.queries,
+    raw = {"header": report.header, "queries": report.queries, "peer_sql": report.peer_sql,
+           "star": report.star,
            "cold": [asdict(m) for m in report.cold],
            "pgbench": [asdict(r) for r in report.pgbench],
            "loops": [asdict(r) for r in report.loops], "cdc": report.cdc,

@@ -22,7 +22,7 @@ from typing import Any
 from pyiceberg.catalog.sql import SqlCatalog
 
 from benchmarks.datagen import _create_events, events_for_day
-from benchmarks.workloads import cold_queries
+from benchmarks.workloads import Params, classic_queries
 from fig_server.cold import ColdEngine
 from fig_server.cold.ray_executor import RayExecutor
 from tests import ray_cluster, s3
@@ -69,8 +69,11 @@ def main() -> None:
                            "s3.secret-access-key": settings["s3_secret_access_key"]})
     tables = {"local folder": build(local, args.days, args.rows),
               "S3 (moto)": build(remote, args.days, args.rows)}
-    user = 1 + (7 * 2_654_435_761) % 1_000_000
-    queries = [q for q in cold_queries(dt.date(2025, 9, 25), user) if not q.uses_dimension]
+    params = Params(last_day=dt.date(2025, 9, 30), boundary=dt.datetime(2025, 9, 21, tzinfo=dt.UTC),
+                    example_day=dt.date(2025, 9, 25),
+                    needle_user=1 + (7 * 2_654_435_761) % 1_000_000, needle_id=args.rows,
+                    rows_per_day=args.rows)
+    queries = [q for q in classic_queries(params) if not q.uses_dimension]
     executors = {
         "local pool": lambda: ColdEngine(workers=2, eager=True),
         "Ray, 2 nodes": lambda: ColdEngine(

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from benchmarks.datagen import countries_table, local_path
+from benchmarks.datagen import local_path
 from benchmarks.workloads import Query
 
 
@@ -58,20 +58,33 @@ class System:
         return None
 
 
-def normalize(rows: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
-    """Rows as comparable text whatever the driver: decimals/floats to 2 places, UTC times."""
+def normalize(rows: list[tuple[Any, ...]], ordered: bool = False) -> list[tuple[str, ...]]:
+    """Rows as comparable text whatever the driver: decimals/floats to 2 places, UTC times;
+    sorted (a multiset) unless the rows' order is part of the answer."""
     def cell(value: Any) -> str:
         if isinstance(value, (Decimal, float)):
             return f"{float(value):.2f}"
         if isinstance(value, dt.datetime):
             return value.astimezone(dt.UTC).isoformat()
         return str(value)
-    return sorted(tuple(cell(v) for v in row) for row in rows)
+    texts = [tuple(cell(v) for v in row) for row in rows]
+    return texts if ordered else sorted(texts)
 
 
 def _arrow_rows(table: pa.Table) -> list[tuple[Any, ...]]:
-    columns = [column.to_pylist() for column in table.columns]
+    columns = [_python_values(column) for column in table.columns]
     return list(zip(*columns, strict=True)) if columns else []
+
+
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    """A column as Python values. UTC timestamps are converted without their time zone and
+    given it back, twice as fast as pyarrow's per-value conversion, which would otherwise
+    dominate a large result's time (every session is in UTC: workloads.py)."""
+    kind = column.type
+    if pa.types.is_timestamp(kind) and kind.tz in ("UTC", "+00:00"):
+        naive = column.cast(pa.timestamp(kind.unit)).to_pylist()
+        return [None if v is None else v.replace(tzinfo=dt.UTC) for v in naive]
+    return column.to_pylist()
 
 
 _SIZE = re.compile(r"bytes_scanned=([\d.]+)\s*([KMGT]?)")
@@ -82,7 +95,7 @@ class DuckDBSystem(System):
     name = "DuckDB read_parquet"
     short = "duckdb"
 
-    def __init__(self, files: list[str]) -> None:
+    def __init__(self, files: list[str], dimensions: dict[str, pa.Table]) -> None:
         import duckdb
         self.con = duckdb.connect()
         self.con.execute(f"SET threads = {os.cpu_count() or 1}")
@@ -91,12 +104,13 @@ class DuckDBSystem(System):
         # hive_partitioning off: the folder names are Iceberg's, not columns of the table.
         self.con.execute("CREATE VIEW events AS SELECT * FROM read_parquet("
                          f"[{paths}], hive_partitioning = false)")
-        countries = countries_table()
-        self.con.register("countries_arrow", countries)
-        self.con.execute("CREATE TABLE countries AS SELECT * FROM countries_arrow")
+        for name, table in dimensions.items():
+            self.con.register(f"{name}_arrow", table)
+            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+            self.con.unregister(f"{name}_arrow")
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
-        return self.con.execute(query.sql).fetchall()
+        return self.con.execute(query.file_sql).fetchall()
 
     def reading(self, query: Query) -> Reading:
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +119,7 @@ class DuckDBSystem(System):
             self.con.execute(f"PRAGMA profiling_output = '{out}'")
             self.con.execute("SET tracked_metrics = ['*']")
             try:
-                self.con.execute(query.sql).fetchall()
+                self.con.execute(query.file_sql).fetchall()
             finally:
                 self.con.execute("PRAGMA disable_profiling")
             profile = json.loads(out.read_text())
@@ -120,7 +134,8 @@ class DataFusionSystem(System):
     name = "DataFusion register_parquet"
     short = "datafusion"
 
-    def __init__(self, files: list[str], link_dir: Path) -> None:
+    def __init__(self, files: list[str], link_dir: Path,
+                 dimensions: dict[str, pa.Table]) -> None:
         import datafusion
         # One listing table over a folder of links to exactly the table's current files.
         link_dir.mkdir(parents=True, exist_ok=True)
@@ -130,16 +145,19 @@ class DataFusionSystem(System):
             (link_dir / f"{index:06d}.parquet").symlink_to(local_path(uri))
         config = (datafusion.SessionConfig()
                   .with_target_partitions(os.cpu_count() or 1)
-                  .set("datafusion.execution.parquet.pushdown_filters", "true"))
+                  .set("datafusion.execution.parquet.pushdown_filters", "true")
+                  .set("datafusion.execution.time_zone", "+00:00"))
         self.ctx = datafusion.SessionContext(config)
         self.ctx.register_parquet("events", str(link_dir) + "/")
-        self.ctx.register_record_batches("countries", [countries_table().to_batches()])
+        for name, table in dimensions.items():
+            self.ctx.register_record_batches(name, [table.to_batches()])
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
-        return _arrow_rows(self.ctx.sql(query.sql).to_arrow_table())
+        return _arrow_rows(self.ctx.sql(query.file_sql).to_arrow_table())
 
     def reading(self, query: Query) -> Reading:
-        plan = self.ctx.sql("EXPLAIN ANALYZE " + query.sql).to_arrow_table().to_pylist()
+        plan = (self.ctx.sql("EXPLAIN ANALYZE " + query.file_sql)
+                .to_arrow_table().to_pylist())
         text = "\n".join(str(row.get("plan", "")) for row in plan)
         sizes = [float(n) * _UNITS[u] for n, u in _SIZE.findall(text)]
         if not sizes:
@@ -153,6 +171,7 @@ class PostgresSystem(System):
 
     def __init__(self, dsn: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("SET TimeZone = 'UTC'")
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
         return self.conn.execute(query.sql).fetchall()
@@ -261,9 +280,11 @@ class FigPgwire(System):
 
     def __init__(self, dsn: str, route: str = "cold") -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("SET TimeZone = 'UTC'")
         self.conn.execute("SELECT set_config('fig.route', %s, false)", (route,))
-        self.name = "Fig over pgwire" + (f" (route {route})" if route != "cold" else "")
-        self.short = "fig" if route == "cold" else f"fig-{route}"
+        self.route = route
+        self.name = f"Fig over pgwire (route {route})"
+        self.short = f"fig-{route}"
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
         return self.conn.execute(query.sql).fetchall()
