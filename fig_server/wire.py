@@ -133,10 +133,13 @@ def parse_text(payload: bytes) -> tuple[str, str]:
             payload[name_end + 1:sql_end].decode(errors="replace"))
 
 
-def bind_statement(payload: bytes) -> str:
-    """The prepared statement name a Bind ('B') payload refers to."""
-    portal_end = payload.index(b"\0")
-    return payload[portal_end + 1:payload.index(b"\0", portal_end + 1)].decode(errors="replace")
+def bind_statement(payload: bytes | bytearray, start: int = 0, end: int | None = None) -> str:
+    """The prepared statement name a Bind ('B') payload refers to (payload[start:end], read
+    in place: a Bind's parameters can be large)."""
+    end = len(payload) if end is None else end
+    portal_end = payload.index(b"\0", start, end)
+    name_end = payload.index(b"\0", portal_end + 1, end)
+    return bytes(payload[portal_end + 1:name_end]).decode(errors="replace")
 
 
 def replace_parse_sql(payload: bytes, sql: str) -> bytes:

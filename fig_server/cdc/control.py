@@ -69,6 +69,15 @@ CREATE TABLE IF NOT EXISTS fig.tiered_tables (
     state text NOT NULL DEFAULT 'copying',
     tiered_at timestamptz NOT NULL DEFAULT now()
 );
+-- The table's columns as its cold rows hold them (fig._guard_tiered_ddl compares with them).
+-- Added only where missing: ALTER TABLE would wait for every session reading the table
+-- (fig.sync does, for long).
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'columns'
+                   AND attrelid = 'fig.tiered_tables'::regclass) THEN
+        ALTER TABLE fig.tiered_tables ADD COLUMN columns jsonb;
+    END IF;
+END $do$;
 CREATE UNLOGGED TABLE IF NOT EXISTS fig.table_status (
     table_oid oid PRIMARY KEY,
     cold_lsn pg_lsn,
@@ -203,6 +212,14 @@ END $fn$;
 """
 
 _TIER = """
+CREATE OR REPLACE FUNCTION fig._columns_of(rel oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $fn$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'attnum', attnum, 'name', attname, 'type', format_type(atttypid, atttypmod))
+               ORDER BY attnum), '[]')
+    FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+$fn$;
+
 CREATE OR REPLACE FUNCTION fig.tier_table(rel regclass, time_column text, hot_retention interval)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
@@ -240,10 +257,11 @@ BEGIN
     -- Full old rows make unchanged TOASTed values and the old time column available to CDC.
     EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
     INSERT INTO fig.tiered_tables AS t
-        (table_oid, schema_name, table_name, time_column, hot_retention)
-    VALUES (rel, nsp, rname, time_column, hot_retention)
+        (table_oid, schema_name, table_name, time_column, hot_retention, columns)
+    VALUES (rel, nsp, rname, time_column, hot_retention, fig._columns_of(rel))
     ON CONFLICT (table_oid) DO UPDATE
         SET time_column = excluded.time_column, hot_retention = excluded.hot_retention,
+            columns = excluded.columns,
             state = CASE WHEN t.state = 'paused' THEN 'copying' ELSE t.state END;
     RETURN format('%s.%s is tiered on %s with %s hot retention', nsp, rname, time_column,
                   hot_retention);
@@ -636,6 +654,88 @@ DO $do$ BEGIN
 END $do$;
 """
 
+# Schema changes of a tiered table that would leave its old rows in cold different from what
+# Postgres would hold, however they reach the hot Postgres (through Fig, whose planner refuses
+# them first; a direct session; a function; a DO block), are refused at the end of the
+# command, which then rolls back: a column added with a value for existing rows (DEFAULT,
+# NOT NULL, GENERATED, IDENTITY), a new column reusing a name the table's columns had (CDC
+# matches Iceberg fields by name), a type change computed by USING, a rename of the table.
+# What CDC follows in Iceberg (a column added without a default, RENAME COLUMN, DROP COLUMN,
+# widening types) or pauses the table on (other type changes) goes through, and the column
+# list is recorded. SET fig.unsafe_schema_change = on skips the check, for repairs.
+_DDL_GUARD = """
+CREATE OR REPLACE FUNCTION fig._guard_tiered_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    t record;
+    problem text;
+    retyped boolean;
+BEGIN
+    FOR t IN
+        SELECT DISTINCT tt.table_oid, tt.schema_name, tt.table_name, tt.columns
+        FROM pg_event_trigger_ddl_commands() c
+        JOIN fig.tiered_tables tt ON tt.table_oid = c.objid
+        WHERE c.classid = 'pg_class'::regclass AND tt.state <> 'attached'
+    LOOP
+        SELECT EXISTS (
+            SELECT 1 FROM jsonb_to_recordset(t.columns) AS r(attnum int, type text,
+                                                              former boolean)
+            JOIN pg_attribute a ON a.attrelid = t.table_oid AND a.attnum = r.attnum
+            WHERE r.former IS NOT TRUE AND NOT a.attisdropped
+              AND format_type(a.atttypid, a.atttypmod) <> r.type)
+        INTO retyped;
+        SELECT string_agg(change, '; ') INTO problem FROM (
+            SELECT format('renamed to %I.%I', n.nspname, c.relname) AS change
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = t.table_oid
+              AND (c.relname <> t.table_name OR n.nspname <> t.schema_name)
+            UNION ALL
+            SELECT 'a column type changed with USING'
+            WHERE retyped AND current_query() ~* '\\musing\\M'
+            UNION ALL
+            SELECT format('column %I added with a default, NOT NULL, GENERATED or IDENTITY',
+                          a.attname)
+            FROM pg_attribute a
+            WHERE t.columns IS NOT NULL AND a.attrelid = t.table_oid AND a.attnum > 0
+              AND NOT a.attisdropped
+              AND (a.atthasdef OR a.attnotnull OR a.attgenerated <> '' OR a.attidentity <> '')
+              AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(t.columns) AS r(attnum int)
+                              WHERE r.attnum = a.attnum)
+            UNION ALL
+            SELECT format('column %I added with the name of an earlier column', a.attname)
+            FROM pg_attribute a
+            WHERE a.attrelid = t.table_oid AND a.attnum > 0 AND NOT a.attisdropped
+              AND EXISTS (SELECT 1 FROM jsonb_to_recordset(t.columns) AS r(attnum int, name text)
+                          WHERE r.name = a.attname AND r.attnum <> a.attnum)
+        ) changes
+        WHERE coalesce(current_setting('fig.unsafe_schema_change', true), '') <> 'on';
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'ALTER TABLE of the tiered table %.%: %: its rows in cold (Iceberg) '
+                'would not follow', t.schema_name, t.table_name, problem
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Untier the table first (fig.untier_table), or add a column '
+                             'without a default and SET DEFAULT afterwards.';
+        END IF;
+        -- the columns now, and every name a column had before (renamed or dropped)
+        UPDATE fig.tiered_tables SET columns = fig._columns_of(t.table_oid) || coalesce((
+            SELECT jsonb_agg(jsonb_build_object('attnum', r.attnum, 'name', r.name,
+                                                'former', true))
+            FROM jsonb_to_recordset(t.columns) AS r(attnum int, name text)
+            WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.table_oid
+                              AND a.attnum = r.attnum AND a.attname = r.name
+                              AND NOT a.attisdropped)), '[]')
+        WHERE table_oid = t.table_oid;
+    END LOOP;
+END $fn$;
+
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'fig_guard_tiered_ddl') THEN
+        CREATE EVENT TRIGGER fig_guard_tiered_ddl ON ddl_command_end
+            WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION fig._guard_tiered_ddl();
+    END IF;
+END $do$;
+"""
+
 # Called by Fig's rewritten statements (planner/bounds.py GUARD): a date Fig computed from the
 # clock before reading cold rows must still be the statement's own.
 _GUARDS = """
@@ -684,7 +784,7 @@ def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
     script = (_TABLES + _AUTHORIZE + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH
-              + _DROP + _GUARDS + _VIEWS)
+              + _DROP + _DDL_GUARD + _GUARDS + _VIEWS)
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
                          ("@COMPACT@", str(COMPACT_LOCK)),
                          ("@COLDWRITE@", str(COLD_WRITE_LOCK)),

@@ -181,7 +181,10 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
             spliced += [(start, end, part.replacement),
                         *(q for q in qualifiers if q not in spliced)]
     if not parts:
-        return None
+        # It reads tiered tables, but hot alone holds every row it can reach: hot answers,
+        # and the caller holds the boundary lock until it has (retention must not move rows
+        # out of hot under it).
+        return Rewrite(Route.HOT, body, [], bool(explain), analyze)
     final = Route.COLD if routes == {Route.COLD} else route
     describe = output_names is None and any(
         p.aggregated and isinstance(tree, exp.Select) for p in parts)

@@ -51,7 +51,6 @@ AUDITED_BACKEND = frozenset(b"CES")
 
 # Statements after which the server-wide list of tiered tables and views is read again.
 DDL = re.compile(r"^\s*(?:create|alter|drop)\b", re.IGNORECASE)
-COPY = re.compile(r"^\s*copy\b", re.IGNORECASE)
 # Named statements remembered per session to see a table tiered after they were prepared
 # (the oldest forgotten beyond this: drivers close theirs, psycopg keeps at most 100).
 MAX_PLAIN_STATEMENTS = 4096
@@ -261,14 +260,16 @@ class ClientConnection:
             if kind == 66:
                 if not self.tiered_statements and not self.plain_statements:
                     return False
-                name = wire.bind_statement(bytes(buffer[start + 5:end]))
+                name = wire.bind_statement(buffer, start + 5, end)
                 return name in self.tiered_statements or self._tiered_since_parsed(name)
             if self.federator.may_apply(buffer, start + 5, end):
                 return True
-            if kind == 80 and buffer[start + 5] != 0:  # a named statement
+            if kind == 80 and buffer[start + 5] == 0:  # the unnamed statement is replaced
+                if self.tiered_statements:
+                    self.tiered_statements.pop("", None)
+            elif kind == 80:  # a named statement over no tiered table (so far)
                 payload = bytes(buffer[start + 5:end])
                 name = wire.parse_text(payload)[0]
-                # The name now holds a statement over no tiered table.
                 self.tiered_statements.pop(name, None)
                 self.plain_statements.pop(name, None)
                 if len(self.plain_statements) >= MAX_PLAIN_STATEMENTS:
@@ -462,22 +463,16 @@ class ClientConnection:
                 self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
                 return True
             if all(p.rewrite is None for p in prepared):
-                if not any(COPY.match(statement) for statement in statements):
-                    # Nothing read from cold (nothing has left hot yet, DDL): hot answers, with
-                    # the boundary lock held until it has (retention must not move rows out
-                    # of hot under a statement planned to read hot alone).
-                    self._mark_forwarded()
-                    self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
-                    if DDL.match(sql):
-                        # a view over a tiered table may be new: the next statement sees it
-                        await self._wait_idle()
-                        await federator.tiered.refresh()
-                    return True
-                # COPY ... FROM STDIN into a tiered table (a write, carried to cold by CDC):
-                # relayed without waiting for the answer here, as it needs the client's
-                # CopyData, which this reader forwards; so the lock is released first.
+                # Nothing read from a tiered table (COPY ... FROM STDIN into one, DDL, a
+                # table's name in a control function's argument): relay without holding the
+                # boundary lock, and without waiting for the answer here: a COPY FROM needs
+                # the client's CopyData, which this reader forwards.
                 await federator.release(self)
                 self._forward(wire.message(b"Q", wire.cstring(sql)), 1)
+                if DDL.match(sql):
+                    # a view over a tiered table may be new: the next statement must see it
+                    await self._wait_idle()
+                    await federator.tiered.refresh()
                 return False
             for statement in prepared:
                 await federator.load(self, statement, True, as_of, self.session.cold_cancel)

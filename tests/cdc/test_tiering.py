@@ -172,3 +172,48 @@ def test_one_retention_run_empties_a_backlog_of_a_date_column(hot_pg: EmbeddedPo
     finally:
         runner.stop()
         drop_env(hot_pg, cdc)
+
+
+REFUSED_DDL = [
+    "ALTER TABLE {t} ADD COLUMN d int DEFAULT 5",
+    "ALTER TABLE {t} ADD COLUMN n int NOT NULL DEFAULT 0",
+    "ALTER TABLE {t} ADD COLUMN s serial",
+    "ALTER TABLE {t} ADD COLUMN g int GENERATED ALWAYS AS (v * 2) STORED",
+    "ALTER TABLE {t} ALTER COLUMN v TYPE bigint USING v * 10",
+    "ALTER TABLE {t} RENAME TO {t}_renamed",
+    "ALTER TABLE {t} DROP COLUMN v, ADD COLUMN v int",
+    "DO $$ BEGIN EXECUTE 'ALTER TABLE {t} ADD COLUMN d2 int DEFAULT 7'; END $$",
+]
+
+
+def test_schema_changes_old_cold_rows_would_not_follow_are_refused_directly_on_hot(
+        env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
+    """Sent to the hot Postgres itself (not through Fig's planner), or from a DO block: the
+    event trigger refuses them with 0A000 and the table is as it was. Changes CDC follows in
+    Iceberg go through: a column without a default (then its default), RENAME COLUMN,
+    DROP COLUMN, widening; a later column may not take an earlier column's name."""
+    cdc, conn, _ = env
+    make_table(conn, "ddl")
+    conn.execute("INSERT INTO ddl SELECT g, now(), g FROM generate_series(1, 10) g")
+    before = conn.execute("SELECT fig._columns_of('ddl'::regclass)").fetchone()
+    for statement in REFUSED_DDL:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+            conn.execute(statement.format(t="ddl"))
+        assert "its rows in cold" in str(refused.value), statement
+        assert conn.execute("SELECT fig._columns_of('ddl'::regclass)").fetchone() == before
+    conn.execute("ALTER TABLE ddl ADD COLUMN note text")
+    conn.execute("ALTER TABLE ddl ALTER COLUMN note SET DEFAULT 'n'")
+    conn.execute("ALTER TABLE ddl ADD CONSTRAINT v_positive CHECK (v > 0)")
+    conn.execute("ALTER TABLE ddl ALTER COLUMN v TYPE bigint")
+    conn.execute("ALTER TABLE ddl RENAME COLUMN v TO v2")
+    conn.execute("INSERT INTO ddl VALUES (11, now(), 11)")
+    conn.execute("ALTER TABLE ddl DROP COLUMN note")
+    for statement in ("ALTER TABLE ddl ADD COLUMN v int", "ALTER TABLE ddl ADD COLUMN note int"):
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="name of an earlier"):
+            conn.execute(statement)
+    conn.execute("SET fig.unsafe_schema_change = on")  # a repair, at the caller's risk
+    conn.execute("ALTER TABLE ddl ALTER COLUMN v2 TYPE int USING v2::int")
+    conn.execute("RESET fig.unsafe_schema_change")
+    assert conn.execute("SELECT count(*), sum(v2) FROM ddl").fetchone() == (11, 66)
+    sync(conn)
+    assert len(catalog_of(cdc.config).load_table(("public", "ddl")).scan().to_arrow()) == 11
