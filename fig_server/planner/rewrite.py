@@ -1,6 +1,7 @@
 """Plan a statement over tiered tables: the one planner, its rules run in a fixed order.
 
     references (which tiered tables the statement reads)
+    -> merge      derived tables and CTEs merged into their readers (planner/merge.py)
     -> bounds     column-free comparands evaluated once by the session (planner/bounds.py)
     -> pushdown   pushed vs residual conjuncts per reference (planner/pushdown.py)
     -> aggregate  partial aggregates, only when the push is complete (planner/aggregate.py)
@@ -37,6 +38,7 @@ from fig_server.planner.classify import (
     tiered_references,
     view_references,
 )
+from fig_server.planner.merge import merge_derived, name_outputs
 from fig_server.planner.parts import (
     ColdPart,
     ColdWrite,
@@ -127,6 +129,16 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         return None
     refs = statement.reads
     writes = statement.kind is Kind.WRITE
+    merged = merge_derived(tree, refs) if statement.kind is Kind.READ else None
+    if merged is not None and output_names is not None and \
+            not name_outputs(merged, output_names):
+        merged = None
+    as_sent = body
+    if merged is not None:
+        # planned from here on as if written merged (positions are those of this text)
+        body = merged.sql(dialect="postgres")
+        tree = parse(body)
+        refs = tiered_references(tree, tiered)
     if any(isinstance(node, exp.Lock) for node in tree.walk()):
         raise FeatureNotSupported("SELECT ... FOR UPDATE/SHARE of a tiered table is not "
                                   "supported: its cold rows cannot be locked")
@@ -184,10 +196,10 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         # It reads tiered tables, but hot alone holds every row it can reach: hot answers,
         # and the caller holds the boundary lock until it has (retention must not move rows
         # out of hot under it).
-        return Rewrite(Route.HOT, body, [], bool(explain), analyze)
+        return Rewrite(Route.HOT, as_sent, [], bool(explain), analyze)
     final = Route.COLD if routes == {Route.COLD} else route
-    describe = output_names is None and any(
-        p.aggregated and isinstance(tree, exp.Select) for p in parts)
+    describe = output_names is None and (merged is not None or any(
+        p.aggregated and isinstance(tree, exp.Select) for p in parts))
     return Rewrite(final, _emit(body, tree, parts, spliced, as_written), parts, bool(explain),
                    analyze, describe=describe)
 

@@ -492,6 +492,43 @@ class Grammar:
                f"select {self.aggregate(t, 'c')}, {self.aggregate(t, 'c')} from c")
         return sql, False, None
 
+    def s_nested(self) -> tuple[str, bool, str | None]:
+        """dbt's CTE chains and Metabase's nested "source" queries: levels of `select *` over
+        the table, each maybe filtered (sometimes limited or distinct, which must not be
+        merged away), read by an aggregate or an ordered projection."""
+        t = self.tiered()
+        ctes: list[str] = []
+        source = self.table(t)
+        alias: str | None = None
+        inner = f"select * from {source}{self.where(t, None, 0.5)}"
+        for level in range(self.rng.randint(1, 3)):
+            if self.chance(0.1):
+                inner += " order by id limit 300"
+            elif self.chance(0.08):
+                inner = inner.replace("select *", "select distinct *", 1)
+            alias = self.pick(f"s{level}", '"source"') if not ctes else f"s{level}"
+            if self.chance(0.5):
+                ctes.append(f"{alias} as ({inner})")
+                source = alias
+            else:
+                source = f"({inner}) as {alias}"
+            inner = f"select * from {source}{self.where(t, alias, 0.5)}"
+        with_ = f"with {', '.join(ctes)} " if ctes else ""
+        if self.chance(0.6):
+            keys = [self.group_key(t, alias) for _ in range(self.rng.randint(1, 2))]
+            aggs = [self.aggregate(t, alias) for _ in range(self.rng.randint(1, 2))]
+            ordinals = ", ".join(str(i + 1) for i in range(len(keys)))
+            sql = (f"{with_}select {', '.join(keys + aggs)} from {source}"
+                   f"{self.where(t, alias, 0.5)} group by {ordinals}")
+            if self.chance(0.5):
+                return sql + f" order by {ordinals}" + (self.limit() if self.chance(0.3)
+                                                         else ""), True, None
+            return sql, False, None
+        cols = [self.expr(t, alias) for _ in range(self.rng.randint(1, 3))]
+        sql = (f"{with_}select {', '.join(cols)} from {source}{self.where(t, alias, 0.5)} "
+               f"order by {self.ref(alias, 'id', t)}")
+        return sql + (self.limit() if self.chance(0.4) else ""), True, None
+
     def s_setop(self) -> tuple[str, bool, str | None]:
         t = self.tiered()
         col = "id" if self.chance(0.5) else self.col(t, ORDERABLE)
@@ -520,6 +557,7 @@ _SHAPES: list[tuple[str, float, Callable[[Grammar], tuple[str, bool, str | None]
     ("distinct", 1, Grammar.s_distinct), ("window", 1, Grammar.s_window),
     ("join", 1.5, Grammar.s_join), ("self_join", 0.7, Grammar.s_self_join),
     ("subquery", 1.5, Grammar.s_subquery), ("cte", 1, Grammar.s_cte),
+    ("nested", 1.5, Grammar.s_nested),
     ("setop", 1, Grammar.s_setop), ("whole_row", 0.8, Grammar.s_whole_row),
     ("tlp", 1, Grammar.s_tlp)]
 SHAPES = [(name, build) for name, _, build in _SHAPES]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from tests.conftest import FigProcess, make_data_dir, start_fig
@@ -112,6 +113,7 @@ def iceberg_rows(fig: FigProcess) -> list[tuple[object, ...]]:
     return sorted(zip(*columns, strict=True), key=lambda row: row[0])  # type: ignore[arg-type, return-value]
 
 
+@pytest.mark.timeout(ROUNDS * 60)
 def test_kill_the_whole_serve_tree_loses_and_duplicates_nothing() -> None:
     rng = random.Random(int(os.environ.get("FIG_SEED", "20261205")))
     data_dir = make_data_dir()
