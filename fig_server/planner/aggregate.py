@@ -18,6 +18,7 @@ from fig_server.planner.parts import (
     temp_name,
     where_sql,
 )
+from fig_server.planner.pushdown import unqualified
 from fig_server.planner.tiers import TieredTable
 from fig_server.planner.topn import orderable
 
@@ -213,12 +214,7 @@ def _attached(node: exp.Expr, root: exp.Expr) -> bool:
 
 def canonical(node: exp.Expr) -> str:
     """An expression's text with its columns unqualified (to match GROUP BY keys)."""
-    copy = node.copy()
-    for column in copy.find_all(exp.Column):
-        column.set("table", None)
-        column.set("db", None)
-        column.set("catalog", None)
-    return copy.sql(dialect="postgres")
+    return unqualified(node)
 
 
 def keep_output_names(select: exp.Select, names: list[str] | None, keys: list[Key]) -> None:

@@ -90,7 +90,7 @@ def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
         if loose and not _lower_bound(conjunct):
             result.residual.append(conjunct)
         elif _exact(conjunct, _Scope(ref, table, single_source)):
-            result.pushed.append(_unqualified(conjunct))
+            result.pushed.append(unqualified(conjunct))
             if loose:
                 result.loose.add(_bounded_column(conjunct))
             if not moving_upper:
@@ -223,7 +223,8 @@ def _temporal_text(node: exp.Expression, kind: str) -> str | None:
     return None
 
 
-def _unqualified(condition: exp.Expression) -> str:
+def unqualified(condition: exp.Expr) -> str:
+    """An expression's SQL with its columns' table, schema and catalog qualifiers removed."""
     pushed = condition.copy()
     for column in pushed.find_all(exp.Column):
         column.set("table", None)

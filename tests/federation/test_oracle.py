@@ -223,14 +223,19 @@ COMPUTED_KEYS = [
 @pytest.mark.parametrize("query", COMPUTED_KEYS)
 def test_computed_group_keys(tiered_fig: tuple[FigProcess, dict[str, str]], query: str,
                              timezone: str) -> None:
-    fig, _ = tiered_fig
+    plan = plan_and_compare(tiered_fig[0], query, f"set timezone = '{timezone}'")
+    assert ("(partial aggregates)" in plan) == (timezone == "UTC"), plan
+
+
+def plan_and_compare(fig: FigProcess, query: str, setting: str) -> str:
+    """The query's EXPLAIN through Fig, after checking it answers as over the plain twin."""
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
-        conn.execute(f"set timezone = '{timezone}'")
+        conn.execute(setting)
         plan = "\n".join(str(r[0]) for r in conn.execute("explain " + query))
         got = rows_of(conn, query)
         want = rows_of(conn, query.replace("events", "events_plain"))
     assert got == want
-    assert ("(partial aggregates)" in plan) == (timezone == "UTC"), plan
+    return plan
 
 
 # dbt's CTE chains and Metabase's nested "source" queries: merged into one SELECT over the
@@ -252,13 +257,7 @@ NESTED = [
 @pytest.mark.parametrize("query", NESTED)
 def test_nested_sources_are_merged(tiered_fig: tuple[FigProcess, dict[str, str]], query: str,
                                    route: str) -> None:
-    fig, _ = tiered_fig
-    with psycopg.connect(fig.dsn, autocommit=True) as conn:
-        conn.execute(f"set fig.route = '{route}'")
-        plan = "\n".join(str(r[0]) for r in conn.execute("explain " + query))
-        got = rows_of(conn, query)
-        want = rows_of(conn, query.replace("events", "events_plain"))
-    assert got == want
+    plan = plan_and_compare(tiered_fig[0], query, f"set fig.route = '{route}'")
     assert "(partial aggregates)" in plan, plan
 
 
