@@ -106,6 +106,32 @@ def _write_metrics(path: Path, stop_event: Any) -> None:
             return
 
 
+class StopFlag:
+    """A stop request fig serve shares with its CDC process, polled. Not multiprocessing's
+    Event: its set() waits for every process sleeping on it to wake, and one killed while it
+    waited never does, so fig serve hung at stop for ever after its CDC process was killed."""
+
+    POLL_S = 0.1
+
+    def __init__(self, context: Any) -> None:
+        self._value = context.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(self.POLL_S if left is None else min(self.POLL_S, left))
+        return True
+
+
 class CdcSupervisor:
     """Runs CDC in its own process, so ingest never competes with the endpoint's event loop."""
 
@@ -113,7 +139,7 @@ class CdcSupervisor:
         self.config = config
         self.dsn = dsn
         self.context = multiprocessing.get_context("spawn")
-        self.stop_event = self.context.Event()
+        self.stop_event = StopFlag(self.context)
         self.process: multiprocessing.process.BaseProcess | None = None
 
     def start(self) -> None:

@@ -7,6 +7,7 @@ units no worker would run, and `fig serve` never exited.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import subprocess
 import threading
@@ -88,3 +89,40 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def cdc_processes(server_pid: int) -> list[int]:
+    """fig serve's CDC child processes (spawned; the cold workers come from a forkserver)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server_pid and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_after_the_cdc_process_was_killed_exits() -> None:
+    """A CDC process killed while it waited on the stop request (its metrics thread mostly
+    does) leaves multiprocessing's Event waiting for it to wake: fig serve processes were
+    found stuck for hours in Event.set at stop. This is that sequence (with the old Event it
+    hung only sometimes; the stop flag now has no waiters to wait for)."""
+    fig = start_fig()
+    try:
+        killed = cdc_processes(fig.process.pid)
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not set(cdc_processes(fig.process.pid)) - set(killed):
+            assert time.monotonic() < deadline, "the CDC process was not restarted"
+            time.sleep(0.2)
+        fig.process.send_signal(signal.SIGTERM)
+        fig.process.wait(120)  # raises if fig serve never exits
+    finally:
+        fig.stop(signal.SIGKILL)
