@@ -118,10 +118,8 @@ def test_sigterm_after_the_cdc_process_was_killed_exits() -> None:
         assert killed
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while not set(cdc_processes(fig.process.pid)) - set(killed):
-            assert time.monotonic() < deadline, "the CDC process was not restarted"
-            time.sleep(0.2)
+        while not set(cdc_processes(fig.process.pid)) - set(killed):  # restarted (else:
+            time.sleep(0.2)  # the test's timeout)
         fig.process.send_signal(signal.SIGTERM)
         fig.process.wait(120)  # raises if fig serve never exits
     finally:
