@@ -42,6 +42,7 @@ def run_cdc(fig: FigProcess, scale: Scale, report: RunReport) -> None:
     _drop_leftovers(fig)
     try:
         report.cdc["ingest"] = sustained_ingest(fig, total)
+        report.cdc["retention"] = retention_throughput(fig, total)
         report.cdc["lag"] = lag_at_rate(fig, rate=5_000, seconds=5 if small else 15)
     except (psycopg.Error, RuntimeError) as error:
         lines = str(error).strip().splitlines()
@@ -123,8 +124,9 @@ def pgoutput_ceiling(fig: FigProcess, total: int) -> dict[str, Any]:
 def _drop_leftovers(fig: FigProcess) -> None:
     """Untier and drop the tables an interrupted earlier run left behind."""
     with psycopg.connect(fig.dsn(), autocommit=True) as conn:
-        rows = conn.execute("SELECT table_name FROM fig.tiered_tables WHERE schema_name = "
-                            "'public' AND table_name ~ '^bench_(cdc|lag)(_[0-9]+)?$'").fetchall()
+        rows = conn.execute(
+            "SELECT table_name FROM fig.tiered_tables WHERE schema_name = 'public' "
+            "AND table_name ~ '^bench_(cdc|lag|ret)(_[0-9]+)?$'").fetchall()
         for (name,) in rows:
             _untier(conn, name)
 
@@ -147,8 +149,8 @@ def _tier(conn: psycopg.Connection, prefix: str) -> str:
 
 
 def _untier(conn: psycopg.Connection, name: str) -> None:
-    """Stop CDC for the table and drop it (Fig drops its cold copy)."""
-    conn.execute("SELECT fig.untier_table(%s)", (f"public.{name}",))
+    """Stop CDC for the table and drop it, cold-only rows too (Fig drops its cold copy)."""
+    conn.execute("SELECT fig.untier_table(%s, cold_rows => 'discard')", (f"public.{name}",))
     conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -175,6 +177,45 @@ def sustained_ingest(fig: FigProcess, total: int) -> dict[str, Any]:
             "insert_rows_per_s": round(total / inserted_s),
             "cdc_rows_per_s": round(total / synced_s), "seconds_to_sync": round(synced_s, 2),
             **mutations}
+
+
+def retention_throughput(fig: FigProcess, total: int) -> dict[str, Any]:
+    """Rows per second that retention moves out of hot: `total` rows spread over 60 days, in
+    Iceberg already (CDC caught up), then the hot retention lowered from 10 years to 30 days
+    and fig.run_retention() called until hot holds no row older than the boundary. The
+    answer through Fig is checked to still count every row."""
+    with psycopg.connect(fig.dsn(), autocommit=True) as conn:
+        name = _tier(conn, "bench_ret")
+        try:
+            with psycopg.connect(fig.hot_dsn(), autocommit=True) as hot:
+                for start in range(0, total, BATCH):
+                    hot.execute(
+                        f"INSERT INTO {name} (ts, {COLUMNS}) SELECT now() - (g % 60) * "
+                        "interval '1 day' - (g % 86400) * interval '1 second', "
+                        "current_date - (g % 60)::int, 200 + g % 5, g % 100000, 'US', "
+                        "(g % 10000) / 100.0, 'retention probe' "
+                        f"FROM generate_series({start + 1}, {start + BATCH}) g")
+                conn.execute("SELECT fig.sync(interval '600s')")
+                old = f"SELECT count(*) FROM ONLY {name} WHERE ts < now() - interval '30 days'"
+                moved = int(hot.execute(old).fetchone()[0])  # type: ignore[index]
+                conn.execute("SELECT fig.tier_table(%s, 'ts', interval '30 days')",
+                             (f"public.{name}",))
+                started, passes = time.perf_counter(), 0
+                while True:
+                    conn.execute("SELECT fig.run_retention()")
+                    passes += 1
+                    if int(hot.execute(old).fetchone()[0]) == 0:  # type: ignore[index]
+                        break
+                    if passes >= 1000:
+                        raise RuntimeError("retention left old rows in hot after 1000 calls")
+                seconds = time.perf_counter() - started
+            counted = int(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0])  # type: ignore[index]
+        finally:
+            _untier(conn, name)
+    if counted != total + 1:
+        raise RuntimeError(f"after retention Fig counts {counted} of {total + 1} rows")
+    return {"rows_moved": moved, "seconds": round(seconds, 2), "calls": passes,
+            "rows_per_s": round(moved / seconds)}
 
 
 def _mutation_costs(conn: psycopg.Connection, fig: FigProcess, name: str) -> dict[str, Any]:

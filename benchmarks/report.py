@@ -259,6 +259,7 @@ CDC_TITLES = {
     "ceiling": "pgoutput decode ceiling (same rows, 10k-row transactions)",
     "ingest": "sustained ingest through Fig's CDC (10k-row transactions, until fig.sync())",
     "lag": "lag at a fixed rate (one-row transactions)",
+    "retention": "retention throughput (rows moved out of hot by fig.run_retention)",
 }
 
 

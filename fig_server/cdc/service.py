@@ -72,6 +72,21 @@ class TieredTable:
         return (self.schema, self.name)
 
 
+def _spill_progress(properties: dict[str, str], mark: str) -> tuple[int, bool]:
+    """For a table about to receive a spilled transaction cut as `mark` says: the index of
+    the last group of it already committed (-1: none), and whether each further group must
+    be written over rather than added. It must when an earlier attempt cut the transaction
+    differently (spill_bytes or flush_bytes changed across a crash): some of it is in, and
+    where it ends is not known in this cut, so every group is replayed, across later crashes
+    too (the 'r' after the index)."""
+    done, _, last = properties.get(SPILL_MARK, "").rpartition("#")
+    if done.rpartition("/")[0] != mark.rpartition("/")[0]:
+        return -1, False  # another transaction's mark: none of this one is in
+    if done != mark:
+        return -1, True
+    return int(last.rstrip("r")), last.endswith("r")
+
+
 @dataclass
 class Txn:
     xid: int
@@ -406,38 +421,44 @@ class CdcProcess:
         batch.last_commit_ts_us = txn.commit_ts_us
 
     def _apply_spilled(self, txn: Txn, end_lsn: int) -> None:
-        """Apply a spilled transaction chunk by chunk, after every earlier one. Each chunk is
-        an Iceberg commit that keeps the table's checkpoint (fig.lsn) where it was and marks
-        itself (SPILL_MARK, in the same commit). After a crash the slot sends the whole
-        transaction again: the chunks a table marks as done are skipped. Should the chunks
-        differ from last time (spill_bytes changed), each is applied replayably instead
+        """Apply a spilled transaction group by group (spilled chunks read back as many at a
+        time as flush_bytes holds), after every earlier one. Each group is an Iceberg commit
+        that keeps the table's checkpoint (fig.lsn) where it was and marks itself
+        (SPILL_MARK, in the same commit). After a crash the slot sends the whole transaction
+        again: the groups a table marks as done are skipped. Should the groups differ from
+        last time (spill_bytes or flush_bytes changed), each is applied replayably instead
         (written over, not duplicated). The checkpoint moves to the transaction's end only
-        once every chunk is in."""
+        once every group is in."""
         assert txn.spill is not None
         self.flush()
         touched: set[int] = set()
-        mark = f"{lsn_to_str(end_lsn)}/{self.config.cdc.spill_bytes}"
+        cdc = self.config.cdc
+        per_group = max(1, cdc.flush_bytes // cdc.spill_bytes)
+        mark = f"{lsn_to_str(end_lsn)}/{cdc.spill_bytes}x{per_group}"
         try:
-            chunks = (*txn.spill.read(), txn.changes)
+            chunks = (*txn.spill.read(per_group), txn.changes)
+            progress: dict[int, tuple[int, bool]] = {}
             for index, chunk in enumerate(chunks):
                 for relid, changes in chunk.items():
                     applier = self.appliers.get(relid)
                     if applier is None or not changes:
                         continue
-                    done, _, last = applier.table.properties.get(SPILL_MARK, "").rpartition("#")
-                    if done == mark and int(last) >= index:
+                    if relid not in progress:
+                        progress[relid] = _spill_progress(applier.table.properties, mark)
+                    done, replay = progress[relid]
+                    if index <= done:
                         touched.add(relid)
                         continue  # committed before a crash
-                    replay = done.partition("/")[0] == lsn_to_str(end_lsn) and done != mark
                     try:
                         applier.apply(changes, self.checkpoints[relid].lsn, replayable=replay,
-                                      marks={SPILL_MARK: f"{mark}#{index}"})
+                                      marks={SPILL_MARK: f"{mark}#{index}{'r' * replay}"})
                     except DataException as exc:
                         self._hold(relid, f"{exc.message} (a change in the transaction "
                                    f"ending at LSN {lsn_to_str(end_lsn)})")
                         touched.discard(relid)
                         continue
                     touched.add(relid)
+                self.send_status()  # a long apply must not look like a dead client
             for relid in touched:
                 applier = self.appliers[relid]
                 applier.apply([], end_lsn)  # the checkpoint alone

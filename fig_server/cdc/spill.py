@@ -2,8 +2,11 @@
 
 CDC buffers a transaction until its Commit (it may abort). Past [cdc] spill_bytes of row text,
 the buffered changes go to an anonymous temporary file under <data_dir>/cdc-spill and memory
-is freed; at Commit the chunks are read back one at a time and applied in order
-(service.CdcProcess._apply_spilled). So memory stays bounded whatever the transaction's size,
+is freed; at Commit the chunks are read back in order, as many at a time as [cdc] flush_bytes
+holds (what a batch of small transactions may hold in memory too), and each group is applied
+as one Iceberg commit (service.CdcProcess._apply_spilled): a copy-on-write delete rewrites
+every file that may hold a touched key, so one commit per small chunk made a large
+transaction cost chunks x table size. So memory stays bounded whatever the transaction's size,
 and back-pressure (which counts committed, unflushed changes only) never waits for a Commit
 it stopped reading.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +37,16 @@ class TxnSpill:
         self.chunks += 1
         self.rows += sum(len(c) for c in changes.values())
 
-    def read(self) -> Iterator[dict[int, list[Change]]]:
+    def read(self, per_group: int = 1) -> Iterator[dict[int, list[Change]]]:
+        """The spilled changes in order, `per_group` chunks at a time."""
         self.file.seek(0)
-        for _ in range(self.chunks):
-            yield pickle.load(self.file)  # our own file, written above: trusted
+        group: dict[int, list[Change]] = defaultdict(list)
+        for index in range(self.chunks):
+            for relid, changes in pickle.load(self.file).items():  # our own file: trusted
+                group[relid].extend(changes)
+            if (index + 1) % per_group == 0 or index + 1 == self.chunks:
+                yield dict(group)
+                group = defaultdict(list)
 
     def close(self) -> None:
         self.file.close()

@@ -28,7 +28,8 @@ COPY_SNAPSHOT = "fig.copy-snapshot"
 COPY_LSN = "fig.copy-lsn"
 COPY_DONE = "fig.copy-done"
 MANAGED = "fig.managed"
-# The last chunk of a spilled transaction committed: "<end lsn>/<spill_bytes>#<chunk index>"
+# The last group of a spilled transaction committed:
+# "<end lsn>/<spill_bytes>x<chunks per group>#<group index>"
 SPILL_MARK = "fig.spill-chunk"
 ATTNUM_DOC = "pg attnum "
 

@@ -6,6 +6,7 @@ FIG_LONG=1 runs many more rounds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -50,8 +51,12 @@ def random_transaction(conn: psycopg.Connection, rng: random.Random, next_id: li
 
 def test_random_workload_with_kills(hot_pg: EmbeddedPostgres) -> None:
     rng = random.Random(int(os.environ.get("FIG_SEED", "20261103")))
-    # spill_bytes small: many transactions spill, and kills land while their chunks apply
-    env = make_env(hot_pg, flush_interval_ms=50, spill_bytes=20_000)
+    # spill_bytes small: many transactions spill, and kills land while their groups apply;
+    # every other restart cuts them differently, so a transaction killed midway is replayed
+    # over the groups of it already in
+    env = make_env(hot_pg, flush_interval_ms=50, spill_bytes=20_000, flush_bytes=60_000)
+    layouts = (env.config, dataclasses.replace(
+        env.config, cdc=dataclasses.replace(env.config.cdc, spill_bytes=30_000)))
     install_control_schema(env.dsn)
     conn = env.connect()
     next_id, extra = [1], dict.fromkeys(TABLES, 0)
@@ -72,7 +77,7 @@ def test_random_workload_with_kills(hot_pg: EmbeddedPostgres) -> None:
             if rng.random() < 0.6:
                 runner.kill()
                 kills += 1
-                runner = CdcRunner(env.config, env.dsn).start()
+                runner = CdcRunner(layouts[kills % 2], env.dsn).start()
         sync(conn, "120s")
         catalog = catalog_of(env.config)
         for table in TABLES:

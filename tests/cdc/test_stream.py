@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import psycopg
@@ -9,6 +10,7 @@ import pytest
 
 from fig_server.cdc.control import install_control_schema
 from fig_server.hot.embedded import EmbeddedPostgres
+from fig_server.storage.tables import SPILL_MARK
 from tests.cdc.conftest import CdcEnv, drop_env, make_env
 from tests.cdc.helpers import (
     CdcRunner,
@@ -242,6 +244,51 @@ def test_a_transaction_larger_than_memory_spills_and_streams(hot_pg: EmbeddedPos
             assert spill_dir.exists() and not list(spill_dir.iterdir())
             conn.execute("INSERT INTO big_a VALUES (0, now(), 'after')")
             assert_equal(cdc, conn, "big_a")
+    finally:
+        runner.stop()
+        drop_env(hot_pg, cdc)
+
+
+def test_a_spilled_transaction_killed_midway_then_cut_differently_is_applied_once(
+        hot_pg: EmbeddedPostgres) -> None:
+    """CDC killed after some groups of a spilled transaction are in Iceberg, restarted with
+    other spill_bytes/flush_bytes (so the transaction is cut into other, smaller groups),
+    killed again after a few of those, restarted: every group after a change of cut is
+    written over, not added. Before, the check for "the same transaction, cut differently"
+    never matched and the replay duplicated the rows already in; and a second crash must not
+    forget that the first cut went further than the second has got."""
+    cdc = make_env(hot_pg, spill_bytes=20_000, flush_bytes=100_000)
+    install_control_schema(cdc.dsn)
+    runner = CdcRunner(cdc.config, cdc.dsn).start()
+    try:
+        with cdc.connect() as conn:
+            conn.execute("CREATE TABLE cut (id bigint PRIMARY KEY, ts timestamptz NOT NULL, "
+                         "note text)")
+            conn.execute("INSERT INTO cut SELECT g, now(), 'before' FROM generate_series(1, 50) g")
+            conn.execute("SELECT fig.tier_table('cut', 'ts', interval '3650 days')")
+            wait_active(conn, "cut")
+            sync(conn)
+            with conn.transaction():  # ~1.4 MB of row text: ~14 groups of 100 kB, ~47 of 30 kB
+                conn.execute("INSERT INTO cut SELECT g, now(), repeat('x', 200) || g "
+                             "FROM generate_series(51, 4000) g")
+                conn.execute("UPDATE cut SET note = 'changed' WHERE id % 3 = 0")
+            catalog = catalog_of(cdc.config)
+
+            def mark_ends(*endings: str) -> bool:
+                mark = catalog.load_table(("public", "cut")).properties.get(SPILL_MARK, "")
+                return mark.endswith(endings)
+            wait_for(lambda: mark_ends("#2", "#3", "#4"), timeout=120, interval=0.01)
+            runner.kill()  # about 300 kB in
+            smaller = dataclasses.replace(cdc.config, cdc=dataclasses.replace(
+                cdc.config.cdc, spill_bytes=30_000, flush_bytes=30_000))
+            runner = CdcRunner(smaller, cdc.dsn).start()
+            wait_for(lambda: mark_ends("#1r", "#2r", "#3r"), timeout=120, interval=0.01)
+            runner.kill()  # about 90 kB in, in the new cut
+            partial = catalog.load_table(("public", "cut")).scan().to_arrow().num_rows
+            assert 50 < partial < 4000, "the kills did not land inside the transaction"
+            runner = CdcRunner(smaller, cdc.dsn).start()
+            sync(conn, "300s")
+            assert_equal(cdc, conn, "cut")
     finally:
         runner.stop()
         drop_env(hot_pg, cdc)

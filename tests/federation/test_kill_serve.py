@@ -27,7 +27,8 @@ from tests.conftest import FigProcess, make_data_dir, start_fig
 
 ROUNDS = 100 if os.environ.get("FIG_LONG") == "1" else 10
 ENV = {"FIG__TIERING__RETENTION_INTERVAL_S": "1", "FIG__TIERING__RETENTION_BATCH_ROWS": "300",
-       "FIG__CDC__SPILL_BYTES": "150000", "FIG__CDC__FLUSH_INTERVAL_MS": "100"}
+       "FIG__CDC__SPILL_BYTES": "150000", "FIG__CDC__FLUSH_BYTES": "600000",
+       "FIG__CDC__FLUSH_INTERVAL_MS": "100"}
 COLUMNS = "id, ts, v, s"
 
 
