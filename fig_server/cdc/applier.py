@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,8 +22,9 @@ from pyiceberg.expressions import (
     Reference,
 )
 from pyiceberg.expressions.literals import literal
-from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, schema_to_pyarrow
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table, Transaction
 from pyiceberg.types import (
     DecimalType,
     DoubleType,
@@ -36,11 +39,18 @@ from pyiceberg.types import (
 from fig_server.cdc.changes import Change, Collapsed, Key, Row, collapse
 from fig_server.cdc.pgoutput import UNCHANGED
 from fig_server.errors import DataException, FeatureNotSupported, FigError
-from fig_server.storage.tables import LSN, attnum_doc, doc_attnum, lsn_to_str
+from fig_server.storage.tables import (
+    LSN,
+    attnum_doc,
+    doc_attnum,
+    lsn_to_str,
+    transaction,
+)
 from fig_server.storage.typemap import PgColumn, iceberg_type, text_to_arrow
 
 log = logging.getLogger(__name__)
 IN_LIST_LIMIT = 10_000
+ROW_NUMBER = "__fig_row_number"
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,60 @@ class TableApplier:
                        LessThanOrEqual(term=time_ref, value=literal(high)))
         return expr
 
+    def _key_range(self, collapsed: Collapsed) -> tuple[pa.Table, BooleanExpression]:
+        """The deleted keys as a table, and a filter of the files that may hold them: each key
+        column's and the time column's range (so few files are read: pruned by metrics)."""
+        schema = self.table.schema()
+        keys = pa.table({name: text_to_arrow([k[i] for k in collapsed.delete_keys],
+                                             schema.find_field(name).field_type)
+                         for i, name in enumerate(self.primary_key)})
+        bounds = [(name, keys.column(name)) for name in self.primary_key]
+        times = collapsed.old_times
+        if times and all(t is not None for t in times):
+            bounds.append((self.time_column, text_to_arrow(
+                times, schema.find_field(self.time_column).field_type)))
+        expr: BooleanExpression = AlwaysTrue()
+        for name, values in bounds:
+            low, high = pc.min(values).as_py(), pc.max(values).as_py()
+            expr = And(expr, GreaterThanOrEqual(term=Reference(name), value=literal(low)),
+                       LessThanOrEqual(term=Reference(name), value=literal(high)))
+        return keys, expr
+
+    def _delete_keys(self, tx: Transaction, collapsed: Collapsed,
+                     props: dict[str, str]) -> None:
+        """Copy-on-write delete of the rows with these keys, in one overwrite snapshot.
+
+        Written here rather than with pyiceberg's Transaction.delete(In(keys)): that binds
+        the whole key set again for every data file it plans (and evaluates its metrics key
+        by key), so deleting 5,000 keys from a table of 1,000 files took 36 s; here the
+        files are planned with ranges, and each candidate file is read once and anti-joined
+        with the keys in Arrow."""
+        keys, candidates = self._key_range(collapsed)
+        metadata = tx.table_metadata
+        schema = metadata.schema()
+        write_uuid, counter = uuid.uuid4(), itertools.count(0)
+        replaced: list[tuple[DataFile, list[DataFile]]] = []
+        for task in self.table.scan(row_filter=candidates).plan_files():
+            if task.delete_files:  # Fig writes none; a file with them is not ours to rewrite
+                raise FeatureNotSupported(f"{task.file.file_path} has delete files")
+            rows = ArrowScan(metadata, self.table.io, schema, AlwaysTrue()).to_table([task])
+            numbers = pa.array(range(rows.num_rows), pa.int64())
+            probe = rows.select(self.primary_key)
+            hits = probe.append_column(ROW_NUMBER, numbers).join(
+                keys.cast(probe.schema), self.primary_key, join_type="left semi")
+            if hits.num_rows == 0:
+                continue
+            kept = rows.filter(pc.invert(pc.is_in(numbers, value_set=hits[ROW_NUMBER])))
+            replaced.append((task.file, list(_dataframe_to_data_files(
+                metadata, kept, self.table.io, write_uuid, counter)) if kept.num_rows else []))
+        if not replaced:
+            return
+        with tx.update_snapshot(snapshot_properties=props).overwrite(write_uuid) as snapshot:
+            for original, files in replaced:
+                snapshot.delete_data_file(original)
+                for file in files:
+                    snapshot.append_data_file(file)
+
     def apply(self, changes: Sequence[Change], end_lsn: int, replayable: bool = False,
               marks: dict[str, str] | None = None) -> int:
         """Commit the net effect of `changes` with fig.lsn = end_lsn (and `marks`, more table
@@ -207,14 +271,11 @@ class TableApplier:
         the table already holds these changes (collapse's every_key)."""
         collapsed = collapse(changes, self.primary_key, self.time_column, every_key=replayable)
         props = {LSN: lsn_to_str(end_lsn), **(marks or {})}
-        with self.table.transaction() as tx:
-            if collapsed.truncate:
+        with transaction(self.table) as tx:
+            if collapsed.truncate:  # no key is left to delete
                 tx.delete(AlwaysTrue(), snapshot_properties=props)
-            keys = collapsed.delete_keys
-            for start in range(0, len(keys), IN_LIST_LIMIT):
-                part = Collapsed(delete_keys=keys[start:start + IN_LIST_LIMIT],
-                                 old_times=collapsed.old_times)
-                tx.delete(self.delete_filter(part), snapshot_properties=props)
+            elif collapsed.delete_keys:
+                self._delete_keys(tx, collapsed, props)
             if collapsed.rows:
                 tx.append(self.rows_to_arrow(collapsed.rows), snapshot_properties=props)
             tx.set_properties(props)

@@ -43,6 +43,7 @@ from fig_server.storage.tables import (
     LSN,
     create_table,
     lsn_to_str,
+    transaction,
 )
 from fig_server.storage.typemap import COLUMNS_SQL, PgColumn, text_to_arrow
 
@@ -219,7 +220,7 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
             if final:
                 props.update({LSN: lsn_to_str(start_lsn), COPY_SNAPSHOT: snap,
                               COPY_LSN: insert_lsn})
-            with table.transaction() as tx:
+            with transaction(table) as tx:
                 if first:
                     for expression in replaced:
                         tx.delete(expression)

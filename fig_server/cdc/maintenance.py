@@ -19,7 +19,7 @@ from pyiceberg.types import DateType, TimestamptzType
 from fig_server import metrics
 from fig_server.cdc.control import KEY_MODULUS
 from fig_server.storage import objects
-from fig_server.storage.tables import LSN, MANAGED
+from fig_server.storage.tables import LSN, MANAGED, transaction
 
 if TYPE_CHECKING:
     from fig_server.cdc.service import CdcProcess, TieredTable
@@ -104,7 +104,7 @@ class Maintenance:
             window = And(GreaterThanOrEqual(term=time_ref, value=literal(low)),
                          LessThan(term=time_ref, value=literal(high)))
             rows = table.scan(row_filter=window).to_arrow().sort_by(time_column)
-            with table.transaction() as tx:
+            with transaction(table) as tx:
                 tx.overwrite(rows, overwrite_filter=window, snapshot_properties={LSN: lsn})
             done += 1
         if done:
@@ -160,7 +160,7 @@ class Maintenance:
             table = self.process.catalog.load_table(identifier)
         except NoSuchTableError:
             return
-        with table.transaction() as tx:
+        with transaction(table) as tx:
             tx.set_properties({MANAGED: "false"})
         log.info("kept cold table %s (no longer managed by Fig)", ".".join(identifier))
 

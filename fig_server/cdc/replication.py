@@ -50,8 +50,12 @@ class ReplicationStream:
     def __init__(self, dsn: str, slot: str, publication: str) -> None:
         self.slot = slot
         self.publication = publication
-        info = session_conninfo(dsn, replication="database",
-                                application_name="fig_cdc_stream")
+        # CDC reads the stream between Iceberg commits, on one thread: the walsender's default
+        # 60 s without a reply ended the stream during a long commit (a large transaction
+        # over many files), and the restart began the same commit again.
+        info = make_conninfo(session_conninfo(dsn, replication="database",
+                                              application_name="fig_cdc_stream"),
+                             options=f"{SESSION_OPTIONS} -c wal_sender_timeout=15min")
         self.conn = pq.PGconn.connect(info.encode())
         if self.conn.status != pq.ConnStatus.OK:
             raise ConnectionFailure(
