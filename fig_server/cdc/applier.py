@@ -102,6 +102,13 @@ def _widens(old: IcebergType, new: IcebergType) -> bool:
             and new.scale == old.scale and new.precision > old.precision)
 
 
+def _joinable(table: pa.Table) -> pa.Table:
+    """Extension columns (uuid) as their storage, which Arrow's hash join accepts."""
+    return pa.table({name: column.cast(column.type.storage_type)
+                     if isinstance(column.type, pa.BaseExtensionType) else column
+                     for name, column in zip(table.column_names, table.columns, strict=True)})
+
+
 class TableApplier:
     """One Iceberg table fed by CDC: schema model, evolution and copy-on-write apply."""
 
@@ -224,10 +231,12 @@ class TableApplier:
                 times, schema.find_field(self.time_column).field_type)))
         expr: BooleanExpression = AlwaysTrue()
         for name, values in bounds:
+            if isinstance(values.type, pa.BaseExtensionType):
+                continue  # uuid: no order in Arrow; the other columns still prune
             low, high = pc.min(values).as_py(), pc.max(values).as_py()
             expr = And(expr, GreaterThanOrEqual(term=Reference(name), value=literal(low)),
                        LessThanOrEqual(term=Reference(name), value=literal(high)))
-        return keys, expr
+        return _joinable(keys), expr
 
     def _delete_keys(self, tx: Transaction, collapsed: Collapsed,
                      props: dict[str, str]) -> None:
@@ -248,7 +257,7 @@ class TableApplier:
                 raise FeatureNotSupported(f"{task.file.file_path} has delete files")
             rows = ArrowScan(metadata, self.table.io, schema, AlwaysTrue()).to_table([task])
             numbers = pa.array(range(rows.num_rows), pa.int64())
-            probe = rows.select(self.primary_key)
+            probe = _joinable(rows.select(self.primary_key))
             hits = probe.append_column(ROW_NUMBER, numbers).join(
                 keys.cast(probe.schema), self.primary_key, join_type="left semi")
             if hits.num_rows == 0:

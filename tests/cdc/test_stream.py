@@ -59,6 +59,33 @@ def test_copy_then_stream(env: tuple[CdcEnv, psycopg.Connection]) -> None:
     assert row == (conn.execute("SELECT count(*) FROM ev").fetchone()[0], "active", 500)
 
 
+@pytest.mark.parametrize(("key", "values"), [
+    ("k uuid PRIMARY KEY", "md5(g::text)::uuid"),
+    ("k numeric(10,2) PRIMARY KEY", "g / 4.0"),
+    ("k text PRIMARY KEY", "'t' || g"),
+    ("k date, j text, PRIMARY KEY (k, j)", "date '2020-01-01' + g % 50, 'j' || g"),
+    ("k timestamptz, j int, PRIMARY KEY (j, k)",
+     "timestamptz '2020-01-01' + g % 50 * interval '1 hour', g % 9"),
+])
+def test_updates_and_deletes_reach_cold_for_each_kind_of_primary_key(
+        env: tuple[CdcEnv, psycopg.Connection], key: str, values: str) -> None:
+    """CDC deletes the old versions of rows by key (each key column's range finds the
+    files, then the keys themselves): keys of other types than bigint, and composite ones."""
+    cdc, conn = env
+    conn.execute(f"CREATE TABLE keyed (v int, ts timestamptz NOT NULL, {key})")
+    try:
+        conn.execute(f"INSERT INTO keyed SELECT g, timestamptz '2024-01-01' + g * interval "
+                     f"'1 hour', {values} FROM generate_series(1, 400) g")
+        conn.execute("SELECT fig.tier_table('keyed', 'ts', interval '3650 days')")
+        wait_active(conn, "keyed")
+        conn.execute("UPDATE keyed SET v = -v WHERE v % 3 = 0")
+        conn.execute("UPDATE keyed SET ts = ts + interval '1 day' WHERE v % 5 = 1")
+        conn.execute("DELETE FROM keyed WHERE v % 7 = 0")
+        assert_equal(cdc, conn, "keyed", "v")  # v: unique, and not changed but in sign
+    finally:
+        conn.execute("DROP TABLE keyed")  # untiers it
+
+
 def test_copy_in_several_commits_reports_progress(hot_pg: EmbeddedPostgres) -> None:
     cdc = make_env(hot_pg, flush_rows=100)  # copy batches of 5 x 1000 rows
     install_control_schema(cdc.dsn)
