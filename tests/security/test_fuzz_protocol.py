@@ -114,7 +114,10 @@ def test_fuzzing_leaves_no_backend_and_fig_keeps_serving(fuzz_fig: FigProcess) -
             if row == (0,) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert row == (0,), "backend sessions leaked by fuzzed connections"
+        leaked = watcher.execute(
+            "SELECT state, wait_event_type, wait_event, backend_xid IS NOT NULL, "
+            "left(query, 60) FROM pg_stat_activity WHERE usename = 'fuzzer'").fetchall()
+        assert row == (0,), f"backend sessions leaked by fuzzed connections: {leaked}"
         assert watcher.execute("select count(*) from fuzz_t").fetchone() is not None
     with psycopg.connect(fuzz_fig.dsn.replace("user=postgres", "user=fuzzer")) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
