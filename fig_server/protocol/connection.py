@@ -409,6 +409,11 @@ class ClientConnection:
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as error:  # a bug of Fig's: this statement fails, the session goes on
+            if self.session.shutting_down:  # the backend or the engine went away under it
+                log.info("federated statement ended by the stop: %r", error)
+                await self._fail(AdminShutdown("terminating connection due to administrator "
+                                               "command"))
+                return
             log.exception("federated statement failed")
             await self._fail(InternalError(f"internal error in Fig: {error!r}"))
         finally:

@@ -91,8 +91,12 @@ class FigServer:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            for session in list(self.sessions.values()):
+            sessions = list(self.sessions.values())
+            # every session first: while one closes, another's statement may already fail
+            # because the cold engine is going away, and must say 57P01 too
+            for session in sessions:
                 session.shutting_down = True
+            for session in sessions:
                 await session.close()
             await self.server.wait_closed()
         if self.roles is not None:

@@ -7,6 +7,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
+from fig_server.errors import FigError
 from fig_server.hot.backend import BackendConnection, HotTarget
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,10 @@ class Session:
         backend, self.backend = self.backend, None
         if backend is None:
             return
-        if self.in_flight > 0:
-            try:
+        try:
+            if self.in_flight > 0:
                 await backend.cancel()
-            except OSError as exc:
-                log.warning("cancel on disconnect failed: %s", exc)
-        backend.close()
+        except (OSError, FigError) as exc:  # the cancel's own connection may fail
+            log.warning("cancel on disconnect failed: %s", exc)
+        finally:  # whatever happened to the cancel, the backend must not outlive the session
+            backend.close()
