@@ -231,7 +231,7 @@ class ClientConnection:
                     await self._release_after_failed_block()
             if bad is not None:
                 # As Postgres: what came before the bad message is answered, then the end.
-                await self._wait_idle()
+                await self._wait_idle_while_connected()
                 raise bad
             chunk = await self.reader.read(READ_SIZE)
             if not chunk:
@@ -351,6 +351,23 @@ class ClientConnection:
         while self.session.in_flight > 0:
             self._idle.clear()
             await self._idle.wait()
+
+    async def _wait_idle_while_connected(self) -> None:
+        """_wait_idle, unless the client hangs up first: nobody is left to answer. A backend
+        that ignores messages until a Sync (after an error in an extended-protocol message)
+        never answers a Query sent before that Sync, and the wait would hold its session
+        open for ever (the protocol fuzzer found it: Bind, Query, then a bad message)."""
+        idle = asyncio.ensure_future(self._wait_idle())
+        try:
+            while not idle.done():
+                hangup = asyncio.ensure_future(self.reader.read(READ_SIZE))
+                await asyncio.wait({idle, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if not hangup.done():
+                    hangup.cancel()
+                elif not hangup.result():  # what came after the bad message is discarded
+                    return
+        finally:
+            idle.cancel()
 
     async def inject(self, data: bytes, ready_count: int,
                      copy: AsyncIterator[bytes] | None = None) -> list[tuple[int, bytes]]:

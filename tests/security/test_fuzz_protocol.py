@@ -105,6 +105,29 @@ def test_frontend_messages(fuzz_fig: FigProcess, messages: list[bytes]) -> None:
     alive(fuzz_fig)
 
 
+def _fuzzer_backends(fig: FigProcess, settle_s: float) -> int:
+    """The fuzzer role's backends once they are gone, or after settle_s (a loaded machine
+    closes them slowly)."""
+    with psycopg.connect(fig.dsn, autocommit=True) as watcher:
+        deadline = time.monotonic() + settle_s
+        while True:
+            row = watcher.execute(BACKENDS_SQL, ("fuzzer",)).fetchone()
+            assert row is not None
+            if row[0] == 0 or time.monotonic() > deadline:
+                return int(row[0])
+            time.sleep(0.1)
+
+
+def test_a_bad_message_after_an_ignored_query_leaves_no_backend(fuzz_fig: FigProcess) -> None:
+    """Found by the fuzzer: a malformed Bind makes the backend ignore messages until a
+    Sync, so the Query after it is never answered; Fig, waiting for that answer before
+    reporting the bad message that follows, held the backend open after the client left."""
+    assert _fuzzer_backends(fuzz_fig, 30) == 0
+    exchange(fuzz_fig, startup() + frame(66, b"") + frame(81, b"") + frame(66, b"", 0))
+    assert _fuzzer_backends(fuzz_fig, 30) == 0
+    alive(fuzz_fig)
+
+
 def test_fuzzing_leaves_no_backend_and_fig_keeps_serving(fuzz_fig: FigProcess) -> None:
     """Runs after the fuzzers above (same module): sessions they opened are all gone."""
     with psycopg.connect(fuzz_fig.dsn, autocommit=True) as watcher:
