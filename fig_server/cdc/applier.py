@@ -14,17 +14,14 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
-    EqualTo,
     GreaterThanOrEqual,
-    In,
     LessThanOrEqual,
-    Or,
     Reference,
 )
 from pyiceberg.expressions.literals import literal
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, schema_to_pyarrow
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import Table
 from pyiceberg.types import (
     DecimalType,
     DoubleType,
@@ -36,11 +33,12 @@ from pyiceberg.types import (
     NestedField,
 )
 
-from fig_server.cdc.changes import Change, Collapsed, Key, Row, collapse
+from fig_server.cdc.changes import Change, Collapsed, Row, collapse
 from fig_server.cdc.pgoutput import UNCHANGED
 from fig_server.errors import DataException, FeatureNotSupported, FigError
 from fig_server.storage.tables import (
     LSN,
+    Transaction,
     attnum_doc,
     doc_attnum,
     lsn_to_str,
@@ -49,7 +47,6 @@ from fig_server.storage.tables import (
 from fig_server.storage.typemap import PgColumn, iceberg_type, text_to_arrow
 
 log = logging.getLogger(__name__)
-IN_LIST_LIMIT = 10_000
 ROW_NUMBER = "__fig_row_number"
 
 
@@ -193,30 +190,6 @@ class TableApplier:
         field_type = self.table.schema().find_field(name).field_type
         return text_to_arrow(values, field_type).to_pylist()
 
-    def delete_filter(self, collapsed: Collapsed) -> BooleanExpression:
-        """Rows of the deleted keys, narrowed to the time range (and so partitions) touched."""
-        keys: list[Key] = collapsed.delete_keys
-        columns = [self._typed(name, [k[i] for k in keys])
-                   for i, name in enumerate(self.primary_key)]
-        if len(self.primary_key) == 1:
-            expr: BooleanExpression = In(term=Reference(self.primary_key[0]),
-                                         values={literal(v) for v in set(columns[0])})
-        else:
-            expr = Or(*[And(*[EqualTo(term=Reference(name), value=literal(col[i]))
-                              for name, col in zip(self.primary_key, columns, strict=True)])
-                        for i in range(len(keys))]) if len(keys) > 1 else And(
-                *[EqualTo(term=Reference(name), value=literal(col[0]))
-                  for name, col in zip(self.primary_key, columns, strict=True)])
-        times = collapsed.old_times
-        if times and all(t is not None for t in times):
-            typed = text_to_arrow(times, self.table.schema().find_field(self.time_column)
-                                  .field_type)
-            low, high = pc.min(typed).as_py(), pc.max(typed).as_py()
-            time_ref = Reference(self.time_column)
-            expr = And(expr, GreaterThanOrEqual(term=time_ref, value=literal(low)),
-                       LessThanOrEqual(term=time_ref, value=literal(high)))
-        return expr
-
     def _key_range(self, collapsed: Collapsed) -> tuple[pa.Table, BooleanExpression]:
         """The deleted keys as a table, and a filter of the files that may hold them: each key
         column's and the time column's range (so few files are read: pruned by metrics)."""
@@ -238,8 +211,8 @@ class TableApplier:
                        LessThanOrEqual(term=Reference(name), value=literal(high)))
         return _joinable(keys), expr
 
-    def _delete_keys(self, tx: Transaction, collapsed: Collapsed,
-                     props: dict[str, str]) -> None:
+    def delete_keys(self, tx: Transaction, collapsed: Collapsed,
+                    props: dict[str, str]) -> None:
         """Copy-on-write delete of the rows with these keys, in one overwrite snapshot.
 
         Written here rather than with pyiceberg's Transaction.delete(In(keys)): that binds
@@ -252,7 +225,7 @@ class TableApplier:
         schema = metadata.schema()
         write_uuid, counter = uuid.uuid4(), itertools.count(0)
         replaced: list[tuple[DataFile, list[DataFile]]] = []
-        for task in self.table.scan(row_filter=candidates).plan_files():
+        for task in tx.scan(candidates).plan_files():
             if task.delete_files:  # Fig writes none; a file with them is not ours to rewrite
                 raise FeatureNotSupported(f"{task.file.file_path} has delete files")
             rows = ArrowScan(metadata, self.table.io, schema, AlwaysTrue()).to_table([task])
@@ -284,7 +257,7 @@ class TableApplier:
             if collapsed.truncate:  # no key is left to delete
                 tx.delete(AlwaysTrue(), snapshot_properties=props)
             elif collapsed.delete_keys:
-                self._delete_keys(tx, collapsed, props)
+                self.delete_keys(tx, collapsed, props)
             if collapsed.rows:
                 tx.append(self.rows_to_arrow(collapsed.rows), snapshot_properties=props)
             tx.set_properties(props)

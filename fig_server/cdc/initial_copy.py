@@ -33,7 +33,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, TimestampType
 
-from fig_server.cdc.applier import IN_LIST_LIMIT, TableApplier, column_spec
+from fig_server.cdc.applier import TableApplier, column_spec
 from fig_server.cdc.changes import Collapsed
 from fig_server.errors import DataException
 from fig_server.storage.tables import (
@@ -157,23 +157,19 @@ def first_kept_value(boundary: dt.datetime, time_type: object) -> dt.date | dt.d
 
 def _replaced(conn: psycopg.Connection, table: Table, identifier: tuple[str, str],
               key: list[str], time_column: str, boundary: dt.datetime
-              ) -> list[BooleanExpression]:
+              ) -> tuple[BooleanExpression, Collapsed]:
     """What the copy replaces in a kept Iceberg table, read in the copy's snapshot: hot holds
     every row at or above the boundary (or with no time), and is right about the rows below
-    it that it still holds (inserted after retention ran); the rest of cold stays."""
+    it that it still holds (inserted after retention ran): those rows, and the keys of the
+    rows below it. The rest of cold stays."""
     first = first_kept_value(boundary, table.schema().find_field(time_column).field_type)
     time_ref = Reference(time_column)
-    replaced: list[BooleanExpression] = [
-        Or(GreaterThanOrEqual(term=time_ref, value=literal(first)), IsNull(term=time_ref))]
     select = ", ".join(f"{sql.Identifier(k).as_string(conn)}::text" for k in key)
     below = conn.execute(
         f"SELECT {select} FROM ONLY {sql.Identifier(*identifier).as_string(conn)} "
         f"WHERE {sql.Identifier(time_column).as_string(conn)} < %s", (first,)).fetchall()
-    applier = TableApplier(table, key, time_column)
-    for start in range(0, len(below), IN_LIST_LIMIT):
-        keys = [tuple(row) for row in below[start:start + IN_LIST_LIMIT]]
-        replaced.append(applier.delete_filter(Collapsed(delete_keys=keys)))
-    return replaced
+    return (Or(GreaterThanOrEqual(term=time_ref, value=literal(first)), IsNull(term=time_ref)),
+            Collapsed(delete_keys=[tuple(row) for row in below]))
 
 
 def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str, str],
@@ -195,7 +191,8 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
         table = create_table(catalog, identifier, columns, key, time_column)
     else:
         table = _evolved(catalog.load_table(identifier), columns, key, time_column)
-    replaced: list[BooleanExpression] = [AlwaysTrue()]
+    replaced: BooleanExpression = AlwaysTrue()
+    kept_keys = Collapsed()
     names = [c.name for c in columns]
     started, copied, first = time.monotonic(), 0, True
     with conn.transaction():
@@ -206,7 +203,8 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
         assert row is not None
         snap, insert_lsn, total = row
         if keep_below is not None:
-            replaced = _replaced(conn, table, identifier, key, time_column, keep_below)
+            replaced, kept_keys = _replaced(conn, table, identifier, key, time_column,
+                                            keep_below)
         select = ", ".join(sql.Identifier(n).as_string(conn) for n in names)
         target = (f"COPY (SELECT {select} FROM "
                   f"{sql.Identifier(*identifier).as_string(conn)}) "
@@ -222,8 +220,9 @@ def copy_table(conn: psycopg.Connection, catalog: Catalog, identifier: tuple[str
                               COPY_LSN: insert_lsn})
             with transaction(table) as tx:
                 if first:
-                    for expression in replaced:
-                        tx.delete(expression)
+                    if kept_keys.delete_keys:
+                        TableApplier(table, key, time_column).delete_keys(tx, kept_keys, props)
+                    tx.delete(replaced)
                 if pending:
                     tx.append(pa.concat_tables(pending), snapshot_properties=props)
                 tx.set_properties(props)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table, TableMetadata
+from pyiceberg.table import DataScan, Table, TableMetadata
 from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.table.update import TableUpdate
@@ -131,6 +132,13 @@ class Transaction(IcebergTransaction):
             staged = (self._table.metadata, self._updates, super().table_metadata)
             self._staged = staged
         return staged[2]
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def scan(self, row_filter: BooleanExpression) -> DataScan:
+        """A scan of the table as this transaction has staged it (its own changes seen)."""
+        return self._scan(row_filter=row_filter)
 
 
 def transaction(table: Table) -> Transaction:

@@ -70,6 +70,10 @@ def test_untier_refuses_while_rows_are_only_in_cold(fig: FigProcess) -> None:
 
 
 def test_retier_of_a_paused_table_keeps_its_history(fig: FigProcess) -> None:
+    with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
+        # below the boundary, in hot and already in cold (retention has not run since)
+        direct.execute("insert into hist values (100004, now() - interval '60 days', 4)")
+        direct.execute("select fig.sync(interval '60 seconds')")
     before = all_rows(fig)
     with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
         # a change Iceberg cannot follow pauses CDC of the table ...
@@ -86,11 +90,12 @@ def test_retier_of_a_paused_table_keeps_its_history(fig: FigProcess) -> None:
         direct.execute("insert into hist values (100002, now(), 2), "
                        "(100003, now() - interval '90 days', 3)")
         direct.execute("update hist set v = -v where id = %s", (ROWS,))
+        direct.execute("update hist set v = 44 where id = 100004")  # its cold copy is stale
         direct.execute("delete from hist where id = %s", (ROWS - 1,))
         direct.execute("select fig.tier_table('hist', 'ts', interval '30 days')")
         direct.execute("select fig.sync(interval '120 seconds')")
     assert state(fig) == "active"
-    expected = {**before, 100001: 1, 100002: 2, 100003: 3, ROWS: -ROWS}
+    expected = {**before, 100001: 1, 100002: 2, 100003: 3, 100004: 44, ROWS: -ROWS}
     del expected[ROWS - 1]
     assert all_rows(fig) == expected
     ids = iceberg_ids(fig)
