@@ -28,8 +28,26 @@ REGENERATED_AS_WRITTEN = (
 )
 
 
+# Nesting printed back as written when it carries only its query, its name and column names
+# (and a CTE's [NOT] MATERIALIZED): not WITH RECURSIVE, SEARCH or CYCLE, a scalar CTE, or a
+# parenthesized query with clauses of its own.
+NESTING_ARGS: dict[type, frozenset[str]] = {
+    exp.With: frozenset({"expressions"}),
+    exp.CTE: frozenset({"this", "alias", "materialized"}),
+    exp.Subquery: frozenset({"this", "alias"}),
+}
+
+
 def regenerates_exactly(tree: exp.Expression) -> bool:
-    return all(isinstance(node, REGENERATED_AS_WRITTEN) for node in tree.walk())
+    for node in tree.walk():
+        allowed = NESTING_ARGS.get(type(node))
+        if allowed is None:
+            if not isinstance(node, REGENERATED_AS_WRITTEN):
+                return False
+        elif any(value not in (None, False, []) for key, value in node.args.items()
+                 if key not in allowed):
+            return False
+    return True
 
 
 def span(node: exp.Expression) -> tuple[int, int] | None:

@@ -6,13 +6,15 @@ Metabase nests questions in `(SELECT ...) AS "source"`: read as written, the tie
 own SELECT has no WHERE, no GROUP BY and a `*`, so every row of every column would be copied
 into the session. sqlglot's `qualify` and `merge_subqueries` (which merge only where the
 answer cannot change: no LIMIT, DISTINCT, aggregate or window below an outer one that would
-see it differently) rewrite such statements into one SELECT per table reference.
+see it differently) rewrite such statements into one SELECT per table reference, or as
+close to it as they can: an aggregating CTE read by `SELECT * FROM final` stays a CTE, but
+reads the tiered table itself, so the aggregate rule can make its aggregate partial.
 
 Applied only when it is known to be exact: the statement prints back as written (emit), its
 every table is a tiered table (qualify must know every column) or a CTE, no column names a
-table alias (a whole-row reference such as `row_to_json(s)` would lose its row), and the
-result again prints back as written. Output names are then Postgres's own, described for the
-original statement (Rewrite.describe).
+table alias (a whole-row reference such as `row_to_json(s)` would lose its row), the
+result again prints back as written (emit.regenerates_exactly), and it nests less. Output
+names are then Postgres's own, described for the original statement (Rewrite.describe).
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from sqlglot.optimizer.qualify import qualify
 from fig_server.planner.emit import REGENERATED_AS_WRITTEN, regenerates_exactly
 from fig_server.planner.tiers import TieredTable
 
-# What merging removes: printed back as written too, but the statement is regenerated only
-# once none is left.
+# What merging removes; what is left of it must regenerate exactly (emit.NESTING_ARGS).
 NESTING = (exp.With, exp.CTE, exp.Subquery)
 
 
@@ -65,10 +66,16 @@ def merge_derived(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]
             quote_identifiers=False, identify=False)))
     except SqlglotError:
         return None
-    if not isinstance(merged, exp.Select) or any(merged.find_all(exp.Subquery, exp.CTE)) \
-            or not regenerates_exactly(merged):
+    # Partly merged is kept too (an aggregating CTE read by `SELECT * FROM final` stays a
+    # CTE, but it now reads the tiered table itself, so its aggregate can be partial).
+    if not isinstance(merged, exp.Select) or not regenerates_exactly(merged) or \
+            _nesting(merged) >= _nesting(tree):
         return None
     return merged
+
+
+def _nesting(tree: exp.Expression) -> int:
+    return sum(1 for _ in tree.find_all(exp.Subquery, exp.CTE))
 
 
 def name_outputs(select: exp.Select, names: list[str]) -> bool:

@@ -529,6 +529,33 @@ class Grammar:
                f"order by {self.ref(alias, 'id', t)}")
         return sql + (self.limit() if self.chance(0.4) else ""), True, None
 
+    def s_inner_aggregate(self) -> tuple[str, bool, str | None]:
+        """An aggregate inside a CTE or derived table that an outer query reads: dbt's
+        `select * from final` over an aggregating CTE, a rollup of per-group results, a
+        correlated count per user."""
+        t = self.tiered()
+        r = self.rng.random()
+        keys = [self.group_key(t, None) for _ in range(self.rng.randint(1, 2))]
+        aggs = [self.aggregate(t, None) for _ in range(self.rng.randint(1, 2))]
+        names = [f"k{i}" for i in range(len(keys))] + [f"a{i}" for i in range(len(aggs))]
+        items = ", ".join(f"{e} as {n}" for e, n in zip(keys + aggs, names, strict=True))
+        ordinals = ", ".join(str(i + 1) for i in range(len(keys)))
+        inner = (f"select {items} from {self.table(t)}{self.where(t, None, 0.5)} "
+                 f"group by {ordinals}")
+        order = ", ".join(names[:len(keys)])  # the keys are unique: a total order
+        if r < 0.35:
+            return f"with final as ({inner}) select * from final order by {order}", True, None
+        if r < 0.6:
+            having = self.pick("", " where a0 is not null", " where k0 is not null")
+            return f"select * from ({inner}) as s{having} order by {order}", True, None
+        if r < 0.8:
+            return (f"select count(*), count(a0), min(a0), max(a0) from ({inner}) s",
+                    False, None)
+        key = "user_id" if t == "events" else "si"
+        return (f"select u.id, (select {self.aggregate(t, 'e')} from {self.table(t)} e "
+                f"where e.{key} = u.id{self.and_where(t, 'e')}) from users u order by u.id",
+                True, None)
+
     def s_setop(self) -> tuple[str, bool, str | None]:
         t = self.tiered()
         col = "id" if self.chance(0.5) else self.col(t, ORDERABLE)
@@ -557,7 +584,7 @@ _SHAPES: list[tuple[str, float, Callable[[Grammar], tuple[str, bool, str | None]
     ("distinct", 1, Grammar.s_distinct), ("window", 1, Grammar.s_window),
     ("join", 1.5, Grammar.s_join), ("self_join", 0.7, Grammar.s_self_join),
     ("subquery", 1.5, Grammar.s_subquery), ("cte", 1, Grammar.s_cte),
-    ("nested", 1.5, Grammar.s_nested),
+    ("nested", 1.5, Grammar.s_nested), ("inner_aggregate", 1.5, Grammar.s_inner_aggregate),
     ("setop", 1, Grammar.s_setop), ("whole_row", 0.8, Grammar.s_whole_row),
     ("tlp", 1, Grammar.s_tlp)]
 SHAPES = [(name, build) for name, _, build in _SHAPES]
