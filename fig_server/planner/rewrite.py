@@ -277,6 +277,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     select = node.parent_select
     filters: list[str] = []
     tail = guard = ""
+    hot_top_n = False
     if isinstance(select, exp.Select) and not outer_joined(select, node):
         single = not select.args.get("joins")
         where = where_of(node)
@@ -295,10 +296,17 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
             guard = bounds.guard_sql(pushed.guards)
         if pushed.complete_for(select.args.get("order")):
             tail = top_n(select, node, table)
+            # The hot branch takes the same top-n: Postgres sorts a UNION ALL whole rather
+            # than merge its branches from an index (1.4 s for 5M hot rows, not 30 ms). Only
+            # when the pushed filters are the whole filter, exactly (no clock bound pushed
+            # wider, the tree printing back as written): the LIMIT then runs after the very
+            # filter the outer query applies.
+            hot_top_n = bool(tail) and aggregate and pushed.complete and not pushed.guards
     cols = ", ".join(quote(c) for c in _columns_needed(tree, node, table))
     source = f"{quote(table.schema)}.{quote(table.name)}"
     if isinstance(select, exp.Select) and duplicates_irrelevant(select):
         tail = f" GROUP BY {cols}"  # distinct rows are enough: far fewer to copy
+        hot_top_n = False
     cold_sql = f"SELECT {cols} FROM {source}{where_sql(cold_filters(table, route, filters))}{tail}"
     shape_sql = f"SELECT {cols} FROM {source}"
     temp = temp_name(table, shape_sql, slot)
@@ -307,6 +315,9 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     if guard:  # a one-time filter of each branch that runs (bounds.GUARD)
         parts_sql = (f"SELECT {cols} FROM pg_temp.{temp} WHERE {guard} UNION ALL "
                      f"{shape_sql} WHERE ({hot}) AND {guard}")
+    elif hot_top_n and route is Route.SPLIT:
+        parts_sql = (f"SELECT {cols} FROM pg_temp.{temp} UNION ALL "
+                     f"({shape_sql}{where_sql([hot, *filters])}{tail})")
     else:
         parts_sql = f"SELECT {cols} FROM pg_temp.{temp} UNION ALL {shape_sql} WHERE {hot}"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
