@@ -198,6 +198,15 @@ def tool_queries(p: Params) -> list[Query]:
               "SELECT country, count(*) FILTER (WHERE status = 500) AS errors, "
               "count(*) FILTER (WHERE status = 404) AS not_found, count(*) AS n "
               "FROM events GROUP BY country ORDER BY country", compare=ORDERED),
+        Query("mb-count-where", "Metabase's count-where and sum-where (THEN 1 ELSE 0.0)",
+              f"SELECT {_mb('country')} AS \"country\", SUM(CASE WHEN {_mb('status')} = 500 "
+              f"THEN 1 ELSE 0.0 END) AS \"count-where\", SUM(CASE WHEN {_mb('status')} = 200 "
+              f"THEN {_mb('amount')} ELSE 0.0 END) AS \"sum-where\" FROM \"public\".\"events\" "
+              f"GROUP BY {_mb('country')} ORDER BY {_mb('country')} ASC",
+              peer_sql="SELECT country, SUM(CASE WHEN status = 500 THEN 1 ELSE 0.0 END) AS "
+                       "\"count-where\", SUM(CASE WHEN status = 200 THEN amount ELSE 0.0 END) "
+                       "AS \"sum-where\" FROM events GROUP BY country ORDER BY country",
+              compare=ORDERED),
         Query("bins-floor", "amount histogram: binning with floor",
               "SELECT floor(amount / 100) * 100 AS bucket, count(*) AS n FROM events "
               "GROUP BY 1 ORDER BY 1", compare=ORDERED),

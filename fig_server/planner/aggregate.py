@@ -1,12 +1,18 @@
 """Partial aggregates: GROUP BY and count/sum/avg/min/max computed in both tiers, combined by
-Postgres; only when the reference's filter is pushed whole and the tree prints back exactly."""
+Postgres; only when the reference's filter is pushed whole and the tree prints back exactly.
+
+Arguments may be CASE expressions and carry FILTER (`arguments`); count(DISTINCT x) beside
+other aggregates groups the partials by x too; a GROUP BY expression the engines might
+compute differently groups the partials by its columns and is computed by Postgres."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlglot import exp
 
+from fig_server.planner import arguments
 from fig_server.planner.outputs import pg_column_name
 from fig_server.planner.parts import (
     ColdPart,
@@ -68,17 +74,29 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
                                                               "grouping_sets", "totals")):
         return None
     keys = group_keys(select, node, table, utc)
-    if keys is None or any(combine(aggregate, table, []) is None for aggregate in aggregates):
+    distinct = [a for a in aggregates if distinct_column(a, node, table) is not None]
+    if keys is None or any(combine(aggregate, node, table, []) is None
+                           for aggregate in aggregates if aggregate not in distinct):
         return None
+    # count(DISTINCT x) beside other aggregates: the partials group by x too, and Postgres
+    # counts the distinct x of each group's partial rows as written.
+    for aggregate in distinct:
+        column = str(distinct_column(aggregate, node, table))
+        if column not in (k.name for k in keys):
+            keys.append(Key(column, quote(column)))
     # Only now, with the pushdown certain, rename projections and rewrite them.
-    keep_output_names(select, names if select.parent is None else None, keys)
+    keep_output_names(select, names if select.parent is None else None)
     partials: list[str] = []
-    finals: list[tuple[exp.AggFunc, str]] = []
+    finals: list[tuple[exp.Expr, str]] = []
     for aggregate in select.find_all(exp.AggFunc):
-        if aggregate.parent_select is select:
-            finals.append((aggregate, str(combine(aggregate, table, partials))))
-    for aggregate, combined in finals:
-        aggregate.replace(parse(f"SELECT {combined}").expressions[0])
+        if aggregate.parent_select is select and \
+                distinct_column(aggregate, node, table) is None:
+            # agg(x) FILTER (WHERE p): the FILTER is inside the partials
+            target: exp.Expr = aggregate.parent if isinstance(
+                aggregate.parent, exp.Filter) else aggregate
+            finals.append((target, str(combine(aggregate, node, table, partials))))
+    for target, combined in finals:
+        target.replace(parse(f"SELECT {combined}").expressions[0])
     replace_computed_keys(select, keys)
     key_cols = [key.select_item for key in keys]
     key_names = [quote(key.name) for key in keys]
@@ -98,6 +116,19 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)
+
+
+def distinct_column(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable) -> str | None:
+    """The column x of count/sum/avg/min/max(DISTINCT x) over one of the table's columns
+    (no FILTER, no ORDER BY): Postgres computes it over partials grouped by x too."""
+    argument = aggregate.this
+    if not isinstance(aggregate, (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)) or \
+            not isinstance(argument, exp.Distinct) or len(argument.expressions) != 1 or \
+            isinstance(aggregate.parent, (exp.Filter, exp.WithinGroup)) or \
+            aggregate.find(exp.Order):
+        return None
+    column = argument.expressions[0]
+    return column.name if _own_column_type(column, ref, table) is not None else None
 
 
 @dataclass(frozen=True)
@@ -138,6 +169,32 @@ def computed_key(node: exp.Expression, ref: exp.Table, table: TieredTable, utc: 
     return False
 
 
+# Column types whose values DataFusion groups exactly when Postgres's are identical (not
+# floats: DataFusion may put -0 and 0 in one group, and f(-0) need not be f(0)); timestamps
+# are left out because grouping by them rarely reduces anything.
+GROUPABLE = re.compile(r"^(smallint|integer|bigint|numeric\(\d+,\d+\)|date|boolean|text|"
+                       r"character varying(\(\d+\))?)$")
+# Functions Postgres evaluates anew for each row: per group they would give other answers.
+VOLATILE = (exp.Rand, exp.Anonymous, exp.Uuid)
+
+
+def columns_of_key(key: exp.Expression, ref: exp.Table, table: TieredTable
+                   ) -> list[str] | None:
+    """A GROUP BY key that is any other expression of the table's own columns: the
+    partials group by those columns and Postgres computes the key over them, so the
+    expression needs no proof (its columns must group alike in both engines)."""
+    columns = list(key.find_all(exp.Column))
+    if not columns or any(key.find_all(exp.Select, exp.AggFunc, exp.Window, *VOLATILE)):
+        return None
+    names = []
+    for column in columns:
+        kind = _own_column_type(column, ref, table)
+        if kind is None or not GROUPABLE.match(kind):
+            return None
+        names.append(column.name)
+    return names
+
+
 def _own_column_type(node: exp.Expression, ref: exp.Table, table: TieredTable) -> str | None:
     if not isinstance(node, exp.Column) or node.name not in table.column_names or (
             node.table and node.table not in (ref.alias_or_name, table.name)):
@@ -147,9 +204,10 @@ def _own_column_type(node: exp.Expression, ref: exp.Table, table: TieredTable) -
 
 def group_keys(select: exp.Select, node: exp.Table, table: TieredTable, utc: bool
                ) -> list[Key] | None:
-    """The GROUP BY keys (named, by output alias or by ordinal: columns of the table or
-    `computed_key` expressions), or None when it groups by anything else or a column is read
-    outside the aggregates and the keys."""
+    """The GROUP BY keys (named, by output alias or by ordinal: columns of the table,
+    `computed_key` expressions, or the columns of other expressions, `columns_of_key`), or
+    None when it groups by anything else or a column is read outside the aggregates and the
+    keys."""
     group = select.args.get("group")
     outputs = select.expressions
     aliases = {p.alias: p.this for p in outputs if isinstance(p, exp.Alias)}
@@ -168,6 +226,9 @@ def group_keys(select: exp.Select, node: exp.Table, table: TieredTable, utc: boo
             if text not in keys:
                 name = f"fig_k{sum(1 for k in keys.values() if k.computed)}"
                 keys[text] = Key(name, text, text)
+        elif (columns := columns_of_key(key, node, table)) is not None:
+            for own in columns:  # Postgres computes the key over the partials' groups
+                keys.setdefault(own, Key(own, quote(own)))
         else:
             return None
     computed = {k.computed for k in keys.values() if k.computed}
@@ -217,63 +278,68 @@ def canonical(node: exp.Expr) -> str:
     return unqualified(node)
 
 
-def keep_output_names(select: exp.Select, names: list[str] | None, keys: list[Key]) -> None:
+def keep_output_names(select: exp.Select, names: list[str] | None) -> None:
     """Alias projections before their aggregates and computed keys are rewritten, so names
     stay Postgres's: the names Postgres described for the original statement when this is
     its top level."""
     if names is not None and len(names) != len(select.expressions):
         names = None
-    computed = {k.computed for k in keys if k.computed}
     for index, projection in enumerate(select.expressions):
-        if not isinstance(projection, exp.Alias) and (
-                projection.find(exp.AggFunc) or any(
-                    canonical(n) in computed for n in projection.walk()
-                    if not isinstance(n, (exp.Literal, exp.Identifier)))):
+        # sqlglot prints expressions back in its own spelling: every one gets its name
+        if not isinstance(projection, (exp.Alias, exp.Column, exp.Star)):
             name = names[index] if names is not None else pg_column_name(projection)
             select.expressions[index] = exp.alias_(projection, name, quoted=True)
     select.set("expressions", select.expressions)
 
 
-def combine(aggregate: exp.AggFunc, table: TieredTable, partials: list[str]) -> str | None:
+def combine(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable,
+            partials: list[str]) -> str | None:
     """The final expression over partial columns for one aggregate; adds its partials."""
     if aggregate.args.get("distinct") or isinstance(aggregate.this, exp.Distinct) or \
-            isinstance(aggregate.parent, (exp.Filter, exp.WithinGroup)) or \
-            aggregate.find(exp.Filter, exp.Order):
+            isinstance(aggregate.parent, exp.WithinGroup) or aggregate.find(exp.Order):
         return None
-    argument = aggregate.this
-    if isinstance(aggregate, exp.Count) and isinstance(argument, exp.Star):
-        partials.append("COUNT(*)")
-        return f"CAST(COALESCE(SUM(fig_a{len(partials) - 1}), 0) AS bigint)"
-    if not isinstance(argument, exp.Column) or argument.name not in table.column_names:
-        return None
-    column = quote(argument.name)
-    kind = table.column_type(argument.name)
     index = len(partials)
+    if isinstance(aggregate, exp.Count) and isinstance(aggregate.this, exp.Star) and \
+            not isinstance(aggregate.parent, exp.Filter):
+        partials.append("COUNT(*)")
+        return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
+    argument = arguments.argument(aggregate, ref, table)
+    if argument is None:
+        return None
+    value, kind = argument.sql, argument.kind
     if isinstance(aggregate, exp.Count):
-        partials.append(f"COUNT({column})")
+        partials.append(f"COUNT({value})")
         return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
     if isinstance(aggregate, (exp.Min, exp.Max)):
-        if not orderable(table, argument.name):
-            return None  # text min/max follow a collation
+        # text min/max follow a collation; a CASE's doubles would lose the cold engine's
+        # NaN handling, its mixed numeric scales the row Postgres picks
+        if argument.column is not None:
+            if not orderable(table, argument.column):
+                return None
+        elif kind not in ("smallint", "integer", "bigint") and not (
+                kind.startswith("numeric") and argument.scale is None):
+            return None
         name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
-        partials.append(f"{name}({column})")
+        partials.append(f"{name}({value})")
         return f"{name}(fig_a{index})"
     if isinstance(aggregate, (exp.LogicalAnd, exp.LogicalOr)):
         if kind != "boolean":
             return None
         name = "BOOL_AND" if isinstance(aggregate, exp.LogicalAnd) else "BOOL_OR"
-        partials.append(f"{name}({column})")
+        partials.append(f"{name}({value})")
         return f"{name}(fig_a{index})"
+    if not isinstance(aggregate, (exp.Sum, exp.Avg)) or (
+            kind not in SUM_TYPE and not kind.startswith("numeric")):
+        return None
+    partials.append(f"SUM({value})")
+    total = f"SUM(fig_a{index})"
+    if argument.scale is not None:  # the largest display scale of the values summed
+        partials.append(f"MAX({argument.scale})")
+        total = f"round(CAST({total} AS numeric), MAX(fig_a{index + 1}))"
     if isinstance(aggregate, exp.Sum):
-        if kind not in SUM_TYPE and not kind.startswith("numeric"):
-            return None
-        partials.append(f"SUM({column})")
-        return f"CAST(SUM(fig_a{index}) AS {SUM_TYPE.get(kind, 'numeric')})"
-    if isinstance(aggregate, exp.Avg):
-        if kind not in SUM_TYPE and not kind.startswith("numeric"):
-            return None
-        partials.extend([f"SUM({column})", f"COUNT({column})"])
-        result = AVG_TYPE.get(kind, "numeric")
-        return (f"CAST(CAST(SUM(fig_a{index}) AS {result}) / "
-                f"CAST(NULLIF(SUM(fig_a{index + 1}), 0) AS {result}) AS {result})")
-    return None
+        return f"CAST({total} AS {SUM_TYPE.get(kind, 'numeric')})"
+    count = len(partials)
+    partials.append(f"COUNT({value})")
+    result = AVG_TYPE.get(kind, "numeric")
+    return (f"CAST(CAST({total} AS {result}) / "
+            f"CAST(NULLIF(SUM(fig_a{count}), 0) AS {result}) AS {result})")

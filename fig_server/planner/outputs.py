@@ -16,7 +16,7 @@ def pg_column_name(node: exp.Expression) -> str:
     if isinstance(node, exp.Cast):
         inner = pg_column_name(node.this)
         return inner if inner != "?column?" else node.to.sql(dialect="postgres").lower()
-    if isinstance(node, exp.Paren):
+    if isinstance(node, (exp.Paren, exp.Filter)):
         return pg_column_name(node.this)
     if isinstance(node, exp.Coalesce):
         return "coalesce"

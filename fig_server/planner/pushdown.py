@@ -100,6 +100,12 @@ def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
     return result
 
 
+def exact_condition(condition: exp.Expression, ref: exp.Table, table: TieredTable) -> bool:
+    """DataFusion evaluates the condition, over the reference's own columns in a SELECT that
+    reads only this reference, to the same true, false or NULL as Postgres."""
+    return _exact(condition, _Scope(ref, table, single_source=True))
+
+
 def _lower_bound(conjunct: exp.Expression) -> bool:
     """`column > value` or `value < column` (with = too): true for every later value."""
     return _bounded_column(conjunct) != ""

@@ -320,7 +320,14 @@ class Grammar:
             return self.pick(f"date_trunc('{self.pick('day', 'month', 'week')}', {c})",
                              f"{c}::date", f"extract(dow from {c})")
         if kind in ("int", "bigint", "num") and self.chance(0.3):
-            return f"floor({c} / 10)"
+            return self.pick(f"floor({c} / 10)", f"floor({c} / 100) * 100", f"{c} % 3",
+                             f"width_bucket({c}, 0, 1000, 4)", f"round({c}, -1)",
+                             f"{c} / 7", f"case when {c} > 100 then 'big' else 'small' end")
+        if kind in ("text", "char") and self.chance(0.3):
+            return self.pick(f"lower({c})", f"length({c})", f"coalesce({c}, '?')",
+                             f"substr({c}, 1, 1)")
+        if kind == "date" and self.chance(0.3):
+            return self.pick(f"extract(month from {c})", f"{c} - 1", f"date_trunc('week', {c})")
         if column == "id":
             return f"{c} % 7"
         return c
@@ -342,7 +349,34 @@ class Grammar:
             options += [f"string_agg({c}, ',' order by {c}, {self.ref(alias, 'id', table)})"]
         if kind in ("int", "num"):
             options += [f"count(*) filter (where {c} > 10)"]
+        if self.chance(0.3):
+            return self.conditional_aggregate(table, alias)
         return self.rng.choice(options)
+
+    def conditional_aggregate(self, table: str, alias: str | None) -> str:
+        """count-where and sum-where as people and tools write them: FILTER, SUM(CASE ...)
+        with Metabase's `ELSE 0.0`, simple CASE, branches of mixed types and scales (for sums
+        and averages only)."""
+        column = self.col(table, {"int", "num", "bigint", "float"})
+        c = self.ref(alias, column, table)
+        p = self.predicate(table, alias, 1)
+        other = self.ref(alias, self.col(table, {"int", "num", "bigint", "float"}), table)
+        v = self.value(TABLES[table][column], column)
+        then = self.pick("1", "0.0", "2.50", c, other, "null", "-1")
+        otherwise = self.pick("0", "0.0", "null", c, "1.5", "")
+        tail = f" else {otherwise}" if otherwise else ""
+        return self.pick(
+            f"count(*) filter (where {p})", f"count(case when {p} then 1 end)",
+            f"sum(case when {p} then 1 else 0 end)", f"sum(case when {p} then 1 else 0.0 end)",
+            f"sum(case when {p} then {then}{tail} end)", f"avg(case when {p} then {c} end)",
+            f"sum({c}) filter (where {p})", f"avg({c}) filter (where {p})",
+            # min/max over one scale: with 0 beside 0.00 Postgres's own answer is whichever
+            # it met last (numeric_smaller keeps the later of equals)
+            f"min(case when {p} then {c} end)", f"max(case when {p} then 1 else 0 end)",
+            f"max({c}) filter (where {p})",
+            f"count({c}) filter (where {p})", f"avg(case when {p} then {then}{tail} end)",
+            f"sum(case {c} when {v} then 2 when {self.value(TABLES[table][column], column)} "
+            f"then 1.5 end)")
 
     def order(self, keys: list[str], unique: str | None) -> tuple[str, bool]:
         """ORDER BY some keys with random direction and NULLS placement, total if `unique`."""

@@ -1,0 +1,153 @@
+"""Aggregate arguments both tiers compute alike: a column of the table, a number, a CASE whose
+conditions pushdown proves exact, and `agg(x) FILTER (WHERE p)` read as
+`agg(CASE WHEN p THEN x END)` (the same rows reach the aggregate: a condition that is false
+or NULL gives NULL, which every aggregate but count(*) skips).
+
+A CASE's Postgres type follows Postgres's resolution for the numbers it mixes (smallint <
+integer < bigint < numeric < double precision). A numeric value carries its own display
+scale in Postgres (`1` has none, `0.0` one digit, a numeric(12,2) column two), and sum()
+keeps the largest it saw, so `sum(CASE WHEN p THEN 1 ELSE 0.0 END)` (Metabase's count-where)
+prints `7` over rows that all matched and `7.0` otherwise. DataFusion's decimals have one
+scale per column; when the branches' scales differ, each row's scale is a partial of its
+own (`Argument.scale`) and the final sum is rounded to the largest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from fig_server.planner.parts import quote
+from fig_server.planner.pushdown import exact_condition, unqualified
+from fig_server.planner.tiers import TieredTable
+
+INTEGER_TEXT = re.compile(r"^-?\d{1,18}$")
+DECIMAL_TEXT = re.compile(r"^-?\d{1,15}\.(\d{0,15})$")
+NUMERIC_TYPE = re.compile(r"^numeric\((\d+),(\d+)\)$")
+INT4 = 2**31
+# Number kinds in the order Postgres's CASE resolution prefers the later one.
+RANKS = ("smallint", "integer", "bigint", "numeric", "double precision")
+
+
+@dataclass(frozen=True)
+class Argument:
+    """sql: the value in SQL Postgres and DataFusion compute alike; kind: its Postgres type;
+    column: the table's column when the argument is one; scale: SQL of each row's numeric
+    display scale when rows differ (NULL where the value is NULL)."""
+
+    sql: str
+    kind: str
+    column: str | None = None
+    scale: str | None = None
+
+
+@dataclass(frozen=True)
+class _Branch:
+    sql: str
+    kind: str | None  # None: NULL
+    scale: int | None  # numeric display scale, when the value is a number with one
+
+
+def argument(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable) -> Argument | None:
+    """The aggregate's argument (with its FILTER folded in), or None when DataFusion might
+    compute it differently from Postgres."""
+    value = aggregate.this
+    if isinstance(value, exp.Star):
+        value = exp.Literal.number(1)  # count(*): count of rows
+    if isinstance(aggregate.parent, exp.Filter):
+        where = aggregate.parent.expression
+        value = exp.Case(ifs=[exp.If(this=where.this.copy(), true=value.copy())])
+    while isinstance(value, exp.Paren):
+        value = value.this
+    if isinstance(value, exp.Case):
+        return _case(value, ref, table)
+    branch = _branch(value, ref, table)
+    if branch is None or branch.kind is None:
+        return None
+    column = value.name if isinstance(value, exp.Column) else None
+    return Argument(branch.sql, branch.kind, column)
+
+
+def _case(case: exp.Case, ref: exp.Table, table: TieredTable) -> Argument | None:
+    subject = case.this
+    conditions: list[str] = []
+    branches: list[_Branch] = []
+    for when in case.args.get("ifs") or []:
+        condition = when.this if subject is None else exp.EQ(
+            this=subject.copy(), expression=when.this.copy())
+        branch = _branch(when.args["true"], ref, table)
+        if branch is None or not exact_condition(condition, ref, table):
+            return None
+        conditions.append(unqualified(condition))
+        branches.append(branch)
+    default = _branch(case.args.get("default") or exp.Null(), ref, table)
+    if default is None or not branches:
+        return None
+    kinds = [b.kind for b in [*branches, default] if b.kind is not None]
+    kind = _common_kind(kinds)
+    if kind is None:
+        return None
+    whens = " ".join(f"WHEN {c} THEN {b.sql}" for c, b in zip(conditions, branches, strict=True))
+    sql = f"CASE {whens} ELSE {default.sql} END"
+    scales = {b.scale for b in [*branches, default] if b.kind is not None}
+    scale = None
+    if kind == "numeric" and len(scales) > 1:
+        row_scales = " ".join(f"WHEN {c} THEN {_scale(b)}"
+                              for c, b in zip(conditions, branches, strict=True))
+        scale = f"CASE WHEN ({sql}) IS NULL THEN NULL {row_scales} ELSE {_scale(default)} END"
+    return Argument(sql, kind, None, scale)
+
+
+def _scale(branch: _Branch) -> str:
+    return "NULL" if branch.kind is None else str(branch.scale or 0)
+
+
+def _common_kind(kinds: list[str]) -> str | None:
+    """The type Postgres gives a CASE of these branch types, when they are all numbers (or
+    all one type); None otherwise. A lone numeric(p,s) keeps its type modifier."""
+    if not kinds:
+        return None  # every branch NULL: Postgres types it text
+    if len(set(kinds)) == 1 and kinds[0] not in ("real",):
+        return kinds[0]
+    ranked = ["numeric" if NUMERIC_TYPE.match(k) else k for k in kinds]
+    if any(k not in RANKS for k in ranked):
+        return None
+    return max(ranked, key=RANKS.index)
+
+
+def _branch(node: exp.Expression, ref: exp.Table, table: TieredTable) -> _Branch | None:
+    """One value of a CASE: NULL, a column of the table, or a number literal."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Null):
+        return _Branch("NULL", None, None)
+    if isinstance(node, exp.Column):
+        if node.name not in table.column_names or (
+                node.table and node.table not in (ref.alias_or_name, table.name)):
+            return None
+        kind = table.column_type(node.name)
+        numeric = NUMERIC_TYPE.match(kind)
+        scale = int(numeric.group(2)) if numeric else 0 if kind in RANKS[:3] else None
+        return _Branch(quote(node.name), kind, scale)
+    text = _number(node)
+    if text is None:
+        return None
+    if INTEGER_TEXT.match(text):
+        kind = "integer" if -INT4 <= int(text) < INT4 else "bigint"
+        return _Branch(text, kind, 0)
+    decimal = DECIMAL_TEXT.match(text)
+    if decimal is None:
+        return None  # 1e2 and the like: Postgres reads numeric, DataFusion a double
+    scale = len(decimal.group(1))
+    # DataFusion reads 0.5 as a double: the cast keeps it an exact decimal in both tiers.
+    return _Branch(f"CAST({text} AS NUMERIC(38, {scale}))", "numeric", scale)
+
+
+def _number(node: exp.Expression) -> str | None:
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and node.this.is_number:
+        return "-" + node.this.name
+    if isinstance(node, exp.Literal) and node.is_number:
+        return node.name
+    return None
