@@ -221,6 +221,7 @@ class ColdEngine:
         results: list[pa.Table] = []
         heap: pa.Table | None = None
         threshold = None
+        batch = 1  # row-group units per top-n task: grows while the heap is not full
         planning_done = False
         found = 0  # rows returned so far (LIMIT without ORDER BY stops at part.limit)
         try:
@@ -241,6 +242,8 @@ class ColdEngine:
                         stop.set()
                         _mark_stopped(stats, control)
                         break
+                    if order is not None and threshold is None and batch > 1:
+                        item, planning_done = _gather(units, item, batch)
                     task = UnitTask(item, part.worker_sql, io_props)
                     in_flight[self._submit(task)] = item
                 if not in_flight:
@@ -274,6 +277,8 @@ class ColdEngine:
                         pa.concat_tables([heap, table], promote_options="permissive"),
                         part.merge_sql)
                     threshold = _threshold(heap, scan)
+                    if threshold is None:  # the heap is not full: no unit can be skipped yet
+                        batch = min(batch * 2, TOPN_MAX_BATCH)
                     for other, other_item in list(in_flight.items()):
                         if cannot_beat(other_item[0].best, threshold, order):
                             # A running unit is one row group: let it finish, unawaited.
@@ -302,6 +307,30 @@ class ColdEngine:
             raise InternalError("a cold worker process died") from exc
         except Exception as exc:
             raise classify_datafusion_error(exc) from exc
+
+
+# A top-n whose heap does not fill (a needle: `user_id = K ORDER BY ts LIMIT 2000`) would
+# run every surviving row group as a task of its own; tasks then take up to this many.
+TOPN_MAX_BATCH = 32
+
+
+def _gather(units: queue.Queue[Any], item: tuple[WorkUnit, ...], size: int
+            ) -> tuple[tuple[WorkUnit, ...], bool]:
+    """The item with more units the planner has already queued, up to size; and whether
+    planning is done (its end was taken from the queue). A planner failure waits for the
+    next get: the queue holds it again."""
+    while len(item) < size:
+        try:
+            more = units.get_nowait()
+        except queue.Empty:
+            return item, False
+        if more is _DONE:
+            return item, True
+        if isinstance(more, _Failure):
+            units.put(more)
+            return item, False
+        item = item + more
+    return item, False
 
 
 def _work_items(pruner: Pruner, scan: ScanSpec, slots: int,

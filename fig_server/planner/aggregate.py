@@ -28,6 +28,7 @@ from fig_server.planner.pushdown import unqualified
 from fig_server.planner.tiers import TieredTable
 from fig_server.planner.topn import orderable
 
+FLOATS = ("real", "double precision")
 # Aggregates whose result does not change when duplicate input rows are removed.
 DUPLICATE_INSENSITIVE = (exp.Min, exp.Max, exp.LogicalAnd, exp.LogicalOr)
 
@@ -74,27 +75,42 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
                                                               "grouping_sets", "totals")):
         return None
     keys = group_keys(select, node, table, utc)
+    if keys is None:
+        return None
     distinct = [a for a in aggregates if distinct_column(a, node, table) is not None]
-    if keys is None or any(combine(aggregate, node, table, []) is None
-                           for aggregate in aggregates if aggregate not in distinct):
+    # Over cold rows alone, in groups both engines form alike, the cold part has one row per
+    # group: count(DISTINCT x) is then a partial of its own, summed with an empty hot part.
+    counted = route is Route.COLD and all(isinstance(a, exp.Count) for a in distinct) and \
+        not any(k.expanded or (k.computed is None and table.column_type(k.name) in FLOATS)
+                for k in keys)
+    if counted:
+        distinct = []
+    if any(combine(aggregate, node, table, []) is None for aggregate in aggregates
+           if distinct_column(aggregate, node, table) is None):
         return None
     # count(DISTINCT x) beside other aggregates: the partials group by x too, and Postgres
     # counts the distinct x of each group's partial rows as written.
     for aggregate in distinct:
-        column = str(distinct_column(aggregate, node, table))
-        if column not in (k.name for k in keys):
-            keys.append(Key(column, quote(column)))
+        by = str(distinct_column(aggregate, node, table))
+        if by not in (k.name for k in keys):
+            keys.append(Key(by, quote(by)))
     # Only now, with the pushdown certain, rename projections and rewrite them.
     keep_output_names(select, names if select.parent is None else None)
     partials: list[str] = []
     finals: list[tuple[exp.Expr, str]] = []
     for aggregate in select.find_all(exp.AggFunc):
-        if aggregate.parent_select is select and \
-                distinct_column(aggregate, node, table) is None:
+        if aggregate.parent_select is not select:
+            continue
+        column = distinct_column(aggregate, node, table)
+        if column is None:
             # agg(x) FILTER (WHERE p): the FILTER is inside the partials
             target: exp.Expr = aggregate.parent if isinstance(
                 aggregate.parent, exp.Filter) else aggregate
             finals.append((target, str(combine(aggregate, node, table, partials))))
+        elif counted:
+            partials.append(f"COUNT(DISTINCT {quote(column)})")
+            finals.append((aggregate, f"CAST(COALESCE(SUM(fig_a{len(partials) - 1}), 0) "
+                                      "AS bigint)"))
     for target, combined in finals:
         target.replace(parse(f"SELECT {combined}").expressions[0])
     replace_computed_keys(select, keys)
@@ -139,6 +155,7 @@ class Key:
     name: str
     sql: str
     computed: str | None = None  # canonical text of the expression, for computed keys
+    expanded: bool = False  # a column of a key expression Postgres computes (columns_of_key)
 
     @property
     def select_item(self) -> str:
@@ -228,7 +245,7 @@ def group_keys(select: exp.Select, node: exp.Table, table: TieredTable, utc: boo
                 keys[text] = Key(name, text, text)
         elif (columns := columns_of_key(key, node, table)) is not None:
             for own in columns:  # Postgres computes the key over the partials' groups
-                keys.setdefault(own, Key(own, quote(own)))
+                keys.setdefault(own, Key(own, quote(own), expanded=True))
         else:
             return None
     computed = {k.computed for k in keys.values() if k.computed}
