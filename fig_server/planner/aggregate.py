@@ -114,11 +114,19 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
     for target, combined in finals:
         target.replace(parse(f"SELECT {combined}").expressions[0])
     replace_computed_keys(select, keys)
-    key_cols = [key.select_item for key in keys]
+    select.set("where", None)
+    return replace_by_partials(node, table, route, filters, slot, keys, partials)
+
+
+def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filters: list[str],
+                        slot: str, keys: list[Key], partials: list[str]) -> ColdPart:
+    """Put the partials of both tiers in the reference's place: the cold part's rows (a
+    temp table) UNION ALL the hot rows' partials, grouped by the keys."""
     key_names = [quote(key.name) for key in keys]
     key_sql = [key.sql for key in keys]
     source = f"{quote(table.schema)}.{quote(table.name)}"
-    select_list = ", ".join(key_cols + [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
+    select_list = ", ".join([key.select_item for key in keys] +
+                            [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
     group_by = f" GROUP BY {', '.join(key_sql)}" if key_sql else ""
     cold_sql = (f"SELECT {select_list} FROM {source}"
                 f"{where_sql(cold_filters(table, route, filters))}{group_by}")
@@ -128,7 +136,6 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
     hot_where = where_sql([hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
     parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp} "
                  f"UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}")
-    select.set("where", None)
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)

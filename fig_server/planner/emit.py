@@ -38,9 +38,16 @@ NESTING_ARGS: dict[type, frozenset[str]] = {
 }
 
 
-def regenerates_exactly(tree: exp.Expression) -> bool:
+# Inner and cross joins with ON, and comma joins, print back as written (not outer joins,
+# USING or NATURAL: only partial aggregates below inner joins regenerate joins).
+JOIN_ARGS = frozenset({"this", "on", "kind"})
+
+
+def regenerates_exactly(tree: exp.Expression, joins: bool = False) -> bool:
     for node in tree.walk():
         allowed = NESTING_ARGS.get(type(node))
+        if joins and isinstance(node, exp.Join):
+            allowed = JOIN_ARGS if (node.kind or "") in ("", "INNER", "CROSS") else None
         if allowed is None:
             if not isinstance(node, REGENERATED_AS_WRITTEN):
                 return False

@@ -38,6 +38,7 @@ from fig_server.planner.classify import (
     tiered_references,
     view_references,
 )
+from fig_server.planner.join_aggregate import join_aggregate
 from fig_server.planner.merge import merge_derived, name_outputs
 from fig_server.planner.parts import (
     ColdPart,
@@ -162,6 +163,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         _unqualify_schema(tree, node, table)
     # Whether the tree prints back as the user's statement, with the bounds substituted.
     as_written = emit.regenerates_exactly(tree)
+    # ... and with inner joins, for partial aggregates below a join (planner/join_aggregate)
+    joins_as_written = emit.regenerates_exactly(tree, joins=True)
     if writes:
         return check_write(sql, tree, refs, slot, bool(explain))
     parts: list[ColdPart] = []
@@ -184,9 +187,10 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
                 "served with the policy applied", hint="SET fig.route = 'hot' reads hot rows only")
         routes.add(part_route)
         reference_edits = edits[id(table_node)]
+        alone = sum(1 for n, _ in refs if n.parent_select is table_node.parent_select) == 1
         part = _rewrite_reference(tree, table_node, table, part_route, f"{slot}:{len(parts)}",
                                   output_names, aggregate=as_written, same_clock=same_clock,
-                                  utc=utc)
+                                  utc=utc, below_join=joins_as_written and alone)
         parts.append(part)
         if reference_edits is not None and part.replacement is not None:
             (start, end, _), *qualifiers = reference_edits
@@ -200,7 +204,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     final = Route.COLD if routes == {Route.COLD} else route
     describe = output_names is None and (merged is not None or any(
         p.aggregated and isinstance(tree, exp.Select) for p in parts))
-    return Rewrite(final, _emit(body, tree, parts, spliced, as_written), parts, bool(explain),
+    regenerated = as_written or (joins_as_written and any(p.aggregated for p in parts))
+    return Rewrite(final, _emit(body, tree, parts, spliced, regenerated), parts, bool(explain),
                    analyze, describe=describe)
 
 
@@ -273,7 +278,8 @@ def _needs(ref: exp.Table, table: TieredTable) -> list[bounds.Need]:
 
 def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable,
                        route: Route, slot: str, names: list[str] | None,
-                       aggregate: bool, same_clock: bool, utc: bool) -> ColdPart:
+                       aggregate: bool, same_clock: bool, utc: bool,
+                       below_join: bool = False) -> ColdPart:
     select = node.parent_select
     filters: list[str] = []
     tail = guard = ""
@@ -285,6 +291,10 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
             # the tree is regenerated: both tiers see the same evaluated bounds
             filters = pushdown(where, node, table, single).pushed
             part = partial_aggregate(select, node, table, route, filters, slot, names, utc)
+            if part is not None:
+                return part
+        elif below_join and not single:
+            part = join_aggregate(select, node, table, route, slot, names)
             if part is not None:
                 return part
         # The user's own text runs: outside the transaction Fig evaluated a bound that moves

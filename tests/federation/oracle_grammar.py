@@ -489,6 +489,44 @@ class Grammar:
                    f"on u.id = e.{key}{self.where(t, 'e')} group by 1")
         return sql, False, None
 
+    def s_star(self) -> tuple[str, bool, str | None]:
+        """A tiered fact table joined to the hot `users`, aggregated by dimension and fact
+        columns: aggregates of the fact, of the dimension, DISTINCT, over inner, comma and
+        outer joins."""
+        t = self.tiered()
+        key = "user_id" if t == "events" else "si"
+        self.qualify = True
+        keys = [self.pick("u.vip", "u.name", "u.id % 3", self.group_key(t, "e"),
+                          f"e.{key}") for _ in range(self.rng.randint(0, 2))]
+        aggs = [self.aggregate(t, "e") if self.chance(0.6) else self.pick(
+                    "count(*)", "min(u.name)", "max(u.id)", "count(distinct u.vip)",
+                    "bool_or(u.vip)", "max(e.id + u.id)", "sum(u.id)", "count(u.vip)")
+                for _ in range(self.rng.randint(1, 3))]
+        join = self.pick("join", "inner join", "join", "left join", ",", "cross join")
+        on = f"u.id = e.{key}"
+        if join in (",", "cross join"):
+            source = f"{self.table(t)} e{join if join == ',' else ' ' + join} users u"
+            where = f" where {on}"
+        else:
+            source = f"{self.table(t)} e {join} users u on {on}{self.pick('', ' and u.vip')}"
+            where = ""
+        filters = self.where(t, "e")
+        if filters:
+            where = (where + filters.replace(" where ", " and ", 1)) if where else filters
+        if self.chance(0.3):
+            dim = self.pick("u.vip", "u.id > 10", "u.name like 'user1%'")
+            where = f"{where} and {dim}" if where else f" where {dim}"
+        sql = f"select {', '.join(keys + aggs)} from {source}{where}"
+        self.qualify = False
+        if keys:
+            sql += " group by " + ", ".join(str(i + 1) for i in range(len(keys)))
+            if self.chance(0.3):
+                sql += f" having count(*) > {self.rng.choice((1, 5, 50))}"
+            if self.chance(0.5):
+                ob, _ = self.order([str(i + 1) for i in range(len(keys))], None)
+                return sql + ob, True, None
+        return sql, False, None
+
     def s_self_join(self) -> tuple[str, bool, str | None]:
         t = self.tiered()
         other = self.pick(t, "events" if t == "kinds" else "kinds")
@@ -616,7 +654,8 @@ class Grammar:
 _SHAPES: list[tuple[str, float, Callable[[Grammar], tuple[str, bool, str | None]]]] = [
     ("filter", 4, Grammar.s_filter), ("aggregate", 4, Grammar.s_aggregate),
     ("distinct", 1, Grammar.s_distinct), ("window", 1, Grammar.s_window),
-    ("join", 1.5, Grammar.s_join), ("self_join", 0.7, Grammar.s_self_join),
+    ("join", 1.5, Grammar.s_join), ("star", 1.5, Grammar.s_star),
+    ("self_join", 0.7, Grammar.s_self_join),
     ("subquery", 1.5, Grammar.s_subquery), ("cte", 1, Grammar.s_cte),
     ("nested", 1.5, Grammar.s_nested), ("inner_aggregate", 1.5, Grammar.s_inner_aggregate),
     ("setop", 1, Grammar.s_setop), ("whole_row", 0.8, Grammar.s_whole_row),
