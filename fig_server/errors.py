@@ -83,8 +83,14 @@ class QueryCanceled(FigError):
 
 
 class AdminShutdown(FigError):
+    """Fig is stopping: the session ends as Postgres's own shutdown ends it."""
+
     sqlstate = "57P01"
     severity = "FATAL"
+
+    def __init__(self, message: str = "terminating connection due to administrator command"
+                 ) -> None:
+        super().__init__(message)
 
 
 class OutOfMemory(FigError):

@@ -62,7 +62,7 @@ class _Control:
 
     def check(self) -> None:
         if self.closing is not None and self.closing.is_set():
-            raise AdminShutdown("terminating connection due to administrator command")
+            raise AdminShutdown()
         if self.cancel is not None and self.cancel.is_set():
             raise QueryCanceled("canceling statement due to user request")
         if self.deadline is not None and time.monotonic() > self.deadline:

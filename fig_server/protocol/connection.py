@@ -421,15 +421,13 @@ class ClientConnection:
                     await self._wait_idle()
         except FigError as error:
             # canceled by Fig's stop: say so, as Postgres does
-            await self._fail(AdminShutdown("terminating connection due to administrator "
-                                           "command") if self.session.shutting_down else error)
+            await self._fail(AdminShutdown() if self.session.shutting_down else error)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as error:  # a bug of Fig's: this statement fails, the session goes on
             if self.session.shutting_down:  # the backend or the engine went away under it
                 log.info("federated statement ended by the stop: %r", error)
-                await self._fail(AdminShutdown("terminating connection due to administrator "
-                                               "command"))
+                await self._fail(AdminShutdown())
                 return
             log.exception("federated statement failed")
             await self._fail(InternalError(f"internal error in Fig: {error!r}"))
@@ -614,7 +612,7 @@ class ClientConnection:
                 if ended:
                     return
                 if session.shutting_down:
-                    raise AdminShutdown("terminating connection due to administrator command")
+                    raise AdminShutdown()
                 raise ConnectionFailure(
                     "terminating connection because the hot PostgreSQL closed it")
             if buffer:
