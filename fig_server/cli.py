@@ -230,9 +230,13 @@ async def serve(config: FigConfig) -> None:
             state["metrics_url"] = endpoint.url if endpoint is not None else None
         (config.data_dir / "server.json").write_text(json.dumps(state))
         if tiered.current.tables or (config.demo.enabled and embedded is not None):
-            await asyncio.to_thread(cold.warm)
+            # the workers start in the background; metadata is read in a thread of its own
+            warming = asyncio.create_task(asyncio.to_thread(cold.warm, tiered.current.tables),
+                                          name="cold metadata read-ahead")
+            warming.add_done_callback(_log_failure)
         if config.demo.enabled and embedded is not None:
-            demo = asyncio.create_task(asyncio.to_thread(install_demo, dsn, config.demo.rows))
+            demo = asyncio.create_task(asyncio.to_thread(install_demo, dsn, config.demo.rows),
+                                       name="demo setup")
             demo.add_done_callback(_log_failure)
         await stop.wait()
         log.info("shutting down")
@@ -281,7 +285,7 @@ def start_endpoint(config: FigConfig, dsn: str, counted: StatementMetrics) -> _R
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("demo setup failed: %s", task.exception())
+        log.error("%s failed: %s", task.get_name(), task.exception())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,9 @@ WORKERS_BUSY = Gauge("fig_cold_workers_busy", "Cold worker slots running a work 
                      registry=REGISTRY)
 WORK_QUEUE = Gauge("fig_cold_queue_depth", "Work units waiting for a free worker",
                    registry=REGISTRY)
+METADATA_FOOTERS = Gauge("fig_cold_footers_cached",
+                         "Parquet footers the cold engine holds (read ahead at start, then "
+                         "by queries)", registry=REGISTRY)
 WORKER_SECONDS = Counter("fig_cold_worker_busy_seconds_total",
                          "Time worker slots spent running work units (divide the rate by "
                          "fig_cold_workers for utilization)", registry=REGISTRY)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.io import FileIO
-from pyiceberg.manifest import ManifestEntry, ManifestFile
+from pyiceberg.manifest import DataFileContent, ManifestContent, ManifestEntry, ManifestFile
 from pyiceberg.table.snapshots import Snapshot
 
 V = TypeVar("V")
@@ -39,6 +39,9 @@ class Lru:
         self._capacity = capacity
         self._items: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get_or_load(self, key: Any, load: Callable[[], V]) -> V:
         with self._lock:
@@ -74,6 +77,27 @@ class MetadataCache:
 
     def footer(self, io: FileIO, path: str) -> Footer:
         return self._footers.get_or_load(path, lambda: read_footer(io, path))
+
+    @property
+    def footers_cached(self) -> int:
+        return len(self._footers)
+
+    def warm(self, io: FileIO, snapshot: Snapshot, max_files: int,
+             stop: Callable[[], bool] = lambda: False) -> int:
+        """Read a snapshot's manifest list, manifests and the footers of up to max_files data
+        files, as the first query's pruning would (after a start it otherwise reads them all
+        on the clock: 1.8 s for 60 files of the quick benchmark); the footers read."""
+        read = 0
+        for manifest in self.manifests(io, snapshot):
+            if manifest.content != ManifestContent.DATA:
+                continue
+            for entry in self.entries(io, manifest):
+                if read >= max_files or stop():
+                    return read
+                if entry.data_file.content == DataFileContent.DATA:
+                    self.footer(io, entry.data_file.file_path)
+                    read += 1
+        return read
 
 
 def read_footer(io: FileIO, path: str) -> Footer:

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -169,12 +169,23 @@ class ColdService:
                 metrics.WORKERS.set_function(lambda: engine.executor.slots)
                 metrics.WORKERS_BUSY.set_function(lambda: engine.executor.load()[0])
                 metrics.WORK_QUEUE.set_function(lambda: engine.executor.load()[1])
+                metrics.METADATA_FOOTERS.set_function(lambda: engine.cache.footers_cached)
             return self._engine, self._catalog
 
-    def warm(self) -> None:
-        """Start the cold workers now, so the first cold query does not wait for them."""
-        engine, _ = self._open()
+    def warm(self, tables: Sequence[TieredTable] = ()) -> None:
+        """Start the cold workers now, so the first cold query does not wait for them, and
+        read the tables' Iceberg metadata and footers into the engine's cache."""
+        engine, catalog = self._open()
         engine.warm()
+        for tiered in tables:
+            try:
+                table = catalog.load_table((tiered.schema, tiered.name))
+                footers = engine.warm_metadata(table)
+            except Exception as exc:  # a cache left cold costs the first query, no more
+                log.warning("could not read the metadata of %s ahead: %r", tiered.qualified,
+                            exc)
+                continue
+            log.info("cached the metadata of %s (%d footers)", tiered.qualified, footers)
 
     def _tables(self, part: ColdPart) -> dict[str, Any]:
         _, catalog = self._open()

@@ -177,3 +177,18 @@ def test_labels_are_small_fixed_sets(fig: FigProcess) -> None:
                 assert text in {"append", "overwrite", "delete", "replace", "metadata"}
             else:
                 assert text in LABELS[label], (name, label, text)
+
+
+def test_a_restart_reads_the_cold_metadata_ahead(fig: FigProcess) -> None:
+    """After a restart the Parquet footers of the tiered tables are read before any query
+    (the first query would otherwise read them on the clock). Runs last: it stops the
+    module's Fig."""
+    fig.stop()
+    again = start_fig(data_dir=fig.data_dir, env={"FIG__AUDIT__PRICE_PER_GB": str(PRICE_PER_GB),
+                                                  "FIG__COLD__WORKERS": str(WORKERS)})
+    try:
+        samples = wait_for(again, lambda s: value(s, "fig_cold_footers_cached") >= 1, 60)
+        assert value(samples, "fig_cold_footers_cached") >= 1, again.log()[-2000:]
+        assert value(samples, "fig_statement_duration_seconds_count", route="cold") == 0
+    finally:
+        again.stop()
