@@ -54,7 +54,7 @@ def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, rout
         elif not _insensitive(aggregate):
             return None  # sum(u.x): each joined row would count once, not c times
         # else: left as written (count(DISTINCT e.user_id): its columns become keys)
-    pushed = pushdown(select.args.get("where"), node, table, single_source=False)
+    pushed = pushdown(select.args.get("where"), node, table)
     filters = pushed.pushed
     if pushed.guards or pushed.loose:
         return None

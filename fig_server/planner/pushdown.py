@@ -78,7 +78,7 @@ def conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
 
 
 def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
-             single_source: bool, moving_upper: bool = True) -> Pushdown:
+             moving_upper: bool = True) -> Pushdown:
     """Split the WHERE of the reference's own SELECT into pushed and residual conjuncts.
 
     moving_upper=False: the statement Postgres runs keeps its own now(), later than the
@@ -89,7 +89,7 @@ def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
         loose = not moving_upper and unguarded_moving(conjunct)
         if loose and not _lower_bound(conjunct):
             result.residual.append(conjunct)
-        elif _exact(conjunct, _Scope(ref, table, single_source)):
+        elif _exact(conjunct, _Scope(ref, table)):
             result.pushed.append(unqualified(conjunct))
             if loose:
                 result.loose.add(_bounded_column(conjunct))
@@ -101,9 +101,9 @@ def pushdown(where: exp.Expression | None, ref: exp.Table, table: TieredTable,
 
 
 def exact_condition(condition: exp.Expression, ref: exp.Table, table: TieredTable) -> bool:
-    """DataFusion evaluates the condition, over the reference's own columns in a SELECT that
-    reads only this reference, to the same true, false or NULL as Postgres."""
-    return _exact(condition, _Scope(ref, table, single_source=True))
+    """DataFusion evaluates the condition, over the reference's own columns, to the same
+    true, false or NULL as Postgres."""
+    return _exact(condition, _Scope(ref, table))
 
 
 def _lower_bound(conjunct: exp.Expression) -> bool:
@@ -124,17 +124,16 @@ def _bounded_column(conjunct: exp.Expression) -> str:
 class _Scope:
     ref: exp.Table
     table: TieredTable
-    single_source: bool
 
     def column_type(self, node: exp.Expression) -> str | None:
         """The column's type when the node names a column of this reference."""
         if not isinstance(node, exp.Column) or node.name not in self.table.column_names:
             return None
-        if node.table:
-            if node.table not in (self.ref.alias_or_name, self.table.name):
-                return None
-        elif not self.single_source:
-            return None  # could be another source's column of the same name
+        if node.table and node.table not in (self.ref.alias_or_name, self.table.name):
+            return None
+        # Unqualified beside other sources it is still the table's: were it another
+        # source's too, Postgres would refuse the statement as ambiguous (the rewritten
+        # statement keeps the conjunct, or Postgres describes the original first).
         return self.table.column_type(node.name)
 
     def byte_ordered(self, node: exp.Expression) -> bool:

@@ -287,9 +287,9 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     if isinstance(select, exp.Select) and not outer_joined(select, node):
         single = not select.args.get("joins")
         where = where_of(node)
-        if aggregate and pushdown(where, node, table, single).complete:
+        if aggregate and pushdown(where, node, table).complete:
             # the tree is regenerated: both tiers see the same evaluated bounds
-            filters = pushdown(where, node, table, single).pushed
+            filters = pushdown(where, node, table).pushed
             part = partial_aggregate(select, node, table, route, filters, slot, names, utc)
             if part is not None:
                 return part
@@ -300,7 +300,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
         # The user's own text runs: outside the transaction Fig evaluated a bound that moves
         # with the clock (now()) in, it is later there, so only its lower bounds (and guarded
         # dates) keep every row.
-        pushed = pushdown(where, node, table, single, moving_upper=same_clock)
+        pushed = pushdown(where, node, table, moving_upper=same_clock)
         filters = pushed.pushed
         if pushed.guards:
             guard = bounds.guard_sql(pushed.guards)

@@ -68,7 +68,7 @@ def cold_write(tree: exp.Update | exp.Delete, node: exp.Table, table: TieredTabl
                 column.set("db", None)
     sources = tree.args.get("using") if isinstance(tree, exp.Delete) else (
         [tree.args["from_"].this] if tree.args.get("from_") else [])
-    filters = pushdown(where_of(node), node, table, single_source=not sources).pushed
+    filters = pushdown(where_of(node), node, table).pushed
     columns = list(table.column_names)
     cols = ", ".join(quote(c) for c in columns)
     source = f"{quote(table.schema)}.{quote(table.name)}"

@@ -495,7 +495,7 @@ class Grammar:
         outer joins."""
         t = self.tiered()
         key = "user_id" if t == "events" else "si"
-        self.qualify = True
+        self.qualify = self.chance(0.5)  # else some columns unqualified (`id` is ambiguous)
         keys = [self.pick("u.vip", "u.name", "u.id % 3", self.group_key(t, "e"),
                           f"e.{key}") for _ in range(self.rng.randint(0, 2))]
         aggs = [self.aggregate(t, "e") if self.chance(0.6) else self.pick(
