@@ -96,7 +96,7 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
             keys.append(Key(by, quote(by)))
     # Only now, with the pushdown certain, rename projections and rewrite them.
     keep_output_names(select, names if select.parent is None else None)
-    partials: list[str] = []
+    partials: list[Partial] = []
     finals: list[tuple[exp.Expr, str]] = []
     for aggregate in select.find_all(exp.AggFunc):
         if aggregate.parent_select is not select:
@@ -108,7 +108,7 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
                 aggregate.parent, exp.Filter) else aggregate
             finals.append((target, str(combine(aggregate, node, table, partials))))
         elif counted:
-            partials.append(f"COUNT(DISTINCT {quote(column)})")
+            partials.append(Partial("COUNT", quote(column), distinct=True))
             finals.append((aggregate, f"CAST(COALESCE(SUM(fig_a{len(partials) - 1}), 0) "
                                       "AS bigint)"))
     for target, combined in finals:
@@ -119,14 +119,16 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
 
 
 def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filters: list[str],
-                        slot: str, keys: list[Key], partials: list[str]) -> ColdPart:
+                        slot: str, keys: list[Key], partials: list[Partial],
+                        hot_rows: bool = False) -> ColdPart:
     """Put the partials of both tiers in the reference's place: the cold part's rows (a
-    temp table) UNION ALL the hot rows' partials, grouped by the keys."""
+    temp table) UNION ALL the hot rows' partials, grouped by the keys; with hot_rows, each
+    hot row's own partials, ungrouped (Postgres then plans the hot rows' joins itself)."""
     key_names = [quote(key.name) for key in keys]
     key_sql = [key.sql for key in keys]
     source = f"{quote(table.schema)}.{quote(table.name)}"
     select_list = ", ".join([key.select_item for key in keys] +
-                            [f"{p} AS fig_a{i}" for i, p in enumerate(partials)])
+                            [f"{p.sql} AS fig_a{i}" for i, p in enumerate(partials)])
     group_by = f" GROUP BY {', '.join(key_sql)}" if key_sql else ""
     cold_sql = (f"SELECT {select_list} FROM {source}"
                 f"{where_sql(cold_filters(table, route, filters))}{group_by}")
@@ -134,8 +136,12 @@ def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filte
     temp = temp_name(table, shape_sql, slot)
     partial_names = ", ".join(key_names + [f"fig_a{i}" for i in range(len(partials))])
     hot_where = where_sql([hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
-    parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp} "
-                 f"UNION ALL SELECT {select_list} FROM {source}{hot_where}{group_by}")
+    hot_sql = f"SELECT {select_list} FROM {source}{hot_where}{group_by}"
+    if hot_rows and route is Route.SPLIT:
+        row_list = ", ".join([key.select_item for key in keys] +
+                             [f"{p.row} AS fig_a{i}" for i, p in enumerate(partials)])
+        hot_sql = f"SELECT {row_list} FROM {source}{hot_where}"
+    parts_sql = f"SELECT {partial_names} FROM pg_temp.{temp} UNION ALL {hot_sql}"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)
@@ -152,6 +158,31 @@ def distinct_column(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable) 
         return None
     column = argument.expressions[0]
     return column.name if _own_column_type(column, ref, table) is not None else None
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One partial aggregate: COUNT, SUM, MIN, MAX, BOOL_AND or BOOL_OR of an argument's SQL
+    (COUNT of none: count(*))."""
+
+    function: str
+    argument: str | None = None
+    distinct: bool = False
+
+    @property
+    def sql(self) -> str:
+        inner = "*" if self.argument is None else \
+            f"{'DISTINCT ' if self.distinct else ''}{self.argument}"
+        return f"{self.function}({inner})"
+
+    @property
+    def row(self) -> str:
+        """The partial of one row alone (what the aggregate gives over that row)."""
+        assert not self.distinct, "a distinct count has no per-row partial"
+        if self.function != "COUNT":
+            return f"({self.argument})"
+        return "1" if self.argument is None else f"CASE WHEN ({self.argument}) IS NULL " \
+            "THEN 0 ELSE 1 END"
 
 
 @dataclass(frozen=True)
@@ -317,7 +348,7 @@ def keep_output_names(select: exp.Select, names: list[str] | None) -> None:
 
 
 def combine(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable,
-            partials: list[str]) -> str | None:
+            partials: list[Partial]) -> str | None:
     """The final expression over partial columns for one aggregate; adds its partials."""
     if aggregate.args.get("distinct") or isinstance(aggregate.this, exp.Distinct) or \
             isinstance(aggregate.parent, exp.WithinGroup) or aggregate.find(exp.Order):
@@ -325,14 +356,14 @@ def combine(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable,
     index = len(partials)
     if isinstance(aggregate, exp.Count) and isinstance(aggregate.this, exp.Star) and \
             not isinstance(aggregate.parent, exp.Filter):
-        partials.append("COUNT(*)")
+        partials.append(Partial("COUNT"))
         return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
     argument = arguments.argument(aggregate, ref, table)
     if argument is None:
         return None
     value, kind = argument.sql, argument.kind
     if isinstance(aggregate, exp.Count):
-        partials.append(f"COUNT({value})")
+        partials.append(Partial("COUNT", value))
         return f"CAST(COALESCE(SUM(fig_a{index}), 0) AS bigint)"
     if isinstance(aggregate, (exp.Min, exp.Max)):
         # text min/max follow a collation; a CASE's doubles would lose the cold engine's
@@ -344,26 +375,26 @@ def combine(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable,
                 kind.startswith("numeric") and argument.scale is None):
             return None
         name = "MIN" if isinstance(aggregate, exp.Min) else "MAX"
-        partials.append(f"{name}({value})")
+        partials.append(Partial(name, value))
         return f"{name}(fig_a{index})"
     if isinstance(aggregate, (exp.LogicalAnd, exp.LogicalOr)):
         if kind != "boolean":
             return None
         name = "BOOL_AND" if isinstance(aggregate, exp.LogicalAnd) else "BOOL_OR"
-        partials.append(f"{name}({value})")
+        partials.append(Partial(name, value))
         return f"{name}(fig_a{index})"
     if not isinstance(aggregate, (exp.Sum, exp.Avg)) or (
             kind not in SUM_TYPE and not kind.startswith("numeric")):
         return None
-    partials.append(f"SUM({value})")
+    partials.append(Partial("SUM", value))
     total = f"SUM(fig_a{index})"
     if argument.scale is not None:  # the largest display scale of the values summed
-        partials.append(f"MAX({argument.scale})")
+        partials.append(Partial("MAX", argument.scale))
         total = f"round(CAST({total} AS numeric), MAX(fig_a{index + 1}))"
     if isinstance(aggregate, exp.Sum):
         return f"CAST({total} AS {SUM_TYPE.get(kind, 'numeric')})"
     count = len(partials)
-    partials.append(f"COUNT({value})")
+    partials.append(Partial("COUNT", value))
     result = AVG_TYPE.get(kind, "numeric")
     return (f"CAST(CAST({total} AS {result}) / "
             f"CAST(NULLIF(SUM(fig_a{count}), 0) AS {result}) AS {result})")
