@@ -48,6 +48,14 @@ class _Branch:
     sql: str
     kind: str | None  # None: NULL
     scale: int | None  # numeric display scale, when the value is a number with one
+    number: str | None = None  # a number literal's text
+
+    def typed(self, kind: str) -> str:
+        """The branch's SQL in a CASE of this type: a decimal literal beside doubles is a
+        double (DataFusion would make the doubles decimals, and fail on NaN)."""
+        if kind == "double precision" and self.number is not None and self.kind == "numeric":
+            return f"CAST({self.number} AS DOUBLE PRECISION)"
+        return self.sql
 
 
 def argument(aggregate: exp.AggFunc, ref: exp.Table, table: TieredTable) -> Argument | None:
@@ -89,8 +97,9 @@ def _case(case: exp.Case, ref: exp.Table, table: TieredTable) -> Argument | None
     kind = _common_kind(kinds)
     if kind is None:
         return None
-    whens = " ".join(f"WHEN {c} THEN {b.sql}" for c, b in zip(conditions, branches, strict=True))
-    sql = f"CASE {whens} ELSE {default.sql} END"
+    whens = " ".join(f"WHEN {c} THEN {b.typed(kind)}"
+                     for c, b in zip(conditions, branches, strict=True))
+    sql = f"CASE {whens} ELSE {default.typed(kind)} END"
     scales = {b.scale for b in [*branches, default] if b.kind is not None}
     scale = None
     if kind == "numeric" and len(scales) > 1:
@@ -142,7 +151,7 @@ def _branch(node: exp.Expression, ref: exp.Table, table: TieredTable) -> _Branch
         return None  # 1e2 and the like: Postgres reads numeric, DataFusion a double
     scale = len(decimal.group(1))
     # DataFusion reads 0.5 as a double: the cast keeps it an exact decimal in both tiers.
-    return _Branch(f"CAST({text} AS NUMERIC(38, {scale}))", "numeric", scale)
+    return _Branch(f"CAST({text} AS NUMERIC(38, {scale}))", "numeric", scale, text)
 
 
 def _number(node: exp.Expression) -> str | None:
