@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from fig_server.planner.parts import quote
-from fig_server.planner.pushdown import exact_condition, unqualified
+from fig_server.planner.pushdown import (
+    INTEGER_TEXT,
+    NUMERIC,
+    exact_condition,
+    number_literal,
+    unqualified,
+)
 from fig_server.planner.tiers import TieredTable
 
-INTEGER_TEXT = re.compile(r"^-?\d{1,18}$")
 DECIMAL_TEXT = re.compile(r"^-?\d{1,15}\.(\d{0,15})$")
-NUMERIC_TYPE = re.compile(r"^numeric\((\d+),(\d+)\)$")
 INT4 = 2**31
 # Number kinds in the order Postgres's CASE resolution prefers the later one.
 RANKS = ("smallint", "integer", "bigint", "numeric", "double precision")
@@ -120,7 +124,7 @@ def _common_kind(kinds: list[str]) -> str | None:
         return None  # every branch NULL: Postgres types it text
     if len(set(kinds)) == 1 and kinds[0] not in ("real",):
         return kinds[0]
-    ranked = ["numeric" if NUMERIC_TYPE.match(k) else k for k in kinds]
+    ranked = ["numeric" if NUMERIC.match(k) else k for k in kinds]
     if any(k not in RANKS for k in ranked):
         return None
     return max(ranked, key=RANKS.index)
@@ -137,10 +141,10 @@ def _branch(node: exp.Expression, ref: exp.Table, table: TieredTable) -> _Branch
                 node.table and node.table not in (ref.alias_or_name, table.name)):
             return None
         kind = table.column_type(node.name)
-        numeric = NUMERIC_TYPE.match(kind)
+        numeric = NUMERIC.match(kind)
         scale = int(numeric.group(2)) if numeric else 0 if kind in RANKS[:3] else None
         return _Branch(quote(node.name), kind, scale)
-    text = _number(node)
+    text = number_literal(node)
     if text is None:
         return None
     if INTEGER_TEXT.match(text):
@@ -152,11 +156,3 @@ def _branch(node: exp.Expression, ref: exp.Table, table: TieredTable) -> _Branch
     scale = len(decimal.group(1))
     # DataFusion reads 0.5 as a double: the cast keeps it an exact decimal in both tiers.
     return _Branch(f"CAST({text} AS NUMERIC(38, {scale}))", "numeric", scale, text)
-
-
-def _number(node: exp.Expression) -> str | None:
-    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and node.this.is_number:
-        return "-" + node.this.name
-    if isinstance(node, exp.Literal) and node.is_number:
-        return node.name
-    return None

@@ -14,12 +14,11 @@ the grouping (sum of a dimension's column) leave the statement as it is.
 
 from __future__ import annotations
 
-import re
-
 from sqlglot import exp
 
 from fig_server.planner.aggregate import (
     DUPLICATE_INSENSITIVE,
+    GROUPABLE,
     Key,
     Partial,
     combine,
@@ -30,9 +29,9 @@ from fig_server.planner.parts import ColdPart, Route, parse, quote
 from fig_server.planner.pushdown import pushdown
 from fig_server.planner.tiers import TieredTable
 
-# Column types both engines group alike (floats: DataFusion may merge -0 and 0).
-KEY_TYPES = re.compile(r"^(smallint|integer|bigint|numeric\(\d+,\d+\)|date|boolean|text|"
-                       r"character varying(\(\d+\))?|timestamp (with|without) time zone)$")
+# Column types both engines group alike (aggregate.GROUPABLE), timestamps too: here they are
+# read by the rest of the statement, whether grouping by them reduces anything or not.
+TIMESTAMPS = ("timestamp with time zone", "timestamp without time zone")
 
 
 def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
@@ -134,7 +133,8 @@ def _keys(select: exp.Select, node: exp.Table, table: TieredTable,
             continue
         if not _mine(column, node, table):
             continue
-        if not KEY_TYPES.match(table.column_type(column.name)):
+        kind = table.column_type(column.name)
+        if not GROUPABLE.match(kind) and kind not in TIMESTAMPS:
             return None
         if column.name not in keys:
             keys.append(column.name)

@@ -179,10 +179,10 @@ def _comparable(kind: str, node: exp.Expression, ordered: bool) -> bool:
     """Compares with a column of this type exactly as Postgres does. ordered: the comparison
     depends on the column's order (only text cares: byte-ordered columns pass False)."""
     if kind in INTEGER:
-        return _number(node) is not None and bool(INTEGER_TEXT.match(_number(node) or ""))
+        return bool(INTEGER_TEXT.match(number_literal(node) or ""))
     numeric = NUMERIC.match(kind)
     if numeric is not None or kind == "double precision":
-        text = _number(node)
+        text = number_literal(node)
         if text is None or not DECIMAL_TEXT.match(text):
             return False
         digits = len(text.lstrip("-").replace(".", "").lstrip("0"))
@@ -205,7 +205,8 @@ def _comparable(kind: str, node: exp.Expression, ordered: bool) -> bool:
     return False
 
 
-def _number(node: exp.Expression) -> str | None:
+def number_literal(node: exp.Expression) -> str | None:
+    """The text of a number literal, negated ones too (`-3`), or None."""
     if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and \
             node.this.is_number:
         return "-" + node.this.name
