@@ -113,6 +113,10 @@ class DivisionByZero(FigError):
     sqlstate = "22012"
 
 
+class NumericValueOutOfRange(FigError):
+    sqlstate = "22003"
+
+
 class ObjectNotInPrerequisiteState(FigError):
     sqlstate = "55000"
 

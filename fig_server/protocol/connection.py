@@ -383,21 +383,31 @@ class ClientConnection:
             backend.writer.write(data)
             await backend.writer.drain()
             if copy is not None:
-                async for message in copy:
-                    backend.writer.write(message)
-                    await backend.writer.drain()
+                try:
+                    async for message in copy:
+                        backend.writer.write(message)
+                        await backend.writer.drain()
+                except Exception as exc:  # encoding failed: end the COPY, keep the session
+                    backend.writer.write(wire.message(b"f", wire.cstring(f"Fig: {exc}")))
+                    await self._answers(queue, ready_count)
+                    raise
                 backend.writer.write(wire.message(b"c"))
                 await backend.writer.drain()
-            answers = []
-            while ready_count:
-                kind, payload = await queue.get()
-                answers.append((kind, payload))
-                if kind == 90:
-                    ready_count -= 1
-                    self.session.transaction_status = payload[:1]
-            return answers
+            return await self._answers(queue, ready_count)
         finally:
             self._divert = None
+
+    async def _answers(self, queue: asyncio.Queue[tuple[int, bytes]], ready_count: int
+                       ) -> list[tuple[int, bytes]]:
+        """The backend's messages up to the ready_count-th ReadyForQuery."""
+        answers = []
+        while ready_count:
+            kind, payload = await queue.get()
+            answers.append((kind, payload))
+            if kind == 90:
+                ready_count -= 1
+                self.session.transaction_status = payload[:1]
+        return answers
 
     def _forward(self, data: bytes, requests: int) -> None:
         backend = self.session.backend

@@ -35,6 +35,7 @@ from fig_server.errors import (
 from fig_server.planner.bounds import Need
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
+from fig_server.storage import pgbinary
 from fig_server.storage.typemap import to_copy_csv
 
 if TYPE_CHECKING:
@@ -46,7 +47,13 @@ log = logging.getLogger(__name__)
 # boundary, so a statement never sees a boundary that moved under it.
 BOUNDARY_LOCK = 7203
 COPY_CHUNK = 256 * 1024
-COPY_BATCH_ROWS = 64 * 1024  # rows encoded to CSV at a time
+COPY_BATCH_ROWS = 64 * 1024  # rows encoded at a time
+# The Postgres types of a temp table's columns (pg_catalog's type names; NULL for others),
+# learned once per session and temp table, to choose and drive the binary COPY encoders.
+COLUMN_TYPES_SQL = """SELECT json_agg(CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
+  THEN t.typname END ORDER BY a.attnum)
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = 'pg_temp.{}'::regclass AND a.attnum > 0 AND NOT a.attisdropped"""
 
 # One JSON document per tiered table, then one per view that reads one (through other views
 # too); read by the catalog refresher and, for a boundary and a search_path consistent with
@@ -246,14 +253,23 @@ def _storage_errors(part: ColdPart) -> Iterator[None]:
                            "storage (`fig status`, fig.cdc_status)") from exc
 
 
-async def copy_messages(rows: pa.Table) -> AsyncIterator[bytes]:
-    """CopyData messages of the rows as CSV, a batch at a time, each encoded off the event
-    loop: the server never holds more than one batch of the text."""
+async def copy_messages(rows: pa.Table, coders: Sequence[pgbinary.Encoder] | None
+                        ) -> AsyncIterator[bytes]:
+    """CopyData messages of the rows, in binary COPY format when coders are given and as CSV
+    otherwise, a batch at a time, each encoded off the event loop: the server never holds
+    more than one batch of the encoded rows."""
+    if coders is not None:
+        yield wire.message(b"d", pgbinary.HEADER)
     for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
-        csv = await asyncio.to_thread(to_copy_csv, pa.Table.from_batches([batch]))
-        view = memoryview(csv)
+        if coders is None:
+            data = await asyncio.to_thread(to_copy_csv, pa.Table.from_batches([batch]))
+        else:
+            data = await asyncio.to_thread(pgbinary.to_copy_binary, batch, coders)
+        view = memoryview(data)
         yield b"".join(wire.message(b"d", bytes(view[i:i + COPY_CHUNK]))
-                       for i in range(0, len(csv), COPY_CHUNK))
+                       for i in range(0, len(data), COPY_CHUNK))
+    if coders is not None:
+        yield wire.message(b"d", pgbinary.TRAILER)
 
 
 class Injector(Protocol):
@@ -313,6 +329,7 @@ class Prepared:
     plan_ms: float = 0.0
     cold_ms: float = 0.0
     copy_ms: float = 0.0
+    copy_formats: set[str] = field(default_factory=set)
 
 
 # TimeZone settings that are UTC at every instant (compared upper-cased).
@@ -333,6 +350,14 @@ class Federator:
         self.timeout_s: float | None = None
         # The session's TimeZone is UTC (read by prelude; see planner/aggregate.py).
         self.utc = False
+        # The session's client_encoding (read by prelude). Fig reads statements and its own
+        # answers as UTF-8, so under another encoding it refuses non-ASCII text; binary COPY
+        # sends text in the client encoding, so it is used only under UTF-8 (CSV names its
+        # encoding itself).
+        self.client_encoding = "UTF8"
+        self.utf8 = True
+        # temp table -> its columns' type names (COLUMN_TYPES_SQL)
+        self.column_types: dict[str, list[str | None]] = {}
 
     def may_apply(self, buffer: bytes | bytearray, start: int, end: int) -> bool:
         """The cheap pre-check on a message's raw bytes, before any decoding."""
@@ -351,7 +376,7 @@ class Federator:
                "SELECT coalesce(current_setting('fig.route', true), ''),"
                " coalesce(current_setting('fig.as_of', true), ''),"
                " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
-               " current_setting('TimeZone');"
+               " current_setting('TimeZone'), current_setting('client_encoding');"
                + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
@@ -363,6 +388,8 @@ class Federator:
         route = (rows[1][0] or "auto").strip().lower()
         self.timeout_s = int(rows[1][2] or 0) / 1000 or None
         self.utc = (rows[1][3] or "").upper() in UTC_ZONES
+        self.client_encoding = rows[1][4] or ""
+        self.utf8 = self.client_encoding.upper() in ("UTF8", "UNICODE")
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
@@ -393,6 +420,10 @@ class Federator:
         """writes: the caller runs UPDATE/DELETE that reach cold (simple Query); elsewhere
         such statements are refused, never relayed to hot alone."""
         started = time.perf_counter()
+        if not self.utf8 and not sql.isascii():
+            raise FeatureNotSupported(
+                f"non-ASCII text in a statement over a tiered table under client_encoding "
+                f"{self.client_encoding}", hint="SET client_encoding = 'UTF8'")
         plan = rewrite(sql, tiered, route, slot=slot, utc=self.utc)
         constants = None
         if plan is not None and plan.needs:
@@ -434,6 +465,10 @@ class Federator:
         if error is not None:
             raise BackendError(error)
         row = data_rows(answers)[0]
+        if not self.utf8 and not all(value is None or value.isascii() for value in row):
+            raise FeatureNotSupported(
+                f"non-ASCII values of a statement's constants under client_encoding "
+                f"{self.client_encoding}", hint="SET client_encoding = 'UTF8'")
         return {need.key: (str(row[2 * i]), str(row[2 * i + 1]))
                 for i, need in enumerate(needs) if row[2 * i + 1] is not None}
 
@@ -456,13 +491,34 @@ class Federator:
             if rows is None or rows.num_rows == 0:
                 answers = await backend.inject(data, 1)
             else:
+                statements = 2
+                types = self.column_types.get(part.temp_table)
+                if types is None:
+                    types = await self._column_types(backend, data, part.temp_table)
+                    data, statements = b"", 1
+                coders = pgbinary.encoders(rows.schema, types, text=self.utf8)
+                kind = "csv" if coders is None else "binary"
+                prepared.copy_formats.add(kind)
+                options = "FORMAT csv, ENCODING 'UTF8'" if coders is None else "FORMAT binary"
                 data += wire.message(b"Q", wire.cstring(
-                    f"COPY pg_temp.{part.temp_table} FROM STDIN (FORMAT csv)"))
-                answers = await backend.inject(data, 2, copy_messages(rows))
+                    f"COPY pg_temp.{part.temp_table} FROM STDIN ({options})"))
+                answers = await backend.inject(data, statements, copy_messages(rows, coders))
             prepared.copy_ms += (time.perf_counter() - loaded) * 1000
             error = _first_error(answers)
             if error is not None:
                 raise BackendError(error)
+
+    async def _column_types(self, backend: Injector, scratch: bytes, temp: str
+                            ) -> list[str | None]:
+        """Run the scratch SQL and learn the temp table's column types, in one round trip."""
+        answers = await backend.inject(scratch + wire.message(b"Q", wire.cstring(
+            COLUMN_TYPES_SQL.format(temp))), 2)
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        types = json.loads(str(data_rows(answers)[0][0]))
+        self.column_types[temp] = types
+        return types
 
     async def _scratch(self, backend: Injector, part: ColdPart) -> str:
         """SQL that leaves the part's temp table existing and empty, in any transaction state.
@@ -508,9 +564,13 @@ class Federator:
             lines.append(f"Fig time: prelude {prelude_ms:.1f} ms, planning "
                          f"{prepared.plan_ms:.1f} ms, cold {prepared.cold_ms:.1f} ms (Iceberg "
                          f"metadata and pruning {metadata:.1f} ms), copy into the session "
-                         f"{prepared.copy_ms:.1f} ms")
+                         f"{prepared.copy_ms:.1f} ms{_formats(prepared.copy_formats)}")
         lines.append("Hot part and merge (PostgreSQL):")
         return lines
+
+
+def _formats(kinds: set[str]) -> str:
+    return f" ({', '.join(sorted(kinds))})" if kinds else ""
 
 
 def _literal(text: str) -> str:

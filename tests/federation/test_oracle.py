@@ -158,7 +158,9 @@ def build_oracle(mutations: list[str] | tuple[str, ...] = ()
                   (%(start)s::timestamptz + g * interval '7 minutes')::date,
                   (array[200,200,200,200,200,200,200,404,404,500])[1 + g %% 10],
                   g %% 50, (array['DE','FR','US','BR',null])[1 + g %% 5],
-                  round((g %% 1000) / 37.0, 2), case when g %% 3 = 0 then null else 'n' || g end
+                  round((g %% 1000) / 37.0, 2),
+                  case when g %% 3 = 0 then null when g %% 11 = 0 then 'ñé' || g
+                  else 'n' || g end
                 from generate_series(1, 24000) g""", {"start": start})
         conn.execute("create table users (id bigint primary key, name text, vip bool)")
         conn.execute("insert into users select g, 'user' || g, g % 4 = 0 "
@@ -283,3 +285,29 @@ def test_a_merged_statement_ordered_by_position_keeps_its_order(
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         conn.execute("set timezone = 'America/New_York'")
         assert rows_of(conn, query) == rows_of(conn, query.replace("events", "events_plain"))
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "LATIN1"])
+@pytest.mark.parametrize("route", ["auto", "cold"])
+def test_cold_rows_reach_every_client_encoding(tiered_fig: tuple[FigProcess, dict[str, str]],
+                                               encoding: str, route: str) -> None:
+    """Cold rows travel into the session in binary COPY (text as the client encoding, so
+    only under UTF8) or as CSV that names its own encoding: non-ASCII text arrives intact
+    either way."""
+    fig, _ = tiered_fig
+    query = "select id, note, amount, ts from events where note like '_é%' order by id"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute(f"set fig.route = '{route}'")
+        want = rows_of(conn, query.replace("events", "events_plain"))
+        conn.execute(f"set client_encoding = '{encoding}'")
+        if encoding == "UTF8":
+            assert rows_of(conn, query) == want
+        else:  # Fig reads statements as UTF-8: non-ASCII text under LATIN1 is refused
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                conn.execute(query)
+            query = "select id, note, amount, ts from events where id % 11 = 0 order by id"
+            want = rows_of(conn, query.replace("events", "events_plain"))
+            assert rows_of(conn, query) == want
+        assert len(want[1]) > 100 and sum((row[1] or "").startswith("ñé") for row in want[1]) > 100
+        plan = "\n".join(str(r[0]) for r in conn.execute("explain analyze " + query))
+    assert ("(binary)" if encoding == "UTF8" else "(csv)") in plan, plan
