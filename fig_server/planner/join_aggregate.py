@@ -10,6 +10,10 @@ column the join, the WHERE and the output read), so summing counts and sums over
 partial rows counts and sums each original joined row once; min/max and DISTINCT aggregates
 of the other tables' columns see the same values. Aggregates whose result would change by
 the grouping (sum of a dimension's column) leave the statement as it is.
+
+A column the statement reads only inside `date_trunc(unit, e.ts)` or `CAST(e.ts AS date)`
+that DataFusion computes as Postgres does (aggregate.computed_key) is a key as that
+expression: the partials are grouped by day, not by the raw timestamp.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from fig_server.planner.aggregate import (
     GROUPABLE,
     Key,
     Partial,
+    canonical,
     combine,
+    computed_key,
     keep_output_names,
     replace_by_partials,
 )
@@ -35,8 +41,9 @@ TIMESTAMPS = ("timestamp with time zone", "timestamp without time zone")
 
 
 def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, route: Route,
-                   slot: str, names: list[str] | None) -> ColdPart | None:
-    """Partial aggregates of the reference below the select's inner joins, or None."""
+                   slot: str, names: list[str] | None, utc: bool) -> ColdPart | None:
+    """Partial aggregates of the reference below the select's inner joins, or None. utc:
+    the session's TimeZone is UTC (aggregate.computed_key)."""
     if not _inner_joins_only(select, node) or select.args.get("distinct") or any(
             select.find_all(exp.Window)):
         return None
@@ -58,7 +65,7 @@ def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, rout
     filters = pushed.pushed
     if pushed.guards or pushed.loose:
         return None
-    keys = _keys(select, node, table, combined, pushed.residual)
+    keys = _keys(select, node, table, combined, pushed.residual, utc)
     if keys is None:
         return None
     keep_output_names(select, names if select.parent is None else None)  # copies them
@@ -71,10 +78,11 @@ def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, rout
         target.replace(parse(f"SELECT {final}").expressions[0])
     residual = [c.copy() for c in pushed.residual]
     select.set("where", exp.Where(this=exp.and_(*residual)) if residual else None)
+    _replace_computed(select, node, table, keys, utc)
     # The hot rows' own partials, ungrouped: grouped first, 5M hot rows took Postgres 6.5 s,
     # where its own plan filters and joins them (Postgres holding every row: 1.3 s).
-    return replace_by_partials(node, table, route, filters, slot,
-                               [Key(k, quote(k)) for k in keys], partials, hot_rows=True)
+    return replace_by_partials(node, table, route, filters, slot, keys, partials,
+                               hot_rows=True)
 
 
 def _inner_joins_only(select: exp.Select, node: exp.Table) -> bool:
@@ -109,14 +117,17 @@ def _insensitive(aggregate: exp.AggFunc) -> bool:
 
 
 def _keys(select: exp.Select, node: exp.Table, table: TieredTable,
-          combined: list[exp.AggFunc], residual: list[exp.Expression]) -> list[str] | None:
+          combined: list[exp.AggFunc], residual: list[exp.Expression], utc: bool
+          ) -> list[Key] | None:
     """The reference's columns the statement reads outside the combined aggregates and the
-    pushed filters, or None when one is read from a nested query or by a `*`."""
+    pushed filters (as computed keys where each is read only inside them), or None when one
+    is read from a nested query or by a `*`."""
     inside = {id(n) for a in combined
               for n in (a.parent if isinstance(a.parent, exp.Filter) else a).walk()}
     kept_where = {id(n) for c in residual for n in c.walk()}
     where = select.args.get("where")
-    keys: list[str] = []
+    raw: list[str] = []
+    computed: dict[str, set[str]] = {}  # column -> canonical texts of its computed keys
     for column in select.find_all(exp.Column):
         if id(column) in inside or isinstance(column.this, exp.Star):
             if isinstance(column.this, exp.Star) and column.table in (node.alias_or_name, ""):
@@ -133,14 +144,54 @@ def _keys(select: exp.Select, node: exp.Table, table: TieredTable,
             continue
         if not _mine(column, node, table):
             continue
+        key = _computed(column, node, table, utc)
+        if key is not None:
+            computed.setdefault(column.name, set()).add(canonical(key))
+            continue
         kind = table.column_type(column.name)
         if not GROUPABLE.match(kind) and kind not in TIMESTAMPS:
             return None
-        if column.name not in keys:
-            keys.append(column.name)
+        if column.name not in raw:
+            raw.append(column.name)
     if any(isinstance(e, exp.Star) for e in select.expressions):
         return None
+    keys = [Key(name, quote(name)) for name in raw]
+    texts = sorted(t for name, found in computed.items() if name not in raw for t in found)
+    keys += [Key(f"fig_k{i}", text, text) for i, text in enumerate(texts)]
+    for name in computed:  # read raw elsewhere too: the raw column is the key
+        kind = table.column_type(name)
+        if name in raw and not GROUPABLE.match(kind) and kind not in TIMESTAMPS:
+            return None
     return keys
+
+
+def _computed(column: exp.Column, node: exp.Table, table: TieredTable, utc: bool
+              ) -> exp.Expr | None:
+    """The aggregate.computed_key expression directly around the column, outside any
+    aggregate (one left as written reads the raw column), or None."""
+    parent = column.parent
+    if not isinstance(parent, exp.Expression) or column.find_ancestor(exp.AggFunc) or \
+            not computed_key(parent, node, table, utc):
+        return None
+    return parent
+
+
+def _replace_computed(select: exp.Select, node: exp.Table, table: TieredTable,
+                      keys: list[Key], utc: bool) -> None:
+    """Each computed key expression of the reference's column becomes the partials' column
+    (qualified by the reference, as other sources may have columns of that name)."""
+    names = {k.computed: k.name for k in keys if k.computed}
+    if not names:
+        return
+    for column in list(select.find_all(exp.Column)):
+        if column.parent_select is not select or not _mine(column, node, table):
+            continue
+        key = _computed(column, node, table, utc)
+        if key is not None and canonical(key) in names:
+            alias = node.args.get("alias")
+            source = (alias.this if alias is not None else node.this).copy()
+            key.replace(exp.Column(this=exp.to_identifier(names[canonical(key)], quoted=True),
+                                   table=source))
 
 
 def _derived(inner: exp.Select | None, select: exp.Select) -> bool:

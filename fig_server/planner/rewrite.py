@@ -294,7 +294,7 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
             if part is not None:
                 return part
         elif below_join and not single:
-            part = join_aggregate(select, node, table, route, slot, names)
+            part = join_aggregate(select, node, table, route, slot, names, utc)
             if part is not None:
                 return part
         # The user's own text runs: outside the transaction Fig evaluated a bound that moves

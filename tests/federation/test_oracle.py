@@ -229,6 +229,26 @@ def test_computed_group_keys(tiered_fig: tuple[FigProcess, dict[str, str]], quer
     assert ("(partial aggregates)" in plan) == (timezone == "UTC"), plan
 
 
+# The same keys below a join with the hot `users`: grouped by day in a UTC session, by the
+# raw timestamp elsewhere (planner/join_aggregate.py).
+JOINED_COMPUTED_KEYS = [
+    "select u.vip, date_trunc('day', e.ts) d, count(*), sum(e.amount) from events e "
+    "join users u on u.id = e.user_id where e.status <> 200 group by 1, 2 order by 2, 1",
+    "select e.ts::date, min(u.name), max(e.amount) from events e, users u "
+    "where u.id = e.user_id and u.vip group by e.ts::date having count(*) > 2 order by 1 desc",
+]
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata"])
+@pytest.mark.parametrize("query", JOINED_COMPUTED_KEYS)
+def test_computed_keys_below_a_join(tiered_fig: tuple[FigProcess, dict[str, str]], query: str,
+                                    timezone: str) -> None:
+    plan = plan_and_compare(tiered_fig[0], query, f"set timezone = '{timezone}'")
+    cold = next(line for line in plan.splitlines() if "Cold part" in line)
+    assert "(partial aggregates)" in cold, plan
+    assert ("fig_k0" in cold) == (timezone == "UTC"), plan
+
+
 def plan_and_compare(fig: FigProcess, query: str, setting: str) -> str:
     """The query's EXPLAIN through Fig, after checking it answers as over the plain twin."""
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
