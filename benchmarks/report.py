@@ -248,9 +248,13 @@ def hot_summary(report: RunReport) -> list[str]:
     for script, clients in sorted({(r.script, r.clients) for r in report.pgbench}):
         fig = bench.get((script, "fig", clients))
         direct = bench.get((script, "direct-tcp", clients))
+        relay = bench.get((script, "bare-relay", clients))
         if fig and direct and direct.tps:
+            versus_relay = (f"{100 * fig.tps / relay.tps:.0f}% of a bare uvloop relay "
+                            f"({relay.tps:.0f}), " if relay and relay.tps else "")
             lines.append(f"pgbench {script} -M extended, {clients} clients: Fig "
-                         f"{fig.tps:.0f} tps = {100 * fig.tps / direct.tps:.0f}% of direct TCP "
+                         f"{fig.tps:.0f} tps = {versus_relay}"
+                         f"{100 * fig.tps / direct.tps:.0f}% of direct TCP "
                          f"({direct.tps:.0f}); p50 {fig.p50_ms:.3f} vs {direct.p50_ms:.3f} ms")
     return lines
 

@@ -23,6 +23,7 @@ import psycopg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.bare_relay import BareRelay
 from benchmarks.datagen import (
     LAST_DAY,
     SCALES,
@@ -34,7 +35,7 @@ from benchmarks.datagen import (
     local_path,
     users_table,
 )
-from benchmarks.fig_process import REPO, FigProcess, start_fig
+from benchmarks.fig_process import REPO, FigProcess, free_port, start_fig
 from benchmarks.report import ColdMeasure, RunReport, print_report, write_charts, write_markdown
 from benchmarks.systems import (
     DataFusionSystem,
@@ -313,6 +314,16 @@ def run_split(fig: FigProcess, data: DataSet, systems: list[System], runs: int,
 
 
 def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport) -> None:
+    """pgbench and a psycopg loop through Fig, a bare uvloop relay and direct to Postgres."""
+    relay = BareRelay(free_port(), "127.0.0.1", fig.hot_port)
+    try:
+        _run_hot(fig, scale, seconds, report, relay)
+    finally:
+        relay.stop()
+
+
+def _run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunReport,
+             relay: BareRelay) -> None:
     from benchmarks.hotpath import (
         SCRIPTS,
         PgbenchResult,
@@ -326,7 +337,8 @@ def run_hot(fig: FigProcess, scale: Scale, seconds: int | None, report: RunRepor
     pgbench = find_pgbench(find_bin_dir(""))
     pgbench_scale = {"tiny": 1, "full": 50}.get(scale.name.split("-")[0], 10)
     seconds = seconds or {"tiny": 2, "full": 10}.get(scale.name.split("-")[0], 4)
-    targets = {"fig": fig.dsn("pgbench"), "direct-tcp": fig.hot_tcp_dsn("pgbench")}
+    targets = {"fig": fig.dsn("pgbench"), "bare-relay": relay.dsn("pgbench"),
+               "direct-tcp": fig.hot_tcp_dsn("pgbench")}
     if pgbench is None:
         report.skipped.append(("pgbench", "pgbench not found on PATH or in pg_config --bindir"))
     else:
