@@ -33,7 +33,7 @@ from fig_server.cold.predicates import exact_filter, pruning_filter
 from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
 from fig_server.cold.topn import cannot_beat, domain_value, sort_key
-from fig_server.cold.units import ColdResult, ScanStats, TaskOutput, UnitTask, WorkUnit
+from fig_server.cold.units import ColdResult, Probe, ScanStats, TaskOutput, UnitTask, WorkUnit
 from fig_server.errors import (
     AdminShutdown,
     FigError,
@@ -229,6 +229,7 @@ class ColdEngine:
         """Run work items as slots free up; for top-n keep a heap and stop when it wins."""
         order = scan.order
         in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
+        probe = probe_of(part.worker_sql)  # until the units show the filter keeps most
         results: list[pa.Table] = []
         heap: pa.Table | None = None
         threshold = None
@@ -255,7 +256,7 @@ class ColdEngine:
                         break
                     if order is not None and threshold is None and batch > 1:
                         item, planning_done = _gather(units, item, batch)
-                    task = UnitTask(item, part.worker_sql, io_props)
+                    task = UnitTask(item, part.worker_sql, io_props, probe)
                     in_flight[self._submit(task)] = item
                 if not in_flight:
                     if planning_done:
@@ -272,6 +273,11 @@ class ColdEngine:
                     stats.bytes_read += sum(unit.bytes for unit in item)
                     stats.requests += output.requests
                     stats.bytes_fetched += output.bytes_fetched
+                    stats.units_probed += output.probed
+                    stats.units_skipped += output.skipped
+                    if stats.units_probed >= PROBE_TRIAL and \
+                            stats.units_skipped * 2 < stats.units_probed:
+                        probe = None  # most units hold passing rows: read them whole at once
                     if order is None or part.merge_sql is None:
                         results.append(table)
                         found += table.num_rows
@@ -318,6 +324,22 @@ class ColdEngine:
             raise InternalError("a cold worker process died") from exc
         except Exception as exc:
             raise classify_datafusion_error(exc) from exc
+
+
+# Late materialization is tried on this many row-group units and kept while at least half
+# of them turn out to hold no passing row.
+PROBE_TRIAL = 8
+
+
+def probe_of(worker_sql: str) -> Probe | None:
+    """The worker SQL's filter as a count over the columns it reads, or None (no WHERE)."""
+    tree = sqlglot.parse_one(worker_sql, dialect="postgres")
+    where = tree.args.get("where")
+    columns = frozenset(c.name for c in where.find_all(exp.Column)) if where else frozenset()
+    if where is None or not columns:
+        return None
+    count = exp.select("count(*)").from_(worker.UNIT_TABLE).where(where.this.copy())
+    return Probe(count.sql(dialect="postgres"), columns)
 
 
 # A top-n whose heap does not fill (a needle: `user_id = K ORDER BY ts LIMIT 2000`) would

@@ -34,6 +34,10 @@ def explain_lines(plan: QueryPlan, scans: list[ScanSpec], stats: ScanStats,
     lines.append(f"Coordinator: {plan.final_sql}")
     if analyze:
         lines.append(f"Work units run: {stats.units_run} of {stats.units_planned} planned")
+        if stats.units_probed:
+            lines.append(f"Late materialization: {stats.units_skipped} of "
+                         f"{stats.units_probed} row-group units had no row passing the filter "
+                         "(only its columns read)")
         lines.append(f"Bytes read: {stats.bytes_read} of {stats.bytes_total} "
                      f"({_percent(stats.bytes_read, stats.bytes_total)})")
         if stats.requests:

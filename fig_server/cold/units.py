@@ -23,6 +23,10 @@ class ScanStats:
     bytes_read: int = 0
     units_planned: int = 0
     units_run: int = 0
+    # late materialization: row-group units whose filter columns were read first, and those
+    # of them in which no row passed the filter (their other columns never read)
+    units_probed: int = 0
+    units_skipped: int = 0
     files_from_metadata: int = 0
     stopped_early: bool = False
     stopped_after_ms: float = 0.0
@@ -36,7 +40,8 @@ class ScanStats:
         """Accumulate another table's scan into this one (multi-table queries)."""
         for name in ("manifests_total", "manifests_kept", "files_total", "files_kept",
                      "row_groups_total", "row_groups_kept", "bytes_total", "bytes_estimated",
-                     "bytes_read", "units_planned", "units_run", "files_from_metadata",
+                     "bytes_read", "units_planned", "units_run", "units_probed",
+                     "units_skipped", "files_from_metadata",
                      "requests", "bytes_fetched"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped_early = self.stopped_early or other.stopped_early
@@ -72,6 +77,17 @@ class UnitTask:
     units: tuple[WorkUnit, ...]
     sql: str
     io_properties: tuple[tuple[str, str], ...]
+    # Late materialization: `SELECT count(*) FROM __unit WHERE <the SQL's WHERE>` and the
+    # columns it reads; a row-group unit is read whole only when its rows pass it.
+    probe: Probe | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The filter of a task's SQL, run alone over the columns it reads."""
+
+    sql: str
+    columns: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,8 @@ class TaskOutput:
     ipc: bytes
     requests: int = 0
     bytes_fetched: int = 0
+    probed: int = 0
+    skipped: int = 0
 
 
 @dataclass

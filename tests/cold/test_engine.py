@@ -13,7 +13,9 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
-from fig_server.cold import ColdEngine
+from fig_server.cold import ColdEngine, worker
+from fig_server.cold.engine import probe_of
+from fig_server.cold.units import ColumnRead, UnitTask, WorkUnit
 from fig_server.errors import (
     DivisionByZero,
     FeatureNotSupported,
@@ -71,6 +73,42 @@ def test_top_n_stops_early_and_skips_bytes(engine: ColdEngine, sorted_events: Ta
     assert lines[0] == "Route: COLD"
     assert "  Files: 51 of 60 survived" in lines
     assert any(line.startswith("Stopped early: yes") for line in lines)
+
+
+def test_late_materialization_reads_whole_only_row_groups_with_passing_rows(
+        engine: ColdEngine, sorted_events: Table) -> None:
+    """A needle no column bound prunes (`id % 7919 = 0`: 8 rows in 240 row groups): each
+    row-group unit's filter column is read first, the rest only where a row passes."""
+    tables = {"sorted_events": sorted_events}
+    sql = ("SELECT id, ts, status FROM sorted_events WHERE id % 7919 = 0 "
+           "ORDER BY ts LIMIT 20")
+    result = engine.query(sql, tables)
+    assert [r["id"] for r in result.table.to_pylist()] == list(range(0, 60000, 7919))
+    stats = result.stats
+    assert stats.units_probed == stats.units_run == 240
+    assert stats.units_skipped == 240 - 8
+    lines = engine.explain(sql, tables, analyze=True)
+    assert "Late materialization: 232 of 240 row-group units had no row passing the filter " \
+        "(only its columns read)" in lines
+    # an aggregate over units none of whose rows pass still answers its one row
+    path = next(iter(sorted_events.scan().plan_files())).file.file_path
+    columns = tuple(ColumnRead(f.name, f.name, f.type) for f in SCHEMA)
+    units = tuple(WorkUnit(path, (group,), columns, 250, 0) for group in (0, 2))
+    sql = "SELECT count(*), max(status) FROM __unit WHERE id % 7919 = 7000"
+    output = worker.run_task(UnitTask(units, sql, (), probe_of(sql)))
+    assert rows(worker.from_ipc(output.ipc)) == [(0, None)]
+    assert (output.probed, output.skipped) == (2, 2)
+
+
+def test_late_materialization_stops_when_the_filter_keeps_most(
+        engine: ColdEngine, sorted_events: Table) -> None:
+    tables = {"sorted_events": sorted_events}
+    sql = "SELECT id, ts FROM sorted_events WHERE status = 200 ORDER BY ts LIMIT 50000"
+    result = engine.query(sql, tables)
+    want = [r for r in range(60000) if (r % 1000) % 97 != 0][:50000]
+    assert [r["id"] for r in result.table.to_pylist()] == want
+    stats = result.stats
+    assert stats.units_skipped == 0 and 0 < stats.units_probed < stats.units_run / 2, stats
 
 
 @pytest.mark.parametrize("offset", [0, 3])
