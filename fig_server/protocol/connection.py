@@ -520,7 +520,7 @@ class ClientConnection:
         await federator.load(self, prepared, plan.analyze, as_of, self.session.cold_cancel)
         lines = await asyncio.to_thread(federator.explain_lines, prepared, as_of, prelude_ms)
         verb = "EXPLAIN ANALYZE " if plan.analyze else "EXPLAIN "
-        answers = await self.inject(wire.message(b"Q", wire.cstring(verb + plan.sql)), 1)
+        answers = await self.inject(wire.message(b"Q", wire.cstring(verb + prepared.sql)), 1)
         error = next((p for k, p in answers if k == ord("E")), None)
         if error is not None:
             raise BackendError(wire.parse_fields(error))

@@ -33,6 +33,7 @@ from fig_server.errors import (
     ProgramLimitExceeded,
 )
 from fig_server.planner.bounds import Need
+from fig_server.planner.parts import Route
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
 from fig_server.storage import pgbinary
@@ -330,6 +331,9 @@ class Prepared:
     cold_ms: float = 0.0
     copy_ms: float = 0.0
     copy_formats: set[str] = field(default_factory=set)
+    # The statement as the client sent it, and whether it runs so, on hot alone (load)
+    original: str = ""
+    hot_alone: bool = False
 
 
 # TimeZone settings that are UTC at every instant (compared upper-cased).
@@ -439,7 +443,7 @@ class Federator:
             names = await self._describe(backend, plan_body(sql))
             plan = rewrite(sql, tiered, route, constants, slot, names,
                            same_clock=self.in_block, utc=self.utc)
-        return Prepared(plan.sql if plan else sql, plan,
+        return Prepared(plan.sql if plan else sql, plan, original=sql,
                         plan_ms=(time.perf_counter() - started) * 1000)
 
     async def _describe(self, backend: Injector, sql: str) -> list[str]:
@@ -474,12 +478,19 @@ class Federator:
 
     async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
                    as_of: dt.datetime | None, cancel: threading.Event | None) -> None:
-        """Create each cold part's temp table and, when run_cold, fill it from Iceberg."""
+        """Create each cold part's temp table and, when run_cold, fill it from Iceberg.
+
+        When no cold file can hold a row of any part (a SPLIT over recent days, filtered on
+        a column other than the tier's time column), the statement runs as it was sent, on
+        hot alone: the cold parts add nothing, and Postgres plans the user's own text."""
         plan = prepared.rewrite
         if plan is None:
             return
+        # parts whose scan kept no file (rows: at most an aggregate's one row over nothing),
+        # their temp tables not made yet
+        empty: list[tuple[ColdPart, pa.Table | None]] = []
         for part in plan.parts:
-            rows = None
+            rows, stats = None, None
             started = time.perf_counter()
             if run_cold:
                 rows, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel,
@@ -487,26 +498,45 @@ class Federator:
                 prepared.stats.append(stats)
             loaded = time.perf_counter()
             prepared.cold_ms += (loaded - started) * 1000
-            data = wire.message(b"Q", wire.cstring(await self._scratch(backend, part)))
-            if rows is None or rows.num_rows == 0:
-                answers = await backend.inject(data, 1)
+            if stats is None or not (stats.files_kept or stats.files_from_metadata):
+                empty.append((part, rows))
             else:
-                statements = 2
-                types = self.column_types.get(part.temp_table)
-                if types is None:
-                    types = await self._column_types(backend, data, part.temp_table)
-                    data, statements = b"", 1
-                coders = pgbinary.encoders(rows.schema, types, text=self.utf8)
-                kind = "csv" if coders is None else "binary"
-                prepared.copy_formats.add(kind)
-                options = "FORMAT csv, ENCODING 'UTF8'" if coders is None else "FORMAT binary"
-                data += wire.message(b"Q", wire.cstring(
-                    f"COPY pg_temp.{part.temp_table} FROM STDIN ({options})"))
-                answers = await backend.inject(data, statements, copy_messages(rows, coders))
+                await self._copy(backend, prepared, part, rows)
             prepared.copy_ms += (time.perf_counter() - loaded) * 1000
+        if run_cold and len(empty) == len(plan.parts) and plan.route is Route.SPLIT and \
+                as_of is None and plan.write is None:
+            prepared.sql, prepared.hot_alone = plan_body(prepared.original), True
+            return
+        started = time.perf_counter()
+        for part, rows in empty:
+            await self._copy(backend, prepared, part, rows)
+        prepared.copy_ms += (time.perf_counter() - started) * 1000
+
+    async def _copy(self, backend: Injector, prepared: Prepared, part: ColdPart,
+                    rows: pa.Table | None) -> None:
+        """Make the part's temp table and copy its rows in (binary COPY where it can)."""
+        data = wire.message(b"Q", wire.cstring(await self._scratch(backend, part)))
+        if rows is None or rows.num_rows == 0:
+            answers = await backend.inject(data, 1)
             error = _first_error(answers)
             if error is not None:
                 raise BackendError(error)
+            return
+        statements = 2
+        types = self.column_types.get(part.temp_table)
+        if types is None:
+            types = await self._column_types(backend, data, part.temp_table)
+            data, statements = b"", 1
+        coders = pgbinary.encoders(rows.schema, types, text=self.utf8)
+        kind = "csv" if coders is None else "binary"
+        prepared.copy_formats.add(kind)
+        options = "FORMAT csv, ENCODING 'UTF8'" if coders is None else "FORMAT binary"
+        data += wire.message(b"Q", wire.cstring(
+            f"COPY pg_temp.{part.temp_table} FROM STDIN ({options})"))
+        answers = await backend.inject(data, statements, copy_messages(rows, coders))
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
 
     async def _column_types(self, backend: Injector, scratch: bytes, temp: str
                             ) -> list[str | None]:
@@ -565,7 +595,12 @@ class Federator:
                          f"{prepared.plan_ms:.1f} ms, cold {prepared.cold_ms:.1f} ms (Iceberg "
                          f"metadata and pruning {metadata:.1f} ms), copy into the session "
                          f"{prepared.copy_ms:.1f} ms{_formats(prepared.copy_formats)}")
-        lines.append("Hot part and merge (PostgreSQL):")
+        if prepared.hot_alone:
+            lines.append("No cold file can hold a matching row: the statement runs as sent, "
+                         "on hot alone")
+            lines.append("Hot part (PostgreSQL):")
+        else:
+            lines.append("Hot part and merge (PostgreSQL):")
         return lines
 
 

@@ -331,3 +331,26 @@ def test_cold_rows_reach_every_client_encoding(tiered_fig: tuple[FigProcess, dic
         assert len(want[1]) > 100 and sum((row[1] or "").startswith("ñé") for row in want[1]) > 100
         plan = "\n".join(str(r[0]) for r in conn.execute("explain analyze " + query))
     assert ("(binary)" if encoding == "UTF8" else "(csv)") in plan, plan
+
+
+@pytest.mark.parametrize(("query", "hot_alone"), [
+    ("select * from events where day = '{d3}' and status = 500 order by ts desc limit 5", True),
+    ("select count(*), sum(amount), max(note) from events where day = '{d3}'", True),
+    ("select count(*), sum(amount), max(note) from events where day = '{d2}'", False),
+    ("select e.day, count(*) from events e join events f on f.id = e.id + 1 "
+     "where e.day = '{d3}' and f.day = '{d3}' group by 1", True),
+    ("select e.day, count(*) from events e join events f on f.id = e.id + 1 "
+     "where e.day = '{d3}' and f.day >= '{d2}' group by 1", False),
+])
+def test_a_split_no_cold_file_can_answer_runs_on_hot_alone(
+        tiered_fig: tuple[FigProcess, dict[str, str]], query: str, hot_alone: bool) -> None:
+    """The architecture document's example over a recent day: the planner cannot bound
+    `day` by the tier boundary (a SPLIT), but no cold file survives pruning: the statement
+    then runs as sent, Postgres alone."""
+    fig, values = tiered_fig
+    sql = query.format(**values)
+    plan = plan_and_compare(fig, sql, "set fig.route = 'auto'")
+    assert "Fig route: SPLIT" in plan, plan
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        analyzed = "\n".join(str(r[0]) for r in conn.execute("explain analyze " + sql))
+    assert ("on hot alone" in analyzed) == hot_alone, analyzed
