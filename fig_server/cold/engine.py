@@ -332,14 +332,16 @@ PROBE_TRIAL = 8
 
 
 def probe_of(worker_sql: str) -> Probe | None:
-    """The worker SQL's filter as a count over the columns it reads, or None (no WHERE)."""
+    """The worker SQL's filter as the units (worker.UNIT_INDEX) some row of which passes it,
+    over the columns it reads; None without a WHERE."""
     tree = sqlglot.parse_one(worker_sql, dialect="postgres")
     where = tree.args.get("where")
     columns = frozenset(c.name for c in where.find_all(exp.Column)) if where else frozenset()
     if where is None or not columns:
         return None
-    count = exp.select("count(*)").from_(worker.UNIT_TABLE).where(where.this.copy())
-    return Probe(count.sql(dialect="postgres"), columns)
+    units = exp.select(exp.column(worker.UNIT_INDEX, quoted=True)).distinct().from_(
+        worker.UNIT_TABLE).where(where.this.copy())
+    return Probe(units.sql(dialect="postgres"), columns)
 
 
 # A top-n whose heap does not fill (a needle: `user_id = K ORDER BY ts LIMIT 2000`) would

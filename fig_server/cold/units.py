@@ -77,8 +77,8 @@ class UnitTask:
     units: tuple[WorkUnit, ...]
     sql: str
     io_properties: tuple[tuple[str, str], ...]
-    # Late materialization: `SELECT count(*) FROM __unit WHERE <the SQL's WHERE>` and the
-    # columns it reads; a row-group unit is read whole only when its rows pass it.
+    # Late materialization: `SELECT DISTINCT __fig_unit FROM __unit WHERE <the SQL's WHERE>`
+    # and the columns it reads; a row-group unit is read whole only when a row passes it.
     probe: Probe | None = None
 
 

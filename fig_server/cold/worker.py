@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
@@ -29,6 +30,7 @@ from fig_server.storage.objects import OPEN_FILES, Fetched
 
 UNIT_TABLE = "__unit"
 ROW_MARKER = "__fig_row"
+UNIT_INDEX = "__fig_unit"  # which unit of a task a probed row came from
 
 # Memory (MiB) DataFusion may use per worker ([cold] memory_limit_mb); set in the server's
 # environment before workers start, so forkserver children inherit it. 0 or unset: unlimited.
@@ -281,9 +283,11 @@ def _passing(units: list[WorkUnit], task: UnitTask) -> tuple[list[WorkUnit], Fet
     narrow = [dataclasses.replace(u, columns=tuple(
         c for c in u.columns if c.name in task.probe.columns)) for u in units]
     tables, fetched = read_units(narrow, task.io_properties)
-    passing = [unit for unit, table in zip(units, tables, strict=True)
-               if run_sql(table, task.probe.sql).column(0)[0].as_py()]
-    return passing, fetched
+    # one query over every unit's filter columns, each row marked with its unit
+    marked = pa.concat_tables([table.append_column(UNIT_INDEX, pa.array(
+        np.full(table.num_rows, index, dtype=np.int32))) for index, table in enumerate(tables)])
+    found = set(run_sql(marked, task.probe.sql).column(0).to_pylist())
+    return [unit for index, unit in enumerate(units) if index in found], fetched
 
 
 def to_ipc(table: pa.Table) -> bytes:
