@@ -503,8 +503,8 @@ class Federator:
             else:
                 await self._copy(backend, prepared, part, rows)
             prepared.copy_ms += (time.perf_counter() - loaded) * 1000
-        if run_cold and len(empty) == len(plan.parts) and plan.route is Route.SPLIT and \
-                as_of is None and plan.write is None:
+        if run_cold and plan.parts and len(empty) == len(plan.parts) and \
+                plan.route is Route.SPLIT and as_of is None and plan.write is None:
             prepared.sql, prepared.hot_alone = plan_body(prepared.original), True
             return
         started = time.perf_counter()
