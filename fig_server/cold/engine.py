@@ -4,6 +4,7 @@ early for top-n, finish aggregates and the rest of the query in the coordinator.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import queue
 import threading
@@ -331,6 +332,7 @@ class ColdEngine:
 PROBE_TRIAL = 8
 
 
+@functools.lru_cache(maxsize=1024)  # parsing the worker SQL took 4 ms of a 7 ms cold part
 def probe_of(worker_sql: str) -> Probe | None:
     """The worker SQL's filter as the units (worker.UNIT_INDEX) some row of which passes it,
     over the columns it reads; None without a WHERE."""
