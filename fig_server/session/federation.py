@@ -359,9 +359,12 @@ class Federator:
         # sends text in the client encoding, so it is used only under UTF-8 (CSV names its
         # encoding itself).
         self.client_encoding = "UTF8"
-        self.utf8 = True
         # temp table -> its columns' type names (COLUMN_TYPES_SQL)
         self.column_types: dict[str, list[str | None]] = {}
+
+    @property
+    def utf8(self) -> bool:
+        return self.client_encoding.upper() in ("UTF8", "UNICODE")
 
     def may_apply(self, buffer: bytes | bytearray, start: int, end: int) -> bool:
         """The cheap pre-check on a message's raw bytes, before any decoding."""
@@ -393,7 +396,6 @@ class Federator:
         self.timeout_s = int(rows[1][2] or 0) / 1000 or None
         self.utc = (rows[1][3] or "").upper() in UTC_ZONES
         self.client_encoding = rows[1][4] or ""
-        self.utf8 = self.client_encoding.upper() in ("UTF8", "UNICODE")
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',

@@ -67,10 +67,12 @@ def _numbers(kind: pa.DataType, dtype: str) -> Encoder:
     return encode
 
 
-def _length_words(lengths: np.ndarray) -> pa.Array:
-    words = np.asarray(lengths, dtype=">i4")
+def _words(values: np.ndarray, dtype: str) -> pa.Array:
+    """Each value as one big-endian binary word (a field's length, a tuple's field count)."""
+    words = np.asarray(values, dtype=dtype)
     return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(4), len(words), [None, pa.py_buffer(words.tobytes())]).cast(pa.binary())
+        pa.binary(words.itemsize), len(words), [None, pa.py_buffer(words.tobytes())]
+    ).cast(pa.binary())
 
 
 def _varlena(column: pa.Array) -> pa.Array:
@@ -78,7 +80,7 @@ def _varlena(column: pa.Array) -> pa.Array:
     if pa.types.is_string_view(column.type) or pa.types.is_binary_view(column.type):
         column = column.cast(pa.large_binary())
     data = column.cast(pa.binary())
-    words = _length_words(pc.binary_length(data).fill_null(0).to_numpy(zero_copy_only=False))
+    words = _words(pc.binary_length(data).fill_null(0).to_numpy(zero_copy_only=False), ">i4")
     joined = pc.binary_join_element_wise(words, data, b"")
     return joined.fill_null(NULL) if column.null_count else joined
 
@@ -89,11 +91,7 @@ def _storage(kind: pa.DataType) -> pa.DataType:
 
 def _uuid(column: pa.Array) -> pa.Array:
     """uuid: its 16 bytes (Iceberg's fixed[16] or Arrow's uuid extension over it)."""
-    if isinstance(column, pa.ExtensionArray):
-        column = column.storage
-    data = column.cast(pa.binary())
-    fields = pc.binary_join_element_wise(_length_words(np.full(len(column), 16)), data, b"")
-    return fields.fill_null(NULL) if column.null_count else fields
+    return _varlena(column.storage if isinstance(column, pa.ExtensionArray) else column)
 
 
 def _boolean(column: pa.Array) -> pa.Array:
@@ -228,9 +226,7 @@ def encoders(schema: pa.Schema, typnames: Sequence[str | None], text: bool = Tru
 
 def to_copy_binary(batch: pa.RecordBatch, coders: Sequence[Encoder]) -> bytes:
     """The batch's rows as binary COPY tuples (no header or trailer)."""
-    counts = np.full(batch.num_rows, batch.num_columns, dtype=">i2")
-    count = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(2), batch.num_rows, [None, pa.py_buffer(counts.tobytes())]).cast(pa.binary())
+    count = _words(np.full(batch.num_rows, batch.num_columns), ">i2")
     fields = [coder(column) for coder, column in zip(coders, batch.columns, strict=True)]
     rows = pc.binary_join_element_wise(count, *fields, b"")
     offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)[rows.offset:]
