@@ -117,6 +117,9 @@ class ColdEngine:
         self._closing = threading.Event()
         self.cache = MetadataCache()
         self._plans = Lru(1024)
+        # What a SQL returns over empty inputs, by SQL and input schemas: a scan that kept
+        # no file (a SPLIT over recent days) then costs no DataFusion plan (5 ms of 8).
+        self._over_nothing: Lru = Lru(1024)
         self.queue_size = queue_size or 4 * executor.slots
         if eager:
             self.warm()
@@ -148,7 +151,11 @@ class ColdEngine:
             stats.add(part_stats)
             stats.plan_ms += part_stats.plan_ms
         control.check()
-        table = _final(prepared.plan, scanned)
+        if all(t.num_rows == 0 for t in scanned.values()):
+            key = (prepared.plan.final_sql, tuple((n, t.schema) for n, t in scanned.items()))
+            table = self._over_nothing.get_or_load(key, lambda: _final(prepared.plan, scanned))
+        else:
+            table = _final(prepared.plan, scanned)
         stats.exec_ms = control.elapsed_ms()
         return ColdResult(table, stats)
 
@@ -222,7 +229,9 @@ class ColdEngine:
             return results[0]
         if results:
             return pa.concat_tables(results, promote_options="permissive")
-        return worker.run_sql(_empty_input(scan), part.worker_sql)
+        empty = _empty_input(scan)
+        return self._over_nothing.get_or_load(
+            (part.worker_sql, empty.schema), lambda: worker.run_sql(empty, part.worker_sql))
 
     def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -430,12 +431,12 @@ class Federator:
             raise FeatureNotSupported(
                 f"non-ASCII text in a statement over a tiered table under client_encoding "
                 f"{self.client_encoding}", hint="SET client_encoding = 'UTF8'")
-        plan = rewrite(sql, tiered, route, slot=slot, utc=self.utc)
+        plan = _rewrite(sql, tiered, route, None, slot, None, False, self.utc)
         constants = None
         if plan is not None and plan.needs:
             constants = await self._evaluate(backend, plan.needs)
-            plan = rewrite(sql, tiered, route, constants, slot, same_clock=self.in_block,
-                           utc=self.utc)
+            plan = _rewrite(sql, tiered, route, _frozen(constants), slot, None, self.in_block,
+                            self.utc)
         if plan is not None and plan.write is not None and not writes:
             raise FeatureNotSupported(
                 f"UPDATE/DELETE of {plan.write.table.qualified} that may reach rows below its "
@@ -443,8 +444,8 @@ class Federator:
                 hint="send it as a simple query (no parameters), outside a transaction block")
         if plan is not None and plan.describe:
             names = await self._describe(backend, plan_body(sql))
-            plan = rewrite(sql, tiered, route, constants, slot, names,
-                           same_clock=self.in_block, utc=self.utc)
+            plan = _rewrite(sql, tiered, route, _frozen(constants), slot, tuple(names),
+                            self.in_block, self.utc)
         return Prepared(plan.sql if plan else sql, plan, original=sql,
                         plan_ms=(time.perf_counter() - started) * 1000)
 
@@ -604,6 +605,22 @@ class Federator:
         else:
             lines.append("Hot part and merge (PostgreSQL):")
         return lines
+
+
+@functools.lru_cache(maxsize=512)
+def _rewrite(sql: str, tiered: TieredSet, route: str,
+             constants: tuple[tuple[str, tuple[str, str]], ...] | None, slot: str,
+             names: tuple[str, ...] | None, same_clock: bool, utc: bool) -> Rewrite | None:
+    """rewrite(), remembered: the plan is a function of these arguments alone (the constants
+    are the values the session's Postgres gave this time), and nothing changes a plan once
+    made. A dashboard's repeated statement then skips sqlglot (3 ms of a 21 ms query)."""
+    return rewrite(sql, tiered, route, dict(constants) if constants is not None else None,
+                   slot, list(names) if names is not None else None, same_clock, utc)
+
+
+def _frozen(constants: dict[str, tuple[str, str]] | None
+            ) -> tuple[tuple[str, tuple[str, str]], ...] | None:
+    return tuple(sorted(constants.items())) if constants is not None else None
 
 
 def _formats(kinds: set[str]) -> str:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog
-from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+from pyiceberg.io import FileIO
 from pyiceberg.table import CommitTableResponse, Table
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import AddSnapshotUpdate
+from sqlalchemy import select
 
 from fig_server import metrics
 from fig_server.config import FigConfig
@@ -19,7 +24,45 @@ from fig_server.storage import objects
 
 class CountingCatalog(SqlCatalog):
     """The SQL catalog, counting every table commit and the data files it adds (every Iceberg
-    write of every Fig process goes through here)."""
+    write of every Fig process goes through here), and reading each metadata file once."""
+
+    # metadata files remembered per catalog (a few tables, a few recent commits each)
+    KEPT_METADATA = 64
+
+    def __init__(self, name: str, **properties: str) -> None:
+        super().__init__(name, **properties)
+        self._metadata: OrderedDict[str, tuple[TableMetadata, FileIO]] = OrderedDict()
+        self._metadata_lock = threading.Lock()
+
+    def load_table(self, identifier: str | tuple[str, ...]) -> Table:
+        """The table as the catalog row names it now, its metadata file read only the first
+        time: a file at a metadata location never changes (each commit writes a new one), so
+        the row alone says whether the remembered metadata is current. pyiceberg's own
+        load_table hydrates an ORM row and reads and parses the file on every call: 1-2 ms of
+        every cold part, where this lookup takes 0.15 ms."""
+        namespace = Catalog.namespace_to_string(Catalog.namespace_from(identifier))
+        name = Catalog.table_name_from(identifier)
+        lookup = select(IcebergTables.metadata_location).where(
+            IcebergTables.catalog_name == self.name,
+            IcebergTables.table_namespace == namespace, IcebergTables.table_name == name)
+        if (type_filter := self._iceberg_type_filter()) is not None:
+            lookup = lookup.where(type_filter)
+        with self.engine.connect() as connection:
+            location = connection.execute(lookup).scalar()
+        with self._metadata_lock:
+            kept = self._metadata.get(location) if location else None
+            if location and kept is not None:
+                self._metadata.move_to_end(location)
+        if not location or kept is None:
+            table = super().load_table(identifier)  # also when the row is gone: its error
+            with self._metadata_lock:
+                self._metadata[table.metadata_location] = (table.metadata, table.io)
+                while len(self._metadata) > self.KEPT_METADATA:
+                    self._metadata.popitem(last=False)
+            return table
+        metadata, io = kept
+        return Table(identifier=(*Catalog.identifier_to_tuple(namespace), name),
+                     metadata=metadata, metadata_location=location, io=io, catalog=self)
 
     def commit_table(self, table: Table, requirements: Any, updates: Any
                      ) -> CommitTableResponse:
