@@ -26,6 +26,7 @@ from fig_server.planner.parts import (
 )
 from fig_server.planner.pushdown import unqualified
 from fig_server.planner.tiers import TieredTable
+from fig_server.planner.top_groups import group_order
 from fig_server.planner.topn import orderable
 
 FLOATS = ("real", "double precision")
@@ -96,7 +97,10 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
             keys.append(Key(by, quote(by)))
     # Only now, with the pushdown certain, rename projections and rewrite them.
     keep_output_names(select, names if select.parent is None else None)
+    order = group_order(select, node, table, route, [k.name for k in keys]) \
+        if not distinct and not any(k.computed or k.expanded for k in keys) else None
     partials: list[Partial] = []
+    positions: dict[int, int] = {}  # id() of an aggregate -> its first partial
     finals: list[tuple[exp.Expr, str]] = []
     for aggregate in select.find_all(exp.AggFunc):
         if aggregate.parent_select is not select:
@@ -106,6 +110,7 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
             # agg(x) FILTER (WHERE p): the FILTER is inside the partials
             target: exp.Expr = aggregate.parent if isinstance(
                 aggregate.parent, exp.Filter) else aggregate
+            positions[id(aggregate)] = len(partials)
             finals.append((target, str(combine(aggregate, node, table, partials))))
         elif counted:
             partials.append(Partial("COUNT", quote(column), distinct=True))
@@ -115,15 +120,17 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
         target.replace(parse(f"SELECT {combined}").expressions[0])
     replace_computed_keys(select, keys)
     select.set("where", None)
-    return replace_by_partials(node, table, route, filters, slot, keys, partials)
+    return replace_by_partials(node, table, route, filters, slot, keys, partials,
+                               tail=order.tail(positions) if order is not None else "")
 
 
 def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filters: list[str],
                         slot: str, keys: list[Key], partials: list[Partial],
-                        hot_rows: bool = False) -> ColdPart:
+                        hot_rows: bool = False, tail: str = "") -> ColdPart:
     """Put the partials of both tiers in the reference's place: the cold part's rows (a
     temp table) UNION ALL the hot rows' partials, grouped by the keys; with hot_rows, each
-    hot row's own partials, ungrouped (Postgres then plans the hot rows' joins itself)."""
+    hot row's own partials, ungrouped (Postgres then plans the hot rows' joins itself).
+    tail: the cold part's top groups (planner/top_groups.py)."""
     key_names = [quote(key.name) for key in keys]
     key_sql = [key.sql for key in keys]
     source = f"{quote(table.schema)}.{quote(table.name)}"
@@ -131,7 +138,7 @@ def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filte
                             [f"{p.sql} AS fig_a{i}" for i, p in enumerate(partials)])
     group_by = f" GROUP BY {', '.join(key_sql)}" if key_sql else ""
     cold_sql = (f"SELECT {select_list} FROM {source}"
-                f"{where_sql(cold_filters(table, route, filters))}{group_by}")
+                f"{where_sql(cold_filters(table, route, filters))}{group_by}{tail}")
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
     temp = temp_name(table, shape_sql, slot)
     partial_names = ", ".join(key_names + [f"fig_a{i}" for i in range(len(partials))])

@@ -443,6 +443,8 @@ class Grammar:
                 sql += f" having count(*) > {self.rng.choice((1, 5, 50))}"
             if self.chance(0.5):
                 ordinals = [str(i + 1) for i in range(len(keys))]
+                if self.chance(0.4):  # ranked by an aggregate first: the top groups
+                    ordinals.insert(0, str(len(keys) + 1 + self.rng.randrange(len(aggs))))
                 ob, _ = self.order(ordinals, None)
                 sql += ob
                 if self.chance(0.5):
