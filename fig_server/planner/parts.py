@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlglot
 from sqlglot import exp
@@ -16,6 +16,9 @@ from fig_server.errors import SqlSyntaxError
 from fig_server.planner import bounds
 from fig_server.planner.pushdown import conjuncts
 from fig_server.planner.tiers import TieredTable
+
+if TYPE_CHECKING:
+    from fig_server.planner.semi_join import Reducer
 
 
 class Route(Enum):
@@ -39,6 +42,8 @@ class ColdPart:
     aggregated: bool = False
     # The text that replaces the reference in the user's statement (row parts).
     replacement: str | None = None
+    # Semi-join reducers of its rows (planner/semi_join.py)
+    reducers: tuple[Reducer, ...] = ()
 
 
 @dataclass

@@ -57,6 +57,7 @@ from fig_server.planner.parts import (
     where_sql,
 )
 from fig_server.planner.pushdown import pushdown
+from fig_server.planner.semi_join import reducers
 from fig_server.planner.tiers import TieredSet, TieredTable
 from fig_server.planner.topn import top_n
 from fig_server.planner.writes import check_write
@@ -188,9 +189,13 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         routes.add(part_route)
         reference_edits = edits[id(table_node)]
         alone = sum(1 for n, _ in refs if n.parent_select is table_node.parent_select) == 1
+        owner = table_node.parent_select
+        found = reducers(owner, table_node, table, tiered, tree) \
+            if isinstance(owner, exp.Select) else ()
         part = _rewrite_reference(tree, table_node, table, part_route, f"{slot}:{len(parts)}",
                                   output_names, aggregate=as_written, same_clock=same_clock,
                                   utc=utc, below_join=joins_as_written and alone)
+        part.reducers = found
         parts.append(part)
         if reference_edits is not None and part.replacement is not None:
             (start, end, _), *qualifiers = reference_edits

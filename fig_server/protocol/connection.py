@@ -87,6 +87,10 @@ class ClientConnection:
         # Fig is holding, until it is forwarded or answered by Fig itself.
         self.audit: StatementAudit | None = None
         self._entry: StatementRecord | None = None
+        # A statement runs in a transaction of Fig's own (Federator.begin_reduced): Fig ends
+        # it, and holds back the statement's ReadyForQuery until it has.
+        self._managed = False
+        self._hold_ready = False
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -429,7 +433,9 @@ class ClientConnection:
             with self.limits.cold_slot(self.session.user) if self.limits else nullcontext():
                 if await work(federator) is not False:
                     await self._wait_idle()
+                    await self._end_managed(federator)
         except FigError as error:
+            await self._end_managed(federator, failed=True)
             # canceled by Fig's stop: say so, as Postgres does
             await self._fail(AdminShutdown() if self.session.shutting_down else error)
         except (ConnectionError, asyncio.CancelledError):
@@ -440,11 +446,28 @@ class ClientConnection:
                 await self._fail(AdminShutdown())
                 return
             log.exception("federated statement failed")
+            await self._end_managed(federator, failed=True)
             await self._fail(InternalError(f"internal error in Fig: {error!r}"))
         finally:
             self.session.cold_cancel = None
             if self.session.transaction_status != b"E":
                 await federator.release(self)
+
+    async def _end_managed(self, federator: Federator, failed: bool = False) -> None:
+        """End Fig's own transaction around a statement: COMMIT after it ran (ROLLBACK when
+        it failed in Postgres), ROLLBACK when Fig failed before it ran; then the
+        ReadyForQuery held back, so the client sees the session idle, as it left it."""
+        if not self._managed:
+            return
+        self._managed = self._hold_ready = federator.in_block = False
+        ran = not failed and self.session.transaction_status == b"T"
+        answers = await self.inject(wire.message(
+            b"Q", wire.cstring("COMMIT" if ran else "ROLLBACK")), 1)
+        if failed:
+            return  # _fail reports the error, with the ReadyForQuery
+        self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers
+                                   if k in (ord("E"), ord("N")))
+                          + wire.ready_for_query(self.session.transaction_status))
 
     async def _fail(self, error: FigError) -> None:
         """Report an error of Fig's so the transaction state is what Postgres would make it."""
@@ -504,9 +527,13 @@ class ClientConnection:
                     await self._wait_idle()
                     await federator.tiered.refresh()
                 return False
+            if federator.reducible(prepared, self.session.transaction_status == b"I"):
+                self._managed = True
+                await federator.begin_reduced(self, prepared[0])
             for statement in prepared:
                 await federator.load(self, statement, True, as_of, self.session.cold_cancel)
             self._mark_forwarded()
+            self._hold_ready = self._managed
             self._forward(wire.message(b"Q", wire.cstring(
                 ";\n".join(p.sql for p in prepared))), 1)
             return True
@@ -635,10 +662,13 @@ class ClientConnection:
                 self._divert_messages(data, spans)
                 buffer = bytearray(data[rest:])
                 continue
+            held = None
             for start, end in spans:
                 if data[start] == 90:  # 'Z' ReadyForQuery
                     session.in_flight -= 1
                     session.transaction_status = bytes(data[start + 5:start + 6])
+                    if self._hold_ready:  # Fig ends its transaction first (_end_managed)
+                        self._hold_ready, held = False, (start, end)
                     if session.in_flight <= 0:
                         self._idle.set()
                     if audit is not None:
@@ -648,7 +678,10 @@ class ClientConnection:
             if spans:
                 last = spans[-1][0]
                 ended = data[last] == 69 and data[last + 5:last + 12] in FATAL_SEVERITIES
-            if rest == len(data):
+            if held is not None:
+                writer.write(bytes(data[:held[0]]) + bytes(data[held[1]:rest]))
+                buffer = bytearray(data[rest:])
+            elif rest == len(data):
                 writer.write(data if data is chunk else bytes(data))
                 buffer = bytearray()
             else:

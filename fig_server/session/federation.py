@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fig_server import metrics, wire
 from fig_server.config import FigConfig
@@ -335,6 +336,9 @@ class Prepared:
     # The statement as the client sent it, and whether it runs so, on hot alone (load)
     original: str = ""
     hot_alone: bool = False
+    # Per cold part (by position), its reducers' key sets, read in the transaction the
+    # statement runs in (Federator.begin_reduced): (column, keys)
+    keys: dict[int, list[tuple[str, pa.Array]]] = field(default_factory=dict)
 
 
 # TimeZone settings that are UTC at every instant (compared upper-cased).
@@ -362,6 +366,8 @@ class Federator:
         self.client_encoding = "UTF8"
         # temp table -> its columns' type names (COLUMN_TYPES_SQL)
         self.column_types: dict[str, list[str | None]] = {}
+        # The session's transaction_read_only (read by prelude).
+        self.read_only = False
 
     @property
     def utf8(self) -> bool:
@@ -384,7 +390,8 @@ class Federator:
                "SELECT coalesce(current_setting('fig.route', true), ''),"
                " coalesce(current_setting('fig.as_of', true), ''),"
                " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
-               " current_setting('TimeZone'), current_setting('client_encoding');"
+               " current_setting('TimeZone'), current_setting('client_encoding'),"
+               " current_setting('transaction_read_only');"
                + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
@@ -397,6 +404,7 @@ class Federator:
         self.timeout_s = int(rows[1][2] or 0) / 1000 or None
         self.utc = (rows[1][3] or "").upper() in UTC_ZONES
         self.client_encoding = rows[1][4] or ""
+        self.read_only = rows[1][5] == "on"
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
@@ -479,6 +487,42 @@ class Federator:
         return {need.key: (str(row[2 * i]), str(row[2 * i + 1]))
                 for i, need in enumerate(needs) if row[2 * i + 1] is not None}
 
+    def reducible(self, prepared: Sequence[Prepared], idle: bool) -> bool:
+        """Does the statement read its semi-join key sets (planner/semi_join.py) in a
+        transaction of Fig's own? Only one read statement outside a transaction block, in a
+        session that may write (its temp tables are then made inside the transaction): the
+        key sets and the statement must see one snapshot, and Fig ends the transaction
+        itself, so the client sees the statement as it sent it."""
+        if not idle or self.read_only or len(prepared) != 1:
+            return False
+        plan = prepared[0].rewrite
+        return plan is not None and plan.write is None and not plan.explain and \
+            any(part.reducers for part in plan.parts)
+
+    async def begin_reduced(self, backend: Injector, prepared: Prepared) -> None:
+        """BEGIN ISOLATION LEVEL REPEATABLE READ and read the key sets, in one round trip:
+        the key sets are the transaction's first statement, so they take the snapshot the
+        cold rows' copy and the statement itself run in. The caller ends the transaction
+        (ROLLBACK on any error). A key set whose values are not all integers is not used."""
+        plan = prepared.rewrite
+        assert plan is not None
+        wanted = [(index, reducer) for index, part in enumerate(plan.parts)
+                  for reducer in part.reducers]
+        # The backend waits idle in the transaction while the cold engine runs: a session's
+        # idle_in_transaction_session_timeout must not end it.
+        sql = "BEGIN ISOLATION LEVEL REPEATABLE READ; " \
+            "SET LOCAL idle_in_transaction_session_timeout = 0; " + \
+            "; ".join(reducer.keys_sql for _, reducer in wanted)
+        answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
+        self.in_block = True  # the scratch tables are made inside it
+        error = _first_error(answers)
+        if error is not None:
+            raise BackendError(error)
+        for (index, reducer), row in zip(wanted, data_rows(answers), strict=True):
+            keys = await asyncio.to_thread(_integer_keys, row[0])
+            if keys is not None:
+                prepared.keys.setdefault(index, []).append((reducer.column, keys))
+
     async def load(self, backend: Injector, prepared: Prepared, run_cold: bool,
                    as_of: dt.datetime | None, cancel: threading.Event | None) -> None:
         """Create each cold part's temp table and, when run_cold, fill it from Iceberg.
@@ -492,13 +536,17 @@ class Federator:
         # parts whose scan kept no file (rows: at most an aggregate's one row over nothing),
         # their temp tables not made yet
         empty: list[tuple[ColdPart, pa.Table | None]] = []
-        for part in plan.parts:
+        for index, part in enumerate(plan.parts):
             rows, stats = None, None
             started = time.perf_counter()
             if run_cold:
                 rows, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel,
                                                       self.timeout_s)
                 prepared.stats.append(stats)
+                if index in prepared.keys:
+                    kept = await asyncio.to_thread(_reduce, rows, prepared.keys[index])
+                    metrics.COLD_ROWS_REDUCED.inc(rows.num_rows - kept.num_rows)
+                    rows = kept
             loaded = time.perf_counter()
             prepared.cold_ms += (loaded - started) * 1000
             if stats is None or not (stats.files_kept or stats.files_from_metadata):
@@ -621,6 +669,37 @@ def _rewrite(sql: str, tiered: TieredSet, route: str,
 def _frozen(constants: dict[str, tuple[str, str]] | None
             ) -> tuple[tuple[str, tuple[str, str]], ...] | None:
     return tuple(sorted(constants.items())) if constants is not None else None
+
+
+def _integer_keys(text: str | None) -> pa.Array | None:
+    """A JSON array of integer keys (NULL: none) as an int64 array; None when a value is not
+    a number. Numbers outside int64 or with a fraction equal no integer and are left out;
+    NULL keys join nothing."""
+    values = json.loads(text) if text else []
+    kept = []
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if isinstance(value, float):
+            if not value.is_integer():
+                continue
+            value = int(value)
+        if -(1 << 63) <= value < (1 << 63):
+            kept.append(value)
+    return pa.array(kept, pa.int64())
+
+
+def _reduce(rows: pa.Table, keys: list[tuple[str, pa.Array]]) -> pa.Table:
+    """The cold rows whose reducer columns hold one of their keys (NULL holds none)."""
+    mask = None
+    for column, values in keys:
+        if column not in rows.column_names:
+            continue
+        found = pc.is_in(rows.column(column).cast(pa.int64()), value_set=values)
+        mask = found if mask is None else pc.and_(mask, found)
+    return rows if mask is None else rows.filter(mask)
 
 
 def _formats(kinds: set[str]) -> str:

@@ -8,6 +8,7 @@ must return the same column names, types and rows, under the auto and the cold r
 from __future__ import annotations
 
 import datetime as dt
+import urllib.request
 from collections.abc import Iterator
 
 import psycopg
@@ -354,3 +355,89 @@ def test_a_split_no_cold_file_can_answer_runs_on_hot_alone(
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         analyzed = "\n".join(str(r[0]) for r in conn.execute("explain analyze " + sql))
     assert ("on hot alone" in analyzed) == hot_alone, analyzed
+
+
+# A fact table inner-joined to a filtered dimension, sent as one simple query outside a
+# transaction block: the dimension's join keys, read in Fig's own REPEATABLE READ transaction,
+# drop cold rows before the copy (planner/semi_join.py); the statement itself is unchanged.
+REDUCED = [
+    "select u.vip, count(*), sum(e.amount) from events e join users u on u.id = e.user_id "
+    "where u.name like 'user1%' group by 1 order by 1",
+    "select e.id, e.ts, u.name from events e join users u on u.id = e.user_id and u.vip "
+    "where e.status = 500 order by e.id limit 20",
+    "select e.day, count(*) from events e join users u on e.user_id = u.id "
+    "left join users w on w.id = e.user_id + 1 where u.id between 3 and 7 and not u.vip "
+    "group by 1 order by 1 desc limit 5",
+    "select count(*), min(e.ts) from events e join users u on e.user_id = u.id "
+    "where u.id > 1000",  # no dimension row passes: no cold row is kept
+]
+
+
+def reduced_rows(fig: FigProcess) -> float:
+    """fig_cold_rows_reduced_total from the metrics endpoint."""
+    assert fig.metrics_url is not None
+    with urllib.request.urlopen(fig.metrics_url + "metrics", timeout=30) as response:
+        text = response.read().decode()
+    return float(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("fig_cold_rows_reduced_total ")))
+
+
+@pytest.mark.parametrize("route", ["auto", "cold"])
+@pytest.mark.parametrize("query", REDUCED)
+def test_a_filtered_dimension_reduces_the_cold_rows(
+        tiered_fig: tuple[FigProcess, dict[str, str]], query: str, route: str) -> None:
+    fig, _ = tiered_fig
+    before = reduced_rows(fig)
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute(f"set fig.route = '{route}'")
+        got = rows_of(conn, query)
+        assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        want = rows_of(conn, query.replace("events", "events_plain"))
+        with conn.transaction():  # the client's own block after Fig's: the session goes on
+            assert conn.execute("select 1").fetchone() == (1,)
+    assert got == want
+    assert reduced_rows(fig) > before
+
+
+def test_a_reduced_statement_that_fails_leaves_the_session_idle(
+        tiered_fig: tuple[FigProcess, dict[str, str]]) -> None:
+    """Errors in Fig's own transaction, in Postgres's final step and in the key read (no
+    privilege on the dimension), reach the client as Postgres reports them, and the session
+    is idle after each, as it was before."""
+    fig, _ = tiered_fig
+    failing = ("select e.id / (e.id - e.id) from events e join users u on u.id = e.user_id "
+               "where u.vip")
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute(failing)
+        assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        conn.execute("drop role if exists fig_no_users")
+        conn.execute("create role fig_no_users")
+        conn.execute("grant select on events, events_plain to fig_no_users")
+        conn.execute("set role fig_no_users")
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select count(*) from events e join users u on u.id = e.user_id "
+                             "where u.vip")
+            assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        finally:
+            conn.execute("reset role")
+        # a read-only session: no transaction of Fig's, the same answer
+        conn.execute("set default_transaction_read_only = on")
+        query = REDUCED[0]
+        assert rows_of(conn, query) == rows_of(conn, query.replace("events", "events_plain"))
+        assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_reduced_statement_outlives_the_idle_in_transaction_timeout(
+        tiered_fig: tuple[FigProcess, dict[str, str]]) -> None:
+    """The backend idles in Fig's transaction while the cold engine works: a session's
+    idle_in_transaction_session_timeout shorter than that must not end the session."""
+    fig, _ = tiered_fig
+    query = REDUCED[1]
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("set idle_in_transaction_session_timeout = 1")  # one millisecond
+        got = rows_of(conn, query)
+        assert rows_of(conn, "show idle_in_transaction_session_timeout")[1] == [("1ms",)]
+        conn.execute("reset idle_in_transaction_session_timeout")
+        assert got == rows_of(conn, query.replace("events", "events_plain"))

@@ -71,7 +71,9 @@ def render(sql: str, route: str) -> str:
         return "\n".join([*evaluated, "relay unchanged"])
     lines = [*evaluated, f"route {plan.route.value}{' explain' if plan.explain else ''}"
              f"{' analyze' if plan.analyze else ''}", f"backend: {plan.sql}"]
-    lines += [f"cold: {part.cold_sql}" for part in plan.parts]
+    for part in plan.parts:
+        lines.append(f"cold: {part.cold_sql}")
+        lines += [f"reduce {r.column} by: {r.keys_sql}" for r in part.reducers]
     if plan.write is not None:
         lines += [f"cold write {plan.write.kind}: {plan.write.part.cold_sql}",
                   f"stage: {plan.write.stage_sql}"]

@@ -1,0 +1,127 @@
+"""Semi-join reducers: the cold rows of a fact table inner-joined to a filtered dimension keep
+only the rows whose join key the dimension's filtered rows hold.
+
+`FROM events e JOIN users u ON u.user_id = e.user_id WHERE u.plan = 'pro'` outputs no row of
+events whose user_id is not among `SELECT u.user_id FROM users u WHERE u.plan = 'pro'`: the
+join is inner and its condition requires the equality, and the WHERE conjuncts that read only
+the dimension (and the ON's) hold for every dimension row that is joined. Postgres computes
+that key set in the client's session (its privileges, its row security, its collation) and
+Fig drops the other cold rows before they are copied into the session; Postgres then runs the
+statement as written over what is left, so the reducer removes rows the join would remove
+and nothing else. Other conjuncts are ignored: the key set can only be larger than needed.
+
+The key set must be read in the snapshot the statement runs in (a dimension row changed in
+between would otherwise drop rows the statement joins): the federation reads it inside the
+transaction the statement then runs in (session/federation.py, `reducible`).
+
+Kept to what is plainly exact: integer join keys on the fact side, the dimension a plain
+table named in the same SELECT (not a CTE, not a tiered table), its conjuncts built from its
+own qualified columns, literals, comparisons, boolean operators, IN lists, LIKE, BETWEEN and
+IS [NOT] NULL (no function: a volatile one would answer differently the second time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from fig_server.planner.parts import quote
+from fig_server.planner.tiers import TieredSet, TieredTable
+
+# Fact column types whose values compare with an integer dimension key exactly as Python ints
+INTEGER_KEYS = ("smallint", "integer", "bigint")
+# Expression nodes a dimension conjunct may be built of
+PLAIN = (exp.Column, exp.Literal, exp.Boolean, exp.Null, exp.Identifier, exp.Paren,
+         exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not,
+         exp.In, exp.Is, exp.Like, exp.ILike, exp.Between, exp.Cast, exp.DataType)
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """Keep a cold row only when its `column` is among the values keys_sql returns (one JSON
+    array of the keys, or NULL for none)."""
+
+    column: str
+    keys_sql: str
+
+
+def reducers(select: exp.Select, ref: exp.Table, table: TieredTable, tiered: TieredSet,
+             tree: exp.Expression) -> tuple[Reducer, ...]:
+    """The reducers of one tiered reference of the select (read before the select is
+    rewritten)."""
+    if ref.parent_select is not select or not isinstance(ref.parent, (exp.From, exp.Join)):
+        return ()
+    fact = ref.alias_or_name
+    ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
+    where = select.args.get("where")
+    conjuncts = list(_conjuncts(where.this)) if isinstance(where, exp.Where) else []
+    found = []
+    for join in select.args.get("joins") or []:
+        dim = join.this
+        if join is ref.parent or not _inner(join) or not isinstance(dim, exp.Table) or \
+                not isinstance(dim.this, exp.Identifier) or dim.args.get("joins") or \
+                (not dim.db and dim.name in ctes) or \
+                tiered.lookup(dim.db, dim.name) is not None:
+            continue
+        alias = dim.alias_or_name
+        if alias == fact:
+            continue
+        on = join.args.get("on")
+        own = list(_conjuncts(on)) if on is not None else []
+        for conjunct in own:
+            pair = _key_pair(conjunct, fact, alias, table)
+            if pair is None:
+                continue
+            column, key = pair
+            filters = [c for c in own + conjuncts if _reads_only(c, alias)]
+            if not filters:
+                continue  # every key of the dimension: nothing to reduce
+            found.append(Reducer(column, _keys_sql(dim, key, filters)))
+            break
+    return tuple(found)
+
+
+def _inner(join: exp.Join) -> bool:
+    return not join.side and join.kind in ("", "INNER") and not join.args.get("using") \
+        and join.method not in ("NATURAL",)
+
+
+def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
+
+
+def _key_pair(conjunct: exp.Expr, fact: str, dim: str, table: TieredTable
+              ) -> tuple[str, exp.Column] | None:
+    """(fact column, dimension key column) of `dim.k = fact.c`, either way round."""
+    if not isinstance(conjunct, exp.EQ):
+        return None
+    for one, other in ((conjunct.left, conjunct.right), (conjunct.right, conjunct.left)):
+        if isinstance(one, exp.Column) and isinstance(other, exp.Column) and \
+                one.table == fact and other.table == dim and \
+                one.name in table.column_names and \
+                table.column_type(one.name) in INTEGER_KEYS and \
+                not one.name.startswith("fig_"):
+            return one.name, other
+    return None
+
+
+def _reads_only(conjunct: exp.Expr, alias: str) -> bool:
+    """A conjunct of plain nodes whose columns are all the dimension's, qualified."""
+    columns = list(conjunct.find_all(exp.Column))
+    return bool(columns) and all(c.table == alias and not c.db for c in columns) and \
+        all(isinstance(node, PLAIN) for node in conjunct.walk())
+
+
+def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr]) -> str:
+    source = dim.copy()
+    where = " AND ".join(f"({f.sql(dialect='postgres')})" for f in filters)
+    column = f"{quote(dim.alias_or_name)}.{quote(key.name)}"
+    return (f"SELECT json_agg({column})::text FROM "
+            f"{source.sql(dialect='postgres')} WHERE {where}")
