@@ -14,10 +14,12 @@ The key set must be read in the snapshot the statement runs in (a dimension row 
 between would otherwise drop rows the statement joins): the federation reads it inside the
 transaction the statement then runs in (session/federation.py, `reducible`).
 
-Kept to what is plainly exact: integer join keys on the fact side, the dimension a plain
-table named in the same SELECT (not a CTE, not a tiered table), its conjuncts built from its
-own qualified columns, literals, comparisons, boolean operators, IN lists, LIKE, BETWEEN and
-IS [NOT] NULL (no function: a volatile one would answer differently the second time).
+Kept to what is plainly exact: integer or text join keys on the fact side (text only when
+both columns' collations are deterministic, where equal means the same bytes; the dimension's
+key taken as text, as the join compares it), the dimension a plain table named in the same
+SELECT (not a CTE, not a tiered table), its conjuncts built from its own qualified columns,
+literals, casts, comparisons, boolean operators, IN lists, LIKE, BETWEEN and IS [NOT] NULL
+(no function: a volatile one would answer differently the second time).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from fig_server.planner.tiers import TieredSet, TieredTable
 
 # Fact column types whose values compare with an integer dimension key exactly as Python ints
 INTEGER_KEYS = ("smallint", "integer", "bigint")
+# ... and with a text key as strings (not character(n): its comparisons ignore trailing blanks)
+TEXT_KEYS = ("text", "character varying")
 # Expression nodes a dimension conjunct may be built of
 PLAIN = (exp.Column, exp.Literal, exp.Boolean, exp.Null, exp.Identifier, exp.Paren,
          exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not,
@@ -39,11 +43,13 @@ PLAIN = (exp.Column, exp.Literal, exp.Boolean, exp.Null, exp.Identifier, exp.Par
 
 @dataclass(frozen=True)
 class Reducer:
-    """Keep a cold row only when its `column` is among the values keys_sql returns (one JSON
-    array of the keys, or NULL for none)."""
+    """Keep a cold row only when its `column` is among the values keys_sql returns: one row
+    of a JSON array of the keys (NULL for none) and whether they may be used (text keys:
+    both columns' collations are deterministic). kind: "integer" or "text"."""
 
     column: str
     keys_sql: str
+    kind: str = "integer"
 
 
 def reducers(select: exp.Select, ref: exp.Table, table: TieredTable, tiered: TieredSet,
@@ -77,7 +83,9 @@ def reducers(select: exp.Select, ref: exp.Table, table: TieredTable, tiered: Tie
             filters = [c for c in own + conjuncts if _reads_only(c, alias)]
             if not filters:
                 continue  # every key of the dimension: nothing to reduce
-            found.append(Reducer(column, _keys_sql(dim, key, filters)))
+            kind = "integer" if table.column_type(column) in INTEGER_KEYS else "text"
+            found.append(Reducer(column, _keys_sql(dim, key, filters, table, column, kind),
+                                 kind))
             break
     return tuple(found)
 
@@ -106,7 +114,7 @@ def _key_pair(conjunct: exp.Expr, fact: str, dim: str, table: TieredTable
         if isinstance(one, exp.Column) and isinstance(other, exp.Column) and \
                 one.table == fact and other.table == dim and \
                 one.name in table.column_names and \
-                table.column_type(one.name) in INTEGER_KEYS and \
+                _key_type(table.column_type(one.name)) and \
                 not one.name.startswith("fig_"):
             return one.name, other
     return None
@@ -119,9 +127,29 @@ def _reads_only(conjunct: exp.Expr, alias: str) -> bool:
         all(isinstance(node, PLAIN) for node in conjunct.walk())
 
 
-def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr]) -> str:
-    source = dim.copy()
+def _key_type(kind: str) -> bool:
+    return kind in INTEGER_KEYS or kind in TEXT_KEYS or kind.startswith("character varying(")
+
+
+def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr], table: TieredTable,
+              column: str, kind: str) -> str:
     where = " AND ".join(f"({f.sql(dialect='postgres')})" for f in filters)
-    column = f"{quote(dim.alias_or_name)}.{quote(key.name)}"
-    return (f"SELECT json_agg({column})::text FROM "
-            f"{source.sql(dialect='postgres')} WHERE {where}")
+    value = f"{quote(dim.alias_or_name)}.{quote(key.name)}"
+    usable = "true"
+    if kind == "text":
+        value = f"CAST({value} AS text)"
+        relation = dim.copy()
+        relation.set("alias", None)
+        usable = (
+            "(SELECT count(*) = 2 AND bool_and(co.collisdeterministic) FROM pg_attribute a "
+            "JOIN pg_collation co ON co.oid = a.attcollation WHERE "
+            f"(a.attrelid = to_regclass({_literal(relation.sql(dialect='postgres'))}) "
+            f"AND a.attname = {_literal(key.name)}) OR (a.attrelid = to_regclass("
+            f"{_literal(quote(table.schema) + '.' + quote(table.name))}) "
+            f"AND a.attname = {_literal(column)}))")
+    return (f"SELECT json_agg({value})::text, {usable} FROM "
+            f"{dim.sql(dialect='postgres')} WHERE {where}")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -519,7 +519,10 @@ class Federator:
         if error is not None:
             raise BackendError(error)
         for (index, reducer), row in zip(wanted, data_rows(answers), strict=True):
-            keys = await asyncio.to_thread(_integer_keys, row[0])
+            if row[1] != "t":
+                continue  # a collation that is not deterministic: equal need not be same
+            read = _integer_keys if reducer.kind == "integer" else _text_keys
+            keys = await asyncio.to_thread(read, row[0])
             if keys is not None:
                 prepared.keys.setdefault(index, []).append((reducer.column, keys))
 
@@ -691,13 +694,22 @@ def _integer_keys(text: str | None) -> pa.Array | None:
     return pa.array(kept, pa.int64())
 
 
+def _text_keys(text: str | None) -> pa.Array | None:
+    """A JSON array of text keys (NULL: none) as a string array; None when a value is not
+    a string. NULL keys join nothing."""
+    values = json.loads(text) if text else []
+    if not all(value is None or isinstance(value, str) for value in values):
+        return None
+    return pa.array([value for value in values if value is not None], pa.string())
+
+
 def _reduce(rows: pa.Table, keys: list[tuple[str, pa.Array]]) -> pa.Table:
     """The cold rows whose reducer columns hold one of their keys (NULL holds none)."""
     mask = None
     for column, values in keys:
         if column not in rows.column_names:
             continue
-        found = pc.is_in(rows.column(column).cast(pa.int64()), value_set=values)
+        found = pc.is_in(rows.column(column).cast(values.type), value_set=values)
         mask = found if mask is None else pc.and_(mask, found)
     return rows if mask is None else rows.filter(mask)
 

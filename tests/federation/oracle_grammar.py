@@ -512,6 +512,12 @@ class Grammar:
         else:
             source = f"{self.table(t)} e {join} users u on {on}{self.pick('', ' and u.vip')}"
             where = ""
+        if join not in (",", "cross join") and self.chance(0.35):
+            # a second dimension, with text keys
+            source += f" join labels l on l.code = e.{'country' if t == 'events' else 'vc'}"
+            dim = self.pick("l.grp = 1", "l.grp < 2", "l.code like 'v1%'",
+                            "l.code in ('DE', 'US', 'v3')")
+            where = f"{where} and {dim}" if where else f" where {dim}"
         filters = self.where(t, "e")
         if filters:
             where = (where + filters.replace(" where ", " and ", 1)) if where else filters
