@@ -137,8 +137,10 @@ class ColdEngine:
 
     def query(self, sql: str, tables: Mapping[str, Table], params: list[Any] | None = None,
               as_of: dt.datetime | None = None, cancel: threading.Event | None = None,
-              timeout_s: float | None = None) -> ColdResult:
-        """Run a Postgres-dialect SELECT over the given Iceberg tables."""
+              timeout_s: float | None = None,
+              keys: tuple[tuple[str, pa.Array], ...] = ()) -> ColdResult:
+        """Run a Postgres-dialect SELECT over the given Iceberg tables. keys: semi-join key
+        sets the workers filter every scanned row by before the SQL (UnitTask.keys)."""
         control = _Control(cancel, timeout_s, self._closing)
         prepared = self._prepare(sql, tables, params, as_of)
         stats = ScanStats()
@@ -147,7 +149,7 @@ class ColdEngine:
                                         prepared.io_properties, strict=True):
             part_stats = ScanStats()
             scanned[part.placeholder] = self._run_scan(part, scan, io_props, part_stats,
-                                                       control)
+                                                       control, keys)
             stats.add(part_stats)
             stats.plan_ms += part_stats.plan_ms
         control.check()
@@ -210,7 +212,8 @@ class ColdEngine:
         return _Prepared(plan, scans, props)
 
     def _run_scan(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
-                  stats: ScanStats, control: _Control) -> pa.Table:
+                  stats: ScanStats, control: _Control,
+                  keys: tuple[tuple[str, pa.Array], ...] = ()) -> pa.Table:
         pruner = Pruner(scan, self.cache, stats)
         units: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
@@ -219,7 +222,7 @@ class ColdEngine:
                                    name="fig-cold-planner", daemon=True)
         planner.start()
         try:
-            results = self._dispatch(part, scan, io_props, units, stop, stats, control)
+            results = self._dispatch(part, scan, io_props, units, stop, stats, control, keys)
         finally:
             stop.set()
         if pruner.metadata_rows and part.count_columns is not None:
@@ -235,7 +238,8 @@ class ColdEngine:
 
     def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,
-                  control: _Control) -> list[pa.Table]:
+                  control: _Control, keys: tuple[tuple[str, pa.Array], ...]
+                  ) -> list[pa.Table]:
         """Run work items as slots free up; for top-n keep a heap and stop when it wins."""
         order = scan.order
         in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
@@ -266,7 +270,7 @@ class ColdEngine:
                         break
                     if order is not None and threshold is None and batch > 1:
                         item, planning_done = _gather(units, item, batch)
-                    task = UnitTask(item, part.worker_sql, io_props, probe)
+                    task = UnitTask(item, part.worker_sql, io_props, probe, keys)
                     in_flight[self._submit(task)] = item
                 if not in_flight:
                     if planning_done:
@@ -285,6 +289,7 @@ class ColdEngine:
                     stats.bytes_fetched += output.bytes_fetched
                     stats.units_probed += output.probed
                     stats.units_skipped += output.skipped
+                    stats.rows_reduced += output.reduced
                     if stats.units_probed >= PROBE_TRIAL and \
                             stats.units_skipped * 2 < stats.units_probed:
                         probe = None  # most units hold passing rows: read them whole at once

@@ -27,6 +27,8 @@ class ScanStats:
     # of them in which no row passed the filter (their other columns never read)
     units_probed: int = 0
     units_skipped: int = 0
+    # rows the semi-join key sets dropped in the workers (UnitTask.keys)
+    rows_reduced: int = 0
     files_from_metadata: int = 0
     stopped_early: bool = False
     stopped_after_ms: float = 0.0
@@ -41,7 +43,7 @@ class ScanStats:
         for name in ("manifests_total", "manifests_kept", "files_total", "files_kept",
                      "row_groups_total", "row_groups_kept", "bytes_total", "bytes_estimated",
                      "bytes_read", "units_planned", "units_run", "units_probed",
-                     "units_skipped", "files_from_metadata",
+                     "units_skipped", "rows_reduced", "files_from_metadata",
                      "requests", "bytes_fetched"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped_early = self.stopped_early or other.stopped_early
@@ -80,6 +82,11 @@ class UnitTask:
     # Late materialization: `SELECT DISTINCT __fig_unit FROM __unit WHERE <the SQL's WHERE>`
     # and the columns it reads; a row-group unit is read whole only when a row passes it.
     probe: Probe | None = None
+    # Semi-join key sets: a row is kept only when each named column holds one of its keys
+    # (planner/semi_join.py); the keys' type is the column's comparison type. A column the
+    # SQL does not read filters nothing (the planner's key columns are read: the join reads
+    # them).
+    keys: tuple[tuple[str, pa.Array], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class TaskOutput:
     bytes_fetched: int = 0
     probed: int = 0
     skipped: int = 0
+    reduced: int = 0
 
 
 @dataclass

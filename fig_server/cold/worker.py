@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
 
@@ -250,13 +251,15 @@ def _links(units: tuple[WorkUnit, ...]) -> str:
 
 def run_task(task: UnitTask) -> TaskOutput:
     """Worker entry point: the task's units in, Arrow IPC stream bytes out."""
-    native = tuple(u for u in task.units if u.native and native_path(u.path) is not None)
-    other = [u for u in task.units if not (u.native and native_path(u.path) is not None)]
+    # with key sets, every unit is read here and filtered before the SQL runs over it
+    native = tuple(u for u in task.units if u.native and native_path(u.path) is not None
+                   and not task.keys)
+    other = [u for u in task.units if u not in native]
     results = []
     if native:
         results.append(run_native(native, task.sql))
     fetched = Fetched()
-    probed = skipped = 0
+    probed = skipped = reduced = 0
     if other:
         kept = other
         if task.probe is not None and not {c.name for c in other[0].columns} <= \
@@ -270,10 +273,28 @@ def run_task(task: UnitTask) -> TaskOutput:
         else:  # no row passes: the SQL over no rows (an aggregate still answers one row)
             data = pa.table([pa.array([], c.type) for c in other[0].columns],
                             names=[c.name for c in other[0].columns])
+        if task.keys:
+            data, reduced = semi_join(data, task.keys)
         results.append(run_sql(data, task.sql))
     result = results[0] if len(results) == 1 else pa.concat_tables(
         results, promote_options="permissive")
-    return TaskOutput(to_ipc(result), fetched.requests, fetched.bytes, probed, skipped)
+    return TaskOutput(to_ipc(result), fetched.requests, fetched.bytes, probed, skipped,
+                      reduced)
+
+
+def semi_join(data: pa.Table, keys: tuple[tuple[str, pa.Array], ...]) -> tuple[pa.Table, int]:
+    """The rows whose columns each hold one of their keys (NULL holds none), and how many
+    were dropped. A column the rows do not have filters nothing."""
+    mask = None
+    for column, values in keys:
+        if column not in data.column_names:
+            continue
+        found = pc.is_in(data.column(column).cast(values.type), value_set=values)
+        mask = found if mask is None else pc.and_(mask, found)
+    if mask is None:
+        return data, 0
+    kept = data.filter(mask)
+    return kept, data.num_rows - kept.num_rows
 
 
 def _passing(units: list[WorkUnit], task: UnitTask) -> tuple[list[WorkUnit], Fetched]:

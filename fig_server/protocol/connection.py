@@ -459,7 +459,7 @@ class ClientConnection:
         ReadyForQuery held back, so the client sees the session idle, as it left it."""
         if not self._managed:
             return
-        self._managed = self._hold_ready = federator.in_block = False
+        self._managed = self._hold_ready = federator.in_block = federator.reducing = False
         ran = not failed and self.session.transaction_status == b"T"
         answers = await self.inject(wire.message(
             b"Q", wire.cstring("COMMIT" if ran else "ROLLBACK")), 1)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from fig_server import metrics, wire
 from fig_server.config import FigConfig
@@ -203,12 +202,13 @@ class ColdService:
         return {part.table.qualified: table, part.table.name: table}
 
     def query(self, part: ColdPart, as_of: dt.datetime | None,
-              cancel: threading.Event | None, timeout_s: float | None = None
-              ) -> tuple[pa.Table, Any]:
+              cancel: threading.Event | None, timeout_s: float | None = None,
+              keys: tuple[tuple[str, pa.Array], ...] = ()) -> tuple[pa.Table, Any]:
         engine, _ = self._open()
         with _storage_errors(part):
             result = engine.query(part.cold_sql, self._tables(part), as_of=as_of,
-                                  cancel=cancel, timeout_s=timeout_s)
+                                  cancel=cancel, timeout_s=timeout_s, keys=keys)
+        metrics.COLD_ROWS_REDUCED.inc(result.stats.rows_reduced)
         limit = self.config.limits.max_result_rows
         if limit and result.table.num_rows > limit:
             raise ProgramLimitExceeded(
@@ -368,6 +368,8 @@ class Federator:
         self.column_types: dict[str, list[str | None]] = {}
         # The session's transaction_read_only (read by prelude).
         self.read_only = False
+        # The statement runs in Fig's own transaction (begin_reduced).
+        self.reducing = False
 
     @property
     def utf8(self) -> bool:
@@ -399,6 +401,7 @@ class Federator:
             raise BackendError(error)
         self.locked = not in_transaction
         self.in_block = in_transaction
+        self.reducing = False
         rows = data_rows(answers)
         route = (rows[1][0] or "auto").strip().lower()
         self.timeout_s = int(rows[1][2] or 0) / 1000 or None
@@ -514,7 +517,7 @@ class Federator:
             "SET LOCAL idle_in_transaction_session_timeout = 0; " + \
             "; ".join(reducer.keys_sql for _, reducer in wanted)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
-        self.in_block = True  # the scratch tables are made inside it
+        self.in_block = self.reducing = True  # the scratch tables are made inside it
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)
@@ -543,13 +546,10 @@ class Federator:
             rows, stats = None, None
             started = time.perf_counter()
             if run_cold:
-                rows, stats = await asyncio.to_thread(self.cold.query, part, as_of, cancel,
-                                                      self.timeout_s)
+                rows, stats = await asyncio.to_thread(
+                    self.cold.query, part, as_of, cancel, self.timeout_s,
+                    tuple(prepared.keys.get(index, ())))
                 prepared.stats.append(stats)
-                if index in prepared.keys:
-                    kept = await asyncio.to_thread(_reduce, rows, prepared.keys[index])
-                    metrics.COLD_ROWS_REDUCED.inc(rows.num_rows - kept.num_rows)
-                    rows = kept
             loaded = time.perf_counter()
             prepared.cold_ms += (loaded - started) * 1000
             if stats is None or not (stats.files_kept or stats.files_from_metadata):
@@ -611,11 +611,15 @@ class Federator:
         its own, so a session whose default is read-only (pgjdbc's setReadOnly, SET
         default_transaction_read_only) still works; writing a temp table is allowed in a
         read-only transaction, creating one is not. Inside a block an existing table is
-        emptied with DELETE (TRUNCATE is refused in read-only transactions)."""
+        emptied with DELETE (TRUNCATE is refused in read-only transactions, and fails while
+        a portal of the block still reads the table); inside Fig's own transaction around
+        one statement (begin_reduced: read-write, no portal open) with TRUNCATE."""
         temp = part.temp_table
         create = f"CREATE TEMP TABLE IF NOT EXISTS {temp} AS {part.shape_sql} WITH NO DATA"
         if not self.in_block:
             return f"BEGIN READ WRITE; {create}; TRUNCATE pg_temp.{temp}; COMMIT"
+        if self.reducing:  # Fig's own read-write transaction (begin_reduced)
+            return f"{create}; TRUNCATE pg_temp.{temp}"
         answers = await backend.inject(wire.message(b"Q", wire.cstring(
             f"SELECT to_regclass('pg_temp.{temp}') IS NOT NULL, "
             "current_setting('transaction_read_only')")), 1)
@@ -701,17 +705,6 @@ def _text_keys(text: str | None) -> pa.Array | None:
     if not all(value is None or isinstance(value, str) for value in values):
         return None
     return pa.array([value for value in values if value is not None], pa.string())
-
-
-def _reduce(rows: pa.Table, keys: list[tuple[str, pa.Array]]) -> pa.Table:
-    """The cold rows whose reducer columns hold one of their keys (NULL holds none)."""
-    mask = None
-    for column, values in keys:
-        if column not in rows.column_names:
-            continue
-        found = pc.is_in(rows.column(column).cast(values.type), value_set=values)
-        mask = found if mask is None else pc.and_(mask, found)
-    return rows if mask is None else rows.filter(mask)
 
 
 def _formats(kinds: set[str]) -> str:
