@@ -557,14 +557,25 @@ class ClientConnection:
                           + wire.message(b"C", wire.cstring("EXPLAIN"))
                           + wire.ready_for_query(self.session.transaction_status))
 
+    async def _reduce(self, federator: Federator, prepared: Prepared, alone: bool) -> None:
+        """Begin Fig's own transaction with the statement's semi-join key sets when it is
+        the one statement the client runs now, outside a transaction block (alone)."""
+        if alone and not self._managed and \
+                federator.reducible([prepared], self.session.transaction_status == b"I"):
+            self._managed = True
+            await federator.begin_reduced(self, prepared)
+
     async def _refresh_statement(self, federator: Federator, name: str, tiered: TieredSet,
-                                 route: str, as_of: dt.datetime | None) -> None:
+                                 route: str, as_of: dt.datetime | None,
+                                 alone: bool = False) -> None:
         """Reload a prepared statement's cold rows before it runs again; when the boundary
-        moved since it was parsed, parse it again under the same name (Close + Parse)."""
+        moved since it was parsed, parse it again under the same name (Close + Parse).
+        alone: the only statement the batch runs (_reduce)."""
         sql, parsed = self.tiered_statements[name]
         prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
         if self._entry is not None:
             self._entry.prepared += (prepared,)
+        await self._reduce(federator, prepared, alone)
         await federator.load(self, prepared, True, as_of, self.session.cold_cancel)
         payload = wire.replace_parse_sql(parsed, prepared.sql)
         if payload == parsed:
@@ -592,6 +603,12 @@ class ClientConnection:
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
+            # One statement bound and executed once, parsed here or before: it may run in
+            # Fig's own transaction (_reduce)
+            binds = [wire.bind_statement(raw[5:]) for raw in batch if raw[0] == 66]
+            single = not flush and len(binds) == 1 and \
+                sum(1 for raw in batch if raw[0] in (69, 80)) <= 2 and \
+                sum(1 for raw in batch if raw[0] == 69) == 1
             parsed: set[str] = set()
             parses = 0
             out = []
@@ -609,6 +626,7 @@ class ClientConnection:
                         self._entry.prepared += (prepared,)
                     parsed.add(name)
                     if prepared.rewrite is not None:
+                        await self._reduce(federator, prepared, single and name == binds[0])
                         await federator.load(self, prepared, run_cold, as_of,
                                              self.session.cold_cancel)
                         payload = wire.replace_parse_sql(payload, prepared.sql)
@@ -621,7 +639,8 @@ class ClientConnection:
                     name = wire.bind_statement(payload)
                     if name in self.tiered_statements and name not in parsed:
                         parsed.add(name)
-                        await self._refresh_statement(federator, name, tiered, route, as_of)
+                        await self._refresh_statement(federator, name, tiered, route, as_of,
+                                                      single)
                 out.append(raw)
             if self._entry is not None:
                 self._entry.route = route_of(self._entry.prepared)
@@ -630,6 +649,7 @@ class ClientConnection:
                 await federator.release(self)
                 self._forward(b"".join(out), 0)
                 return False
+            self._hold_ready = self._managed
             self._forward(b"".join(out), 1)
             return True
 

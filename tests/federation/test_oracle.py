@@ -465,3 +465,30 @@ def test_a_text_key_reduces_the_cold_rows(tiered_fig: tuple[FigProcess, dict[str
         want = rows_of(conn, query.replace("events", "events_plain"))
     assert got == want and got[1]
     assert reduced_rows(fig) > before
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_a_filtered_dimension_reduces_over_the_extended_protocol(
+        tiered_fig: tuple[FigProcess, dict[str, str]], prepare: bool) -> None:
+    """The same with parameters (Parse, Bind, Execute, Sync), once and prepared: a statement
+    bound and executed alone runs in Fig's own transaction too. (A parameter in the
+    dimension's filter keeps that conjunct out of the key read: Fig does not read Bind
+    values.)"""
+    fig, _ = tiered_fig
+    query = ("select u.vip, count(*), sum(e.amount) from events e join users u "
+             "on u.id = e.user_id where u.name like 'user1%%' and e.status <> %s "
+             "group by 1 order by 1")
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for status in (404, 500, 200):
+            before = reduced_rows(fig)
+            got = conn.execute(query, (status,), prepare=prepare).fetchall()
+            assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+            assert reduced_rows(fig) > before
+            want = conn.execute(query.replace("events", "events_plain"), (status,),
+                                prepare=prepare).fetchall()
+            assert got == want and got
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select e.id / (e.id - e.id) from events e join users u "
+                         "on u.id = e.user_id where u.vip = %s", (True,), prepare=prepare)
+        assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("select 1").fetchone() == (1,)
