@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -341,6 +342,13 @@ class Prepared:
     keys: dict[int, list[tuple[str, pa.Array]]] = field(default_factory=dict)
 
 
+# Words of a statement that may write (DML in a CTE, SELECT INTO, locking clauses): such a
+# statement is not run in Fig's own REPEATABLE READ transaction, where a write conflict
+# fails with 40001 instead of waiting as under READ COMMITTED (a word in a name or a string
+# only costs the reducer).
+WRITES = re.compile(r"\b(?:insert|update|delete|merge|into|for\s+(?:no\s+key\s+)?"
+                    r"(?:update|share|key\s+share))\b", re.IGNORECASE)
+
 # TimeZone settings that are UTC at every instant (compared upper-cased).
 UTC_ZONES = frozenset({"UTC", "ETC/UTC", "GMT", "ETC/GMT", "UCT", "ETC/UCT", "UNIVERSAL",
                        "ETC/UNIVERSAL", "ZULU", "ETC/ZULU"})
@@ -370,6 +378,8 @@ class Federator:
         self.read_only = False
         # The statement runs in Fig's own transaction (begin_reduced).
         self.reducing = False
+        # The session's default_transaction_isolation (read by prelude).
+        self.isolation = "read committed"
 
     @property
     def utf8(self) -> bool:
@@ -393,7 +403,8 @@ class Federator:
                " coalesce(current_setting('fig.as_of', true), ''),"
                " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
                " current_setting('TimeZone'), current_setting('client_encoding'),"
-               " current_setting('transaction_read_only');"
+               " current_setting('transaction_read_only'),"
+               " current_setting('default_transaction_isolation');"
                + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
@@ -408,6 +419,7 @@ class Federator:
         self.utc = (rows[1][3] or "").upper() in UTC_ZONES
         self.client_encoding = rows[1][4] or ""
         self.read_only = rows[1][5] == "on"
+        self.isolation = rows[1][6] or ""
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
@@ -496,7 +508,8 @@ class Federator:
         session that may write (its temp tables are then made inside the transaction): the
         key sets and the statement must see one snapshot, and Fig ends the transaction
         itself, so the client sees the statement as it sent it."""
-        if not idle or self.read_only or len(prepared) != 1:
+        if not idle or self.read_only or len(prepared) != 1 or \
+                WRITES.search(prepared[0].original):
             return False
         plan = prepared[0].rewrite
         return plan is not None and plan.write is None and not plan.explain and \
@@ -513,8 +526,10 @@ class Federator:
                   for reducer in part.reducers]
         # The backend waits idle in the transaction while the cold engine runs: a session's
         # idle_in_transaction_session_timeout must not end it.
-        sql = "BEGIN ISOLATION LEVEL REPEATABLE READ; " \
-            "SET LOCAL idle_in_transaction_session_timeout = 0; " + \
+        # (a session whose default is serializable keeps it: one snapshot there too)
+        begin = "BEGIN" if self.isolation in ("repeatable read", "serializable") else \
+            "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        sql = f"{begin}; SET LOCAL idle_in_transaction_session_timeout = 0; " + \
             "; ".join(reducer.keys_sql for _, reducer in wanted)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         self.in_block = self.reducing = True  # the scratch tables are made inside it

@@ -492,3 +492,30 @@ def test_a_filtered_dimension_reduces_over_the_extended_protocol(
                          "on u.id = e.user_id where u.vip = %s", (True,), prepare=prepare)
         assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_reducers_keep_the_session_isolation_and_leave_writes_alone(
+        tiered_fig: tuple[FigProcess, dict[str, str]]) -> None:
+    """A session whose default isolation is serializable keeps it in Fig's transaction; a
+    statement that writes rows that exist (INSERT, UPDATE, DELETE, locking clauses) is not
+    run in one (a write conflict would fail with 40001 there, where READ COMMITTED waits),
+    and answers the same; CREATE TABLE AS writes only its new table and may be."""
+    fig, _ = tiered_fig
+    query = REDUCED[0]
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("set default_transaction_isolation = 'serializable'")
+        before = reduced_rows(fig)
+        got = rows_of(conn, query)
+        assert reduced_rows(fig) > before
+        conn.execute("reset default_transaction_isolation")
+        assert got == rows_of(conn, query.replace("events", "events_plain"))
+        conn.execute("drop table if exists reduced_copy, reduced_copy_plain")
+        conn.execute(f"create table reduced_copy as {query}")
+        conn.execute(f"create table reduced_copy_plain as "
+                     f"{query.replace('events', 'events_plain')}")
+        before = reduced_rows(fig)
+        conn.execute(f"insert into reduced_copy {query}")
+        assert reduced_rows(fig) == before
+        conn.execute(f"insert into reduced_copy_plain {query.replace('events', 'events_plain')}")
+        assert rows_of(conn, "select * from reduced_copy order by 1, 2") == \
+            rows_of(conn, "select * from reduced_copy_plain order by 1, 2")
