@@ -527,9 +527,7 @@ class ClientConnection:
                     await self._wait_idle()
                     await federator.tiered.refresh()
                 return False
-            if federator.reducible(prepared, self.session.transaction_status == b"I"):
-                self._managed = True
-                await federator.begin_reduced(self, prepared[0])
+            await self._reduce(federator, prepared[0], len(prepared) == 1)
             for statement in prepared:
                 await federator.load(self, statement, True, as_of, self.session.cold_cancel)
             self._mark_forwarded()
