@@ -661,6 +661,10 @@ class Federator:
         for part in plan.parts:
             lines.append(f"Cold part of {part.table.qualified}"
                          f"{' (partial aggregates)' if part.aggregated else ''}: {part.cold_sql}")
+            lines.extend(f"  Semi-join: rows whose {reducer.column} the dimension's filtered "
+                         f"rows hold, when the statement runs alone outside a transaction "
+                         f"block (not under EXPLAIN): {reducer.keys_sql}"
+                         for reducer in part.reducers)
             lines.extend("  " + line for line in self.cold.explain(part, plan.analyze, as_of))
         if plan.analyze:
             metadata = sum(s.plan_ms for s in prepared.stats)

@@ -215,7 +215,7 @@ def test_key_sets_filter_rows_before_the_sql(processes: ColdEngine, engine: Cold
     kept = whole.filter(pa.compute.is_in(whole["status"].cast(pa.int64()),
                                          value_set=keys[0][1]))
     assert 0 < kept.num_rows < whole.num_rows
-    want = duckdb.sql(sql.replace("sorted_events", "kept")).fetch_arrow_table()
+    want = duckdb.sql(sql.replace("sorted_events", "kept")).to_arrow_table()
     for cold in (processes, engine):
         result = cold.query(sql, tables, keys=keys)
         assert same_rows(result.table, want), sql

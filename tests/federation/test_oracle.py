@@ -402,6 +402,9 @@ def test_a_filtered_dimension_reduces_the_cold_rows(
             assert conn.execute("select 1").fetchone() == (1,)
     assert got == want
     assert reduced_rows(fig) > before
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        plan = "\n".join(str(r[0]) for r in conn.execute("explain " + query))
+    assert "Semi-join: rows whose user_id" in plan, plan
 
 
 def test_a_reduced_statement_that_fails_leaves_the_session_idle(
