@@ -66,7 +66,7 @@ def reducers(select: exp.Select, ref: exp.Table, table: TieredTable, tiered: Tie
     for join in select.args.get("joins") or []:
         dim = join.this
         if join is ref.parent or not _inner(join) or not isinstance(dim, exp.Table) or \
-                not isinstance(dim.this, exp.Identifier) or dim.args.get("joins") or \
+                not isinstance(dim.this, exp.Identifier) or not _plain_table(dim) or \
                 (not dim.db and dim.name in ctes) or \
                 tiered.lookup(dim.db, dim.name) is not None:
             continue
@@ -88,6 +88,15 @@ def reducers(select: exp.Select, ref: exp.Table, table: TieredTable, tiered: Tie
                                  kind))
             break
     return tuple(found)
+
+
+def _plain_table(dim: exp.Table) -> bool:
+    """A table named as itself: no TABLESAMPLE (the key read would sample other rows), no
+    ONLY, no column alias list, nothing else the key read would have to repeat."""
+    alias = dim.args.get("alias")
+    return {key for key, value in dim.args.items() if value} <= \
+        {"this", "db", "catalog", "alias"} and \
+        (alias is None or not alias.args.get("columns"))
 
 
 def _inner(join: exp.Join) -> bool:
