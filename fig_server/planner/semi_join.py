@@ -140,23 +140,34 @@ def _key_type(kind: str) -> bool:
     return kind in INTEGER_KEYS or kind in TEXT_KEYS or kind.startswith("character varying(")
 
 
+# The dimension key's own types whose equality with the fact column is the engines' (a float
+# key equals a large integer after rounding, citext ignores case): checked in the session
+DIMENSION_KEYS = {"integer": "'int2'::regtype, 'int4'::regtype, 'int8'::regtype",
+                  "text": "'text'::regtype, 'varchar'::regtype, 'bpchar'::regtype"}
+
+
 def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr], table: TieredTable,
               column: str, kind: str) -> str:
+    """One row: the keys as a JSON array, and whether they may be used: the dimension's key
+    column is of a type in DIMENSION_KEYS, and for text keys both columns' collations are
+    deterministic (equal then means the same bytes)."""
     where = " AND ".join(f"({f.sql(dialect='postgres')})" for f in filters)
     value = f"{quote(dim.alias_or_name)}.{quote(key.name)}"
-    usable = "true"
-    if kind == "text":
+    relation = dim.copy()
+    relation.set("alias", None)
+    own = (f"a.attrelid = to_regclass({_literal(relation.sql(dialect='postgres'))}) "
+           f"AND a.attname = {_literal(key.name)}")
+    typed = f"bool_or({own} AND a.atttypid IN ({DIMENSION_KEYS[kind]}))"
+    if kind == "integer":
+        usable = f"(SELECT {typed} FROM pg_attribute a WHERE {own})"
+    else:
         value = f"CAST({value} AS text)"
-        relation = dim.copy()
-        relation.set("alias", None)
-        usable = (
-            "(SELECT count(*) = 2 AND bool_and(co.collisdeterministic) FROM pg_attribute a "
-            "JOIN pg_collation co ON co.oid = a.attcollation WHERE "
-            f"(a.attrelid = to_regclass({_literal(relation.sql(dialect='postgres'))}) "
-            f"AND a.attname = {_literal(key.name)}) OR (a.attrelid = to_regclass("
-            f"{_literal(quote(table.schema) + '.' + quote(table.name))}) "
-            f"AND a.attname = {_literal(column)}))")
-    return (f"SELECT json_agg({value})::text, {usable} FROM "
+        name = _literal(f"{quote(table.schema)}.{quote(table.name)}")
+        fact = f"a.attrelid = to_regclass({name}) AND a.attname = {_literal(column)}"
+        usable = (f"(SELECT count(*) = 2 AND bool_and(co.collisdeterministic) AND {typed} "
+                  f"FROM pg_attribute a JOIN pg_collation co ON co.oid = a.attcollation "
+                  f"WHERE ({own}) OR ({fact}))")
+    return (f"SELECT json_agg({value})::text, coalesce({usable}, false) FROM "
             f"{dim.sql(dialect='postgres')} WHERE {where}")
 
 
