@@ -252,9 +252,11 @@ def _links(units: tuple[WorkUnit, ...]) -> str:
 def run_task(task: UnitTask) -> TaskOutput:
     """Worker entry point: the task's units in, Arrow IPC stream bytes out."""
     # with key sets, every unit is read here and filtered before the SQL runs over it
-    native = tuple(u for u in task.units if u.native and native_path(u.path) is not None
-                   and not task.keys)
-    other = [u for u in task.units if u not in native]
+    def whole(unit: WorkUnit) -> bool:
+        return unit.native and native_path(unit.path) is not None and not task.keys
+
+    native = tuple(u for u in task.units if whole(u))
+    other = [u for u in task.units if not whole(u)]
     results = []
     if native:
         results.append(run_native(native, task.sql))

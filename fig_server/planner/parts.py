@@ -116,6 +116,11 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """A SQL string literal of the text."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def where_of(ref: exp.Table) -> exp.Expression | None:
     """The WHERE that filters this reference directly (its own SELECT, UPDATE or DELETE),
     or None when the reference is on a side of an outer join that can be NULL-extended."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from fig_server.planner.parts import quote
+from fig_server.planner.parts import literal, quote
 from fig_server.planner.tiers import TieredSet, TieredTable
 
 # Fact column types whose values compare with an integer dimension key exactly as Python ints
@@ -155,21 +155,17 @@ def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr], table: T
     value = f"{quote(dim.alias_or_name)}.{quote(key.name)}"
     relation = dim.copy()
     relation.set("alias", None)
-    own = (f"a.attrelid = to_regclass({_literal(relation.sql(dialect='postgres'))}) "
-           f"AND a.attname = {_literal(key.name)}")
+    own = (f"a.attrelid = to_regclass({literal(relation.sql(dialect='postgres'))}) "
+           f"AND a.attname = {literal(key.name)}")
     typed = f"bool_or({own} AND a.atttypid IN ({DIMENSION_KEYS[kind]}))"
     if kind == "integer":
         usable = f"(SELECT {typed} FROM pg_attribute a WHERE {own})"
     else:
         value = f"CAST({value} AS text)"
-        name = _literal(f"{quote(table.schema)}.{quote(table.name)}")
-        fact = f"a.attrelid = to_regclass({name}) AND a.attname = {_literal(column)}"
+        name = literal(f"{quote(table.schema)}.{quote(table.name)}")
+        fact = f"a.attrelid = to_regclass({name}) AND a.attname = {literal(column)}"
         usable = (f"(SELECT count(*) = 2 AND bool_and(co.collisdeterministic) AND {typed} "
                   f"FROM pg_attribute a JOIN pg_collation co ON co.oid = a.attcollation "
                   f"WHERE ({own}) OR ({fact}))")
     return (f"SELECT json_agg({value})::text, coalesce({usable}, false) FROM "
             f"{dim.sql(dialect='postgres')} WHERE {where}")
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

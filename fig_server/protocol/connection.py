@@ -20,6 +20,7 @@ from fig_server.errors import (
     ProtocolViolation,
 )
 from fig_server.limits import UserLimits
+from fig_server.planner.parts import literal
 from fig_server.planner.rewrite import refuse_after_session_change, split_statements
 from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
@@ -477,8 +478,8 @@ class ClientConnection:
         if self.session.transaction_status == b"T":
             fields = error.fields()
             raise_sql = ("DO $fig$ BEGIN RAISE EXCEPTION USING ERRCODE = "
-                         f"{_quote(fields['C'])}, MESSAGE = {_quote(fields['M'])}"
-                         + (f", HINT = {_quote(fields['H'])}" if "H" in fields else "")
+                         f"{literal(fields['C'])}, MESSAGE = {literal(fields['M'])}"
+                         + (f", HINT = {literal(fields['H'])}" if "H" in fields else "")
                          + "; END $fig$")
             answers = await self.inject(wire.message(b"Q", wire.cstring(raise_sql)), 1)
             self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
@@ -717,7 +718,3 @@ class ClientConnection:
                 self.writer.write(bytes(data[start:end]))
             else:
                 self._divert.put_nowait((kind, bytes(data[start + 5:end])))
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

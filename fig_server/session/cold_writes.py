@@ -23,6 +23,7 @@ import threading
 
 from fig_server import wire
 from fig_server.errors import FeatureNotSupported
+from fig_server.planner.parts import literal, quote
 from fig_server.planner.rewrite import ColdWrite, Rewrite, Route
 from fig_server.session.federation import (
     BackendError,
@@ -48,29 +49,21 @@ async def _run(backend: Injector, sql: str) -> list[tuple[int, bytes]]:
     return answers
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _relation(write: ColdWrite) -> str:
-    return f"{_quote(write.table.schema)}.{_quote(write.table.name)}"
+    return f"{quote(write.table.schema)}.{quote(write.table.name)}"
 
 
 def stage_sql(write: ColdWrite) -> str:
     """Stage the rows to write in cold and record them as a request: (request id, rows)."""
     table = write.table
     rel = _relation(write)
-    columns = "ARRAY[" + ", ".join(_literal(c) for c in write.set_columns) + "]::text[]"
+    columns = "ARRAY[" + ", ".join(literal(c) for c in write.set_columns) + "]::text[]"
     return (f"BEGIN; CREATE TEMP TABLE {STAGE} (LIKE {rel} INCLUDING CONSTRAINTS) "
             f"ON COMMIT DROP; ALTER TABLE pg_temp.{STAGE} ADD COLUMN fig_old_time "
             f"{table.column_type(table.time_column)}; "
             f"INSERT INTO pg_temp.{STAGE} {write.stage_sql}; "
-            f"SELECT * FROM fig.request_cold_write({_literal(rel)}::regclass, "
-            f"{_literal(write.kind)}, {_literal(STAGE)}, {columns}); COMMIT")
+            f"SELECT * FROM fig.request_cold_write({literal(rel)}::regclass, "
+            f"{literal(write.kind)}, {literal(STAGE)}, {columns}); COMMIT")
 
 
 def _with_count(answers: list[tuple[int, bytes]], extra: int) -> list[tuple[int, bytes]]:
@@ -114,7 +107,7 @@ async def run_cold_write(federator: Federator, backend: Injector, statements: li
     if as_of is not None:
         raise refusal(name, "cannot run while fig.as_of is set", "RESET fig.as_of")
     sql = plan.sql
-    rel = _literal(_relation(write))
+    rel = literal(_relation(write))
     serial = f"{COLD_WRITE_SERIAL}, ({rel}::regclass::oid::bigint % 2147483647)::int"
     await _run(backend, f"SELECT pg_advisory_lock({serial})")
     try:

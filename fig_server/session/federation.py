@@ -35,7 +35,7 @@ from fig_server.errors import (
     ProgramLimitExceeded,
 )
 from fig_server.planner.bounds import Need
-from fig_server.planner.parts import Route
+from fig_server.planner.parts import Route, literal
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
 from fig_server.storage import pgbinary
@@ -431,7 +431,7 @@ class Federator:
     async def _as_of(self, backend: Injector, text: str) -> dt.datetime | None:
         if not text.strip():
             return None
-        sql = (f"SELECT to_char(CAST({_literal(text)} AS timestamptz) AT TIME ZONE 'UTC', "
+        sql = (f"SELECT to_char(CAST({literal(text)} AS timestamptz) AT TIME ZONE 'UTC', "
                "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')")
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
@@ -519,14 +519,15 @@ class Federator:
         """BEGIN ISOLATION LEVEL REPEATABLE READ and read the key sets, in one round trip:
         the key sets are the transaction's first statement, so they take the snapshot the
         cold rows' copy and the statement itself run in. The caller ends the transaction
-        (ROLLBACK on any error). A key set whose values are not all integers is not used."""
+        (ROLLBACK on any error). A key set the key read says may not be used (the
+        dimension key's type, a collation) is not."""
         plan = prepared.rewrite
         assert plan is not None
         wanted = [(index, reducer) for index, part in enumerate(plan.parts)
                   for reducer in part.reducers]
-        # The backend waits idle in the transaction while the cold engine runs: a session's
+        # A session whose default is serializable keeps it (one snapshot there too). The
+        # backend waits idle in the transaction while the cold engine runs: a session's
         # idle_in_transaction_session_timeout must not end it.
-        # (a session whose default is serializable keeps it: one snapshot there too)
         begin = "BEGIN" if self.isolation in ("repeatable read", "serializable") else \
             "BEGIN ISOLATION LEVEL REPEATABLE READ"
         sql = f"{begin}; SET LOCAL idle_in_transaction_session_timeout = 0; " + \
@@ -538,7 +539,7 @@ class Federator:
             raise BackendError(error)
         for (index, reducer), row in zip(wanted, data_rows(answers), strict=True):
             if row[1] != "t":
-                continue  # a collation that is not deterministic: equal need not be same
+                continue  # the key's type or a collation: equal need not be the same value
             read = _integer_keys if reducer.kind == "integer" else _text_keys
             keys = await asyncio.to_thread(read, row[0])
             if keys is not None:
@@ -698,23 +699,13 @@ def _frozen(constants: dict[str, tuple[str, str]] | None
 
 
 def _integer_keys(text: str | None) -> pa.Array | None:
-    """A JSON array of integer keys (NULL: none) as an int64 array; None when a value is not
-    a number. Numbers outside int64 or with a fraction equal no integer and are left out;
-    NULL keys join nothing."""
-    values = json.loads(text) if text else []
-    kept = []
-    for value in values:
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        if isinstance(value, float):
-            if not value.is_integer():
-                continue
-            value = int(value)
-        if -(1 << 63) <= value < (1 << 63):
-            kept.append(value)
-    return pa.array(kept, pa.int64())
+    """A JSON array of integer keys (NULL: none; the key read checked the column is
+    int2/int4/int8) as an int64 array; None when a value is not an integer. NULL keys join
+    nothing."""
+    values = [value for value in (json.loads(text) if text else []) if value is not None]
+    if not all(type(value) is int for value in values):
+        return None
+    return pa.array(values, pa.int64())
 
 
 def _text_keys(text: str | None) -> pa.Array | None:
@@ -728,7 +719,3 @@ def _text_keys(text: str | None) -> pa.Array | None:
 
 def _formats(kinds: set[str]) -> str:
     return f" ({', '.join(sorted(kinds))})" if kinds else ""
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import functools
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
-from pyiceberg.io import FileIO
+from pyiceberg.io import FileIO, load_file_io
+from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import CommitTableResponse, Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import AddSnapshotUpdate
@@ -31,8 +31,8 @@ class CountingCatalog(SqlCatalog):
 
     def __init__(self, name: str, **properties: str) -> None:
         super().__init__(name, **properties)
-        self._metadata: OrderedDict[str, tuple[TableMetadata, FileIO]] = OrderedDict()
-        self._metadata_lock = threading.Lock()
+        # location -> (metadata, its FileIO)
+        self._metadata = functools.lru_cache(maxsize=self.KEPT_METADATA)(self._read)
 
     def load_table(self, identifier: str | tuple[str, ...]) -> Table:
         """The table as the catalog row names it now, its metadata file read only the first
@@ -49,20 +49,18 @@ class CountingCatalog(SqlCatalog):
             lookup = lookup.where(type_filter)
         with self.engine.connect() as connection:
             location = connection.execute(lookup).scalar()
-        with self._metadata_lock:
-            kept = self._metadata.get(location) if location else None
-            if location and kept is not None:
-                self._metadata.move_to_end(location)
-        if not location or kept is None:
-            table = super().load_table(identifier)  # also when the row is gone: its error
-            with self._metadata_lock:
-                self._metadata[table.metadata_location] = (table.metadata, table.io)
-                while len(self._metadata) > self.KEPT_METADATA:
-                    self._metadata.popitem(last=False)
-            return table
-        metadata, io = kept
+        if not location:
+            return super().load_table(identifier)  # its error for a table that is gone
+        metadata, io = self._metadata(location)
         return Table(identifier=(*Catalog.identifier_to_tuple(namespace), name),
                      metadata=metadata, metadata_location=location, io=io, catalog=self)
+
+    def _read(self, location: str) -> tuple[TableMetadata, FileIO]:
+        """The metadata file at a location, parsed, and the FileIO its table reads with (as
+        pyiceberg's SqlCatalog makes them)."""
+        metadata = FromInputFile.table_metadata(
+            load_file_io(self.properties, location).new_input(location))
+        return metadata, self._load_file_io(metadata.properties, location)
 
     def commit_table(self, table: Table, requirements: Any, updates: Any
                      ) -> CommitTableResponse:
