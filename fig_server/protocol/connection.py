@@ -48,6 +48,8 @@ FATAL_SEVERITIES = (b"SFATAL\0", b"SPANIC\0")
 # CommandComplete, ErrorResponse, ParameterStatus from the backend (never a DataRow).
 AUDITED_CLIENT = frozenset(b"QPBESF")
 AUDITED_BACKEND = frozenset(b"CES")
+# Messages that may begin a statement over tiered tables: Query, Parse, Bind.
+FEDERATED = frozenset(b"QPB")
 
 
 # Statements after which the server-wide list of tiered tables and views is read again.
@@ -198,23 +200,37 @@ class ClientConnection:
                 raise error
 
     async def _pump_client(self) -> None:
+        """Frame the client's messages and pass them on in runs, holding back the few Fig
+        must see first. One loop per chunk does the framing, the header check and the
+        dispatch: this is every relayed statement's cost, so it reads each message once."""
         session = self.session
         backend = session.backend
         assert backend is not None
         buffer = self.client_buffer
         audit = self.audit
+        unpack = wire.UINT32.unpack_from
+        longest = self._longest_messages()
         while True:
-            spans, rest, bad = self._frames()
-            sent = 0
-            for start, end in spans:
-                kind = buffer[start]
-                if self.batch is not None or self._federates(kind, start, end) \
-                        or self._refuses(kind):
-                    backend.writer.write(bytes(buffer[sent:start]))
+            size = len(buffer)
+            pos = sent = 0
+            bad = None
+            rated = self.limits is not None and self.limits.limits_rate
+            while size - pos >= 5:
+                kind = buffer[pos]
+                length = unpack(buffer, pos + 1)[0]
+                if not 4 <= length <= longest[kind]:
+                    bad = self._header_error(pos)
+                    break
+                end = pos + 1 + length
+                if end > size:
+                    break
+                if self.batch is not None or (kind in FEDERATED and self._federates(
+                        kind, pos, end)) or (rated and self._refuses(kind)):
+                    backend.writer.write(bytes(buffer[sent:pos]))
                     sent = end
-                    await self._hold(kind, bytes(buffer[start:end]))
+                    await self._hold(kind, bytes(buffer[pos:end]))
                 elif audit is not None and kind in AUDITED_CLIENT:
-                    record = audit.on_client(kind, buffer, start, end)
+                    record = audit.on_client(kind, buffer, pos, end)
                     if kind in COUNTS_AS_REQUEST:
                         audit.pending.append(record)
                         session.in_flight += 1
@@ -226,10 +242,11 @@ class ClientConnection:
                     backend.writer.write(bytes(buffer[sent:end]))
                     session.in_flight = 0
                     return
-            if rest > sent:
-                backend.writer.write(bytes(buffer[sent:rest]))
-            if rest:
-                del buffer[:rest]
+                pos = end
+            if pos > sent:
+                backend.writer.write(bytes(buffer[sent:pos]))
+            if pos:
+                del buffer[:pos]
                 if backend.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
                     await backend.writer.drain()
                 if self.federator is not None and self.federator.locked and self.batch is None:
@@ -242,6 +259,14 @@ class ClientConnection:
             if not chunk:
                 return
             buffer += chunk
+
+    def _longest_messages(self) -> tuple[int, ...]:
+        """The longest length each message type byte may declare (0: not a frontend type):
+        what _header_error checks, as one lookup."""
+        return tuple(0 if kind not in wire.FRONTEND_TYPES
+                     else min(SMALL_MESSAGE_BYTES, self.max_message_bytes)
+                     if kind in SMALL_MESSAGE_TYPES else self.max_message_bytes
+                     for kind in range(256))
 
     async def _release_after_failed_block(self) -> None:
         """A statement that failed its transaction block could not release Fig's boundary
@@ -258,7 +283,7 @@ class ClientConnection:
     def _federates(self, kind: int, start: int, end: int) -> bool:
         """Does this message need Fig's planner? One regex search over a Query's or Parse's
         raw bytes; a Bind only if it names a prepared statement over tiered tables."""
-        if self.federator is None or kind not in (81, 80, 66):  # 'Q', 'P', 'B'
+        if self.federator is None or kind not in FEDERATED:
             return False
         buffer = self.client_buffer
         try:
@@ -662,6 +687,7 @@ class ClientConnection:
         buffer = bytearray()
         ended = False  # the last message relayed was a FATAL error: the close is expected
         audit = self.audit
+        unpack = wire.UINT32.unpack_from
         while True:
             chunk = await reader.read(READ_SIZE)
             if not chunk:
@@ -676,31 +702,38 @@ class ClientConnection:
                 data: bytes | bytearray = buffer
             else:
                 data = chunk
-            spans, rest = wire.split_messages(data)
             if self._divert is not None:
+                spans, rest = wire.split_messages(data)
                 self._divert_messages(data, spans)
                 buffer = bytearray(data[rest:])
                 continue
             held = None
-            for start, end in spans:
-                if data[start] == 90:  # 'Z' ReadyForQuery
+            size = len(data)
+            pos = last = 0
+            while size - pos >= 5:  # wire.split_messages, with each message looked at
+                end = pos + 1 + unpack(data, pos + 1)[0]
+                if end > size:
+                    break
+                kind = data[pos]
+                if kind == 90:  # 'Z' ReadyForQuery
                     session.in_flight -= 1
-                    session.transaction_status = bytes(data[start + 5:start + 6])
+                    session.transaction_status = bytes(data[pos + 5:pos + 6])
                     if self._hold_ready:  # Fig ends its transaction first (_end_managed)
-                        self._hold_ready, held = False, (start, end)
+                        self._hold_ready, held = False, (pos, end)
                     if session.in_flight <= 0:
                         self._idle.set()
                     if audit is not None:
                         audit.on_ready()
-                elif audit is not None and data[start] in AUDITED_BACKEND:
-                    audit.on_backend(data[start], data, start, end)
-            if spans:
-                last = spans[-1][0]
+                elif audit is not None and kind in AUDITED_BACKEND:
+                    audit.on_backend(kind, data, pos, end)
+                last, pos = pos, end
+            rest = pos
+            if rest:
                 ended = data[last] == 69 and data[last + 5:last + 12] in FATAL_SEVERITIES
             if held is not None:
                 writer.write(bytes(data[:held[0]]) + bytes(data[held[1]:rest]))
                 buffer = bytearray(data[rest:])
-            elif rest == len(data):
+            elif rest == size:
                 writer.write(data if data is chunk else bytes(data))
                 buffer = bytearray()
             else:
