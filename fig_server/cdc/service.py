@@ -138,6 +138,9 @@ class CdcProcess:
         self.next_periodic = 0.0
         self.next_status = 0.0
         self.next_retention = time.monotonic() + config.tiering.retention_interval_s
+        # When the last retention run began (Postgres's clock): a fig.run_retention() that
+        # began before it was served by it, even while its lock still shows in pg_locks.
+        self.retention_began: dt.datetime | None = None
         self.retry_at = 0.0
         self.in_periodic = False
         self.stream: ReplicationStream | None = None
@@ -624,11 +627,19 @@ class CdcProcess:
         try:
             self.next_periodic = now + PERIODIC_S
             self.refresh_tables()
-            requests = self.conn.execute(
-                "SELECT classid::int, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid IN (%s, %s, %s, %s, %s) AND granted",
+            locks = self.conn.execute(
+                "SELECT l.classid::int, l.objid::bigint, a.query_start FROM pg_locks l "
+                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                "AND l.classid IN (%s, %s, %s, %s, %s) AND l.granted",
                 (RETENTION_LOCK, COMPACT_LOCK, COLD_WRITE_LOCK, ATTACH_LOCK, UNTIER_LOCK)
             ).fetchall()
+            requests = [(c, k) for c, k, _ in locks]
+            # A caller unlocks only once it sees the run it asked for: one that began before
+            # the last run is still waiting for that run's stamp, not asking for another.
+            retention_wanted = any(
+                c == RETENTION_LOCK and (began is None or self.retention_began is None
+                                         or began >= self.retention_began)
+                for c, _, began in locks)
             # Cold writes first: a session waits for them with its hot statement uncommitted.
             for key in sorted({k for c, k in requests if c == COLD_WRITE_LOCK}):
                 self.cold_writes.requested(key)
@@ -637,8 +648,10 @@ class CdcProcess:
                 self.attacher.requested(key)
             for key in sorted({k for c, k in requests if c == UNTIER_LOCK}):
                 self.restorer.requested(key)
-            if any(c == RETENTION_LOCK for c, _ in requests) or now >= self.next_retention:
+            if retention_wanted or now >= self.next_retention:
                 self.next_retention = now + self.config.tiering.retention_interval_s
+                row = self.conn.execute("SELECT clock_timestamp()").fetchone()
+                self.retention_began = row[0] if row else None
                 self.retention.run_all()
                 self.status.retention_ran()
             for key in sorted({k for c, k in requests if c == COMPACT_LOCK}):
