@@ -67,6 +67,7 @@ class ColdConfig:
     s3_secret_access_key: str = ""
     workers: int = 0
     memory_limit_mb: int = 0
+    stream_buffer_mb: int = 64
     executor: str = "local"
     ray_address: str = ""
 

@@ -68,6 +68,10 @@ COLD_MANIFESTS = Counter("fig_cold_manifests_total", "Iceberg manifests read or 
 COLD_ROWS_REDUCED = Counter("fig_cold_rows_reduced_total",
                             "Cold rows a filtered dimension's join keys dropped before the copy "
                             "into the session (semi-join reducers)", registry=REGISTRY)
+COLD_ROWS_STREAMED = Counter("fig_cold_rows_streamed_total",
+                             "Cold rows copied into the session while their scan still ran "
+                             "(plain scans, bounded by [cold] stream_buffer_mb)",
+                             registry=REGISTRY)
 COLD_FILES_PER_QUERY = Histogram("fig_cold_files_scanned", "Data files scanned per statement",
                                  buckets=COUNT_BUCKETS, registry=REGISTRY)
 COLD_ROW_GROUPS_PER_QUERY = Histogram("fig_cold_row_groups_scanned",

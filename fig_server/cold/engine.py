@@ -44,6 +44,9 @@ from fig_server.errors import (
 )
 
 _DONE = object()
+# A streamed scan's outputs are gathered to about this size before the coordinator's SQL runs
+# over them (one DataFusion plan per piece costs 2-8 ms) and the piece is passed on.
+STREAM_PIECE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -138,18 +141,23 @@ class ColdEngine:
     def query(self, sql: str, tables: Mapping[str, Table], params: list[Any] | None = None,
               as_of: dt.datetime | None = None, cancel: threading.Event | None = None,
               timeout_s: float | None = None,
-              keys: tuple[tuple[str, pa.Array], ...] = ()) -> ColdResult:
+              keys: tuple[tuple[str, pa.Array], ...] = (),
+              sink: Callable[[pa.Table], None] | None = None) -> ColdResult:
         """Run a Postgres-dialect SELECT over the given Iceberg tables. keys: semi-join key
-        sets the workers filter every scanned row by before the SQL (UnitTask.keys)."""
+        sets the workers filter every scanned row by before the SQL (UnitTask.keys). sink:
+        when the plan streams (QueryPlan.streams), pieces of the result go to it as units
+        finish, and the result's table holds none of them (sink may block: the scan waits)."""
         control = _Control(cancel, timeout_s, self._closing)
         prepared = self._prepare(sql, tables, params, as_of)
         stats = ScanStats()
         scanned: dict[str, pa.Table] = {}
+        flow = _Flow(prepared.plan, sink) if sink is not None and prepared.plan.streams \
+            else None
         for part, scan, io_props in zip(prepared.plan.parts, prepared.scans,
                                         prepared.io_properties, strict=True):
             part_stats = ScanStats()
             scanned[part.placeholder] = self._run_scan(part, scan, io_props, part_stats,
-                                                       control, keys)
+                                                       control, keys, flow)
             stats.add(part_stats)
             stats.plan_ms += part_stats.plan_ms
         control.check()
@@ -213,7 +221,8 @@ class ColdEngine:
 
     def _run_scan(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   stats: ScanStats, control: _Control,
-                  keys: tuple[tuple[str, pa.Array], ...] = ()) -> pa.Table:
+                  keys: tuple[tuple[str, pa.Array], ...] = (),
+                  flow: _Flow | None = None) -> pa.Table:
         pruner = Pruner(scan, self.cache, stats)
         units: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
@@ -222,7 +231,10 @@ class ColdEngine:
                                    name="fig-cold-planner", daemon=True)
         planner.start()
         try:
-            results = self._dispatch(part, scan, io_props, units, stop, stats, control, keys)
+            results = self._dispatch(part, scan, io_props, units, stop, stats, control, keys,
+                                     flow)
+            if flow is not None:
+                flow.flush()
         finally:
             stop.set()
         if pruner.metadata_rows and part.count_columns is not None:
@@ -238,9 +250,10 @@ class ColdEngine:
 
     def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,
-                  control: _Control, keys: tuple[tuple[str, pa.Array], ...]
-                  ) -> list[pa.Table]:
-        """Run work items as slots free up; for top-n keep a heap and stop when it wins."""
+                  control: _Control, keys: tuple[tuple[str, pa.Array], ...],
+                  flow: _Flow | None = None) -> list[pa.Table]:
+        """Run work items as slots free up; for top-n keep a heap and stop when it wins;
+        outputs go to flow when there is one (a streamed scan), else are returned."""
         order = scan.order
         in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
         probe = probe_of(part.worker_sql)  # until the units show the filter keeps most
@@ -293,6 +306,9 @@ class ColdEngine:
                     if stats.units_probed >= PROBE_TRIAL and \
                             stats.units_skipped * 2 < stats.units_probed:
                         probe = None  # most units hold passing rows: read them whole at once
+                    if flow is not None:
+                        flow.add(table)
+                        continue
                     if order is None or part.merge_sql is None:
                         results.append(table)
                         found += table.num_rows
@@ -464,6 +480,32 @@ def _schema(table: Table, snapshot: Snapshot | None) -> Schema:
             if schema.schema_id == snapshot.schema_id:
                 return schema
     return table.schema()
+
+
+class _Flow:
+    """A streamed scan's outputs passed on as units finish: the coordinator's SQL runs over
+    each STREAM_PIECE_BYTES of them (QueryPlan.streams: the pieces' results, concatenated,
+    are its result over them all) and the sink takes each piece."""
+
+    def __init__(self, plan: QueryPlan, sink: Callable[[pa.Table], None]) -> None:
+        self.plan = plan
+        self.sink = sink
+        self.held: list[pa.Table] = []
+        self.size = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.held.append(table)
+            self.size += table.nbytes
+            if self.size >= STREAM_PIECE_BYTES:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            held, self.held, self.size = self.held, [], 0
+            rows = held[0] if len(held) == 1 else pa.concat_tables(
+                held, promote_options="permissive")
+            self.sink(_final(self.plan, {self.plan.parts[0].placeholder: rows}))
 
 
 def _final(plan: QueryPlan, scanned: dict[str, pa.Table]) -> pa.Table:

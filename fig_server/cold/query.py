@@ -80,6 +80,9 @@ class QueryPlan:
     parts: list[ScanPart]
     final_sql: str
     output_names: dict[str, str] = field(default_factory=dict)
+    # The coordinator's SQL over any split of the scan's rows, concatenated, is its SQL over
+    # them all (no ORDER BY, LIMIT, DISTINCT or GROUP BY): results may be passed on in pieces.
+    streams: bool = False
 
 
 def table_key(node: exp.Table, tables: Mapping[str, object]) -> str | None:
@@ -205,7 +208,13 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
     _strip_schema_qualifiers(final)
     part = ScanPart(binding, "__cold_0", where, fields, worker.sql(dialect=PG), order,
                     merge_sql, limit=limit)
-    return QueryPlan("topn" if order else "scan", [part], final.sql(dialect=PG), names)
+    streams = not any(final.args.get(clause) for clause in PIECEWISE_BREAKERS)
+    return QueryPlan("topn" if order else "scan", [part], final.sql(dialect=PG), names,
+                     streams=streams)
+
+
+# Clauses after which the coordinator's SQL over pieces of the rows is not its SQL over all.
+PIECEWISE_BREAKERS = ("order", "limit", "offset", "distinct", "group", "having", "qualify")
 
 
 def _plain_limit(select: exp.Select) -> int | None:

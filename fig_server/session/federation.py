@@ -1,8 +1,9 @@
 """Answers statements over tiered tables: cold parts from the cold engine, the rest by Postgres.
 
-The backend session itself merges: each cold part is copied (CSV over COPY) into a session
-temp table, and the rewritten statement reads `temp UNION ALL hot rows`, so result types,
-formats, parameters, privileges on the hot table and every SQL construct stay Postgres's own.
+The backend session itself merges: each cold part is copied (binary COPY, CSV for types
+without a binary encoder; a plain scan while it is still scanned) into a session temp table,
+and the rewritten statement reads `temp UNION ALL hot rows`, so result types, formats,
+parameters, privileges on the hot table and every SQL construct stay Postgres's own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +39,7 @@ from fig_server.planner.bounds import Need
 from fig_server.planner.parts import Route, literal
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
+from fig_server.session.cold_rows import ColdRows
 from fig_server.storage import pgbinary
 from fig_server.storage.typemap import to_copy_csv
 
@@ -204,18 +206,36 @@ class ColdService:
 
     def query(self, part: ColdPart, as_of: dt.datetime | None,
               cancel: threading.Event | None, timeout_s: float | None = None,
-              keys: tuple[tuple[str, pa.Array], ...] = ()) -> tuple[pa.Table, Any]:
+              keys: tuple[tuple[str, pa.Array], ...] = (),
+              sink: Callable[[pa.Table], None] | None = None) -> tuple[pa.Table, Any]:
+        """The part's rows and scan stats; with sink, a part whose plan streams passes its
+        rows to sink as they come and returns none of them (ColdEngine.query)."""
         engine, _ = self._open()
+        limit = self.config.limits.max_result_rows
+        streamed = 0
+
+        def check(rows: int) -> None:
+            if limit and rows > limit:
+                raise ProgramLimitExceeded(
+                    f"cold part of {part.table.qualified} returned {rows} rows, "
+                    f"more than [limits] max_result_rows = {limit}",
+                    hint="Narrow the statement (a time range, a filter, LIMIT) or raise the "
+                         "limit.")
+
+        def passing(piece: pa.Table) -> None:
+            nonlocal streamed
+            streamed += piece.num_rows
+            check(streamed)
+            assert sink is not None
+            sink(piece)
+
         with _storage_errors(part):
             result = engine.query(part.cold_sql, self._tables(part), as_of=as_of,
-                                  cancel=cancel, timeout_s=timeout_s, keys=keys)
+                                  cancel=cancel, timeout_s=timeout_s, keys=keys,
+                                  sink=None if sink is None else passing)
         metrics.COLD_ROWS_REDUCED.inc(result.stats.rows_reduced)
-        limit = self.config.limits.max_result_rows
-        if limit and result.table.num_rows > limit:
-            raise ProgramLimitExceeded(
-                f"cold part of {part.table.qualified} returned {result.table.num_rows} rows, "
-                f"more than [limits] max_result_rows = {limit}",
-                hint="Narrow the statement (a time range, a filter, LIMIT) or raise the limit.")
+        metrics.COLD_ROWS_STREAMED.inc(streamed)
+        check(streamed + result.table.num_rows)
         return result.table, result.stats
 
     def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None) -> list[str]:
@@ -257,23 +277,35 @@ def _storage_errors(part: ColdPart) -> Iterator[None]:
                            "storage (`fig status`, fig.cdc_status)") from exc
 
 
-async def copy_messages(rows: pa.Table, coders: Sequence[pgbinary.Encoder] | None
-                        ) -> AsyncIterator[bytes]:
-    """CopyData messages of the rows, in binary COPY format when coders are given and as CSV
-    otherwise, a batch at a time, each encoded off the event loop: the server never holds
-    more than one batch of the encoded rows."""
+async def copy_messages(pieces: AsyncIterator[pa.Table], schema: pa.Schema,
+                        coders: Sequence[pgbinary.Encoder] | None) -> AsyncIterator[bytes]:
+    """CopyData messages of the rows of every piece (each cast to schema, the one coders
+    were chosen for), in binary COPY format when coders are given and as CSV otherwise, a
+    batch at a time, each encoded off the event loop: the server never holds more than one
+    batch of the encoded rows."""
     if coders is not None:
         yield wire.message(b"d", pgbinary.HEADER)
-    for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
-        if coders is None:
-            data = await asyncio.to_thread(to_copy_csv, pa.Table.from_batches([batch]))
-        else:
-            data = await asyncio.to_thread(pgbinary.to_copy_binary, batch, coders)
-        view = memoryview(data)
-        yield b"".join(wire.message(b"d", bytes(view[i:i + COPY_CHUNK]))
-                       for i in range(0, len(data), COPY_CHUNK))
+    async for piece in pieces:
+        rows = piece if piece.schema == schema else piece.cast(schema)
+        for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
+            if coders is None:
+                data = await asyncio.to_thread(to_copy_csv, pa.Table.from_batches([batch]))
+            else:
+                data = await asyncio.to_thread(pgbinary.to_copy_binary, batch, coders)
+            view = memoryview(data)
+            yield b"".join(wire.message(b"d", bytes(view[i:i + COPY_CHUNK]))
+                           for i in range(0, len(data), COPY_CHUNK))
     if coders is not None:
         yield wire.message(b"d", pgbinary.TRAILER)
+
+
+async def _one(rows: pa.Table) -> AsyncIterator[pa.Table]:
+    yield rows
+
+
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()
 
 
 class Injector(Protocol):
@@ -559,15 +591,17 @@ class Federator:
         # their temp tables not made yet
         empty: list[tuple[ColdPart, pa.Table | None]] = []
         for index, part in enumerate(plan.parts):
-            rows, stats = None, None
+            rows, stats, copied = None, None, False
             started = time.perf_counter()
-            if run_cold:
-                rows, stats = await asyncio.to_thread(
-                    self.cold.query, part, as_of, cancel, self.timeout_s,
-                    tuple(prepared.keys.get(index, ())))
+            if run_cold:  # a streamed part is copied while it is scanned: cold_ms holds both
+                rows, stats, copied = await self._scan(
+                    backend, prepared, part, tuple(prepared.keys.get(index, ())), as_of,
+                    cancel)
                 prepared.stats.append(stats)
             loaded = time.perf_counter()
             prepared.cold_ms += (loaded - started) * 1000
+            if copied:
+                continue
             if stats is None or not (stats.files_kept or stats.files_from_metadata):
                 empty.append((part, rows))
             else:
@@ -582,9 +616,43 @@ class Federator:
             await self._copy(backend, prepared, part, rows)
         prepared.copy_ms += (time.perf_counter() - started) * 1000
 
+    async def _scan(self, backend: Injector, prepared: Prepared, part: ColdPart,
+                    keys: tuple[tuple[str, pa.Array], ...], as_of: dt.datetime | None,
+                    cancel: threading.Event | None) -> tuple[pa.Table | None, Any, bool]:
+        """The part's rows and scan stats from the cold engine, and whether they are copied
+        already: a part whose plan streams is copied into its temp table while the engine
+        still scans, through a ColdRows bounded by [cold] stream_buffer_mb."""
+        stream = ColdRows(asyncio.get_running_loop(),
+                          self.cold.config.cold.stream_buffer_mb * 1024 * 1024)
+
+        def scan() -> tuple[pa.Table, Any]:
+            try:
+                result = self.cold.query(part, as_of, cancel, self.timeout_s, keys,
+                                         stream.put)
+            except BaseException as exc:
+                stream.end(exc)
+                raise
+            stream.end()
+            return result
+
+        job = asyncio.ensure_future(asyncio.to_thread(scan))
+        job.add_done_callback(_retrieved)  # a scan left behind by a failed COPY
+        try:
+            first = await stream.first()
+            if first is None:
+                rows, stats = await job
+                return rows, stats, False
+            await self._copy(backend, prepared, part, first, stream.pieces())
+            _, stats = await job
+            return None, stats, True
+        finally:
+            stream.close()  # a scan still running stops at its next piece
+
     async def _copy(self, backend: Injector, prepared: Prepared, part: ColdPart,
-                    rows: pa.Table | None) -> None:
-        """Make the part's temp table and copy its rows in (binary COPY where it can)."""
+                    rows: pa.Table | None,
+                    pieces: AsyncIterator[pa.Table] | None = None) -> None:
+        """Make the part's temp table and copy its rows in (binary COPY where it can).
+        pieces: all the rows, rows being the first of them (a streamed part)."""
         data = wire.message(b"Q", wire.cstring(await self._scratch(backend, part)))
         if rows is None or rows.num_rows == 0:
             answers = await backend.inject(data, 1)
@@ -603,7 +671,8 @@ class Federator:
         options = "FORMAT csv, ENCODING 'UTF8'" if coders is None else "FORMAT binary"
         data += wire.message(b"Q", wire.cstring(
             f"COPY pg_temp.{part.temp_table} FROM STDIN ({options})"))
-        answers = await backend.inject(data, statements, copy_messages(rows, coders))
+        answers = await backend.inject(data, statements, copy_messages(
+            pieces or _one(rows), rows.schema, coders))
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)

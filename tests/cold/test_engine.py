@@ -14,6 +14,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 from fig_server.cold import ColdEngine, worker
+from fig_server.cold import engine as engine_module
 from fig_server.cold.engine import probe_of
 from fig_server.cold.units import ColumnRead, UnitTask, WorkUnit
 from fig_server.errors import (
@@ -24,6 +25,7 @@ from fig_server.errors import (
     UndefinedColumn,
     UndefinedTable,
 )
+from fig_server.session.cold_rows import StreamClosed
 from tests.cold.compare import rows, same_rows
 from tests.cold.tables import build_events
 
@@ -220,3 +222,53 @@ def test_key_sets_filter_rows_before_the_sql(processes: ColdEngine, engine: Cold
         result = cold.query(sql, tables, keys=keys)
         assert same_rows(result.table, want), sql
         assert result.stats.rows_reduced > 0
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id, status, id * 2 AS twice FROM sorted_events WHERE status = 500",
+    "SELECT * FROM sorted_events WHERE id % 7 = 1",
+])
+def test_plain_scans_stream_in_pieces(engine: ColdEngine, sorted_events: Table, sql: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain scan's result goes to the sink in pieces as units finish (the coordinator's
+    SQL run over each piece), the pieces together are the whole answer, and the returned
+    table holds none of them."""
+    monkeypatch.setattr(engine_module, "STREAM_PIECE_BYTES", 1)  # a piece per unit output
+    tables = {"sorted_events": sorted_events}
+    whole = engine.query(sql, tables).table
+    pieces: list[pa.Table] = []
+    result = engine.query(sql, tables, sink=pieces.append)
+    assert result.table.num_rows == 0 and len(pieces) > 1
+    assert same_rows(pa.concat_tables(pieces), whole)
+    assert pieces[0].column_names == whole.column_names
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id FROM sorted_events WHERE status = 500 ORDER BY id",
+    "SELECT DISTINCT status FROM sorted_events",
+    "SELECT status FROM sorted_events GROUP BY status",
+    "SELECT id FROM sorted_events LIMIT 5",
+    "SELECT id FROM sorted_events ORDER BY ts DESC LIMIT 5",
+    "SELECT status, count(*) FROM sorted_events GROUP BY status",
+])
+def test_scans_that_need_all_their_rows_do_not_stream(engine: ColdEngine,
+                                                      sorted_events: Table, sql: str) -> None:
+    pieces: list[pa.Table] = []
+    result = engine.query(sql, {"sorted_events": sorted_events}, sink=pieces.append)
+    assert not pieces and result.table.num_rows > 0
+
+
+def test_a_failing_sink_stops_the_scan(engine: ColdEngine, sorted_events: Table,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "STREAM_PIECE_BYTES", 1)
+    calls = 0
+
+    def sink(piece: pa.Table) -> None:
+        nonlocal calls
+        calls += 1
+        raise StreamClosed()
+
+    with pytest.raises(StreamClosed):
+        engine.query("SELECT id FROM sorted_events", {"sorted_events": sorted_events},
+                     sink=sink)
+    assert calls == 1
