@@ -34,6 +34,8 @@ class ColdMeasure:
     short: str = ""
     mismatch: str = ""  # how the rows differ from the reference's, when they do
     digest: list[tuple[str, ...]] = field(default_factory=list, repr=False)
+    # The server's peak resident memory over the shape's runs (Fig over pgwire: `fig serve`).
+    peak_mb: float | None = None
 
     @property
     def median_ms(self) -> float:
@@ -109,17 +111,18 @@ def cold_rows(report: RunReport) -> list[list[str]]:
         fig = next((m for m in measures if m.is_fig and m.runs_ms), None)
         for m in measures:
             if m.skipped:
-                rows.append([query, m.system, "skipped", "", "", "", "", "", m.skipped])
+                rows.append([query, m.system, "skipped", "", "", "", "", "", "", m.skipped])
                 continue
             ratio = "" if fig is None or m.is_fig else f"{fig.median_ms / m.median_ms:.2f}x"
             agree = {True: "yes", False: "NO", None: "-"}[m.agrees]
+            peak = "" if m.peak_mb is None else f"{m.peak_mb:,.0f}"
             rows.append([query, m.system, _ms(m.median_ms), _spread(m.runs_ms), ratio,
-                         _bytes(m.bytes_read), str(m.rows), agree, _pruning(m.pruning)])
+                         _bytes(m.bytes_read), str(m.rows), agree, peak, _pruning(m.pruning)])
     return rows
 
 
 COLD_HEADER = ["query", "system", "median ms", "min-max ms", "Fig/peer", "bytes read", "rows",
-               "same rows", "Fig pruning"]
+               "same rows", "server peak MB", "Fig pruning"]
 PGBENCH_HEADER = ["script", "target", "clients", "median tps", "tps min-max", "p50 ms",
                   "p99 ms", "transactions"]
 LOOP_HEADER = ["target", "queries", "p50 ms", "p99 ms", "mean ms"]

@@ -147,7 +147,8 @@ def cold_systems(fig: FigProcess, data: DataSet, files: list[str], example: Quer
     systems: list[System] = []
     reason = probe_fig_pgwire(fig.dsn(), example)
     if reason is None:
-        systems += [FigPgwire(fig.dsn(), route="auto"), FigPgwire(fig.dsn(), route="cold")]
+        systems += [FigPgwire(fig.dsn(), route="auto", server_pid=fig.process.pid),
+                    FigPgwire(fig.dsn(), route="cold", server_pid=fig.process.pid)]
     else:
         report.skipped.append(("Fig over pgwire (routes auto and cold)", reason))
     engine_class, why = find_cold_engine()
@@ -179,6 +180,7 @@ def measure(system: System, query: Query, runs: int) -> ColdMeasure:
         result.skipped = skip
         return result
     try:
+        system.reset_peak()
         started = time.perf_counter()
         rows = system.run(query)  # warm-up, not counted
         warmup_s = time.perf_counter() - started
@@ -186,6 +188,7 @@ def measure(system: System, query: Query, runs: int) -> ColdMeasure:
             started = time.perf_counter()
             rows = system.run(query)
             result.runs_ms.append((time.perf_counter() - started) * 1000)
+        result.peak_mb = system.peak_mb()
         reading = system.reading(query)
     except Exception as error:  # a failing system is reported, the run goes on
         text = str(error).strip().splitlines()

@@ -8,6 +8,7 @@ slows the timed runs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -53,6 +54,14 @@ class System:
 
     def reading(self, query: Query) -> Reading:
         return Reading(note="not measured")
+
+    def reset_peak(self) -> None:
+        """Forget the server's peak memory so far (systems with a server process of their
+        own that the benchmark watches)."""
+
+    def peak_mb(self) -> float | None:
+        """The server's peak resident memory since reset_peak, when watched."""
+        return None
 
     def close(self) -> None:
         return None
@@ -278,13 +287,29 @@ class FigPgwire(System):
 
     is_fig = True
 
-    def __init__(self, dsn: str, route: str = "cold") -> None:
+    def __init__(self, dsn: str, route: str = "cold", server_pid: int | None = None) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.conn.execute("SET TimeZone = 'UTC'")
         self.conn.execute("SELECT set_config('fig.route', %s, false)", (route,))
         self.route = route
         self.name = f"Fig over pgwire (route {route})"
         self.short = f"fig-{route}"
+        self.server_pid = server_pid  # `fig serve`, whose peak memory is reported
+
+    def reset_peak(self) -> None:
+        if self.server_pid is not None:
+            with contextlib.suppress(OSError):  # Linux: "5" resets VmHWM to the current RSS
+                Path(f"/proc/{self.server_pid}/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float | None:
+        if self.server_pid is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.server_pid}/status").read_text()
+        except OSError:
+            return None
+        line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), None)
+        return None if line is None else int(line.split()[1]) / 1024
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
         return self.conn.execute(query.sql).fetchall()
