@@ -9,6 +9,7 @@ parameters, privileges on the hot table and every SQL construct stay Postgres's 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -301,6 +302,12 @@ async def copy_messages(pieces: AsyncIterator[pa.Table], schema: pa.Schema,
 
 async def _one(rows: pa.Table) -> AsyncIterator[pa.Table]:
     yield rows
+
+
+# Cold scans run here, not in asyncio's default executor: a streamed scan waits in
+# ColdRows.put for its COPY, whose batches are encoded in the default executor (asyncio.to_thread);
+# scans filling that executor would wait for encoders that could never run.
+_SCANS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fig-scan")
 
 
 def _retrieved(job: asyncio.Future[Any]) -> None:
@@ -635,7 +642,7 @@ class Federator:
             stream.end()
             return result
 
-        job = asyncio.ensure_future(asyncio.to_thread(scan))
+        job = asyncio.get_running_loop().run_in_executor(_SCANS, scan)
         job.add_done_callback(_retrieved)  # a scan left behind by a failed COPY
         try:
             first = await stream.first()

@@ -5,6 +5,7 @@ of its streamed statements fails."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import urllib.request
 from collections.abc import Iterator
@@ -77,3 +78,20 @@ def test_a_failed_stream_leaves_the_session_usable(fig: FigProcess) -> None:
         conn.execute("rollback")
         got = conn.execute("select id from wide where id % 1000 = 0").fetchall()
         assert sorted(got) == [(n,) for n in range(1000, ROWS + 1, 1000)]
+
+
+def test_many_sessions_stream_at_once(fig: FigProcess) -> None:
+    """More streamed statements at once than asyncio's default executor has threads (their
+    scans wait for room while the COPYs encode): every one finishes with the twin's rows."""
+    sql = "select id, note from {} where id % 5 = 2"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        want = sorted(conn.execute(sql.format("wide_twin")).fetchall())
+
+    def run() -> list[tuple[int, str]]:
+        with psycopg.connect(fig.dsn, autocommit=True) as conn:
+            return sorted(conn.execute(sql.format("wide")).fetchall())
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        futures = [pool.submit(run) for _ in range(10)]
+        for future in futures:
+            assert future.result(timeout=300) == want
