@@ -485,7 +485,10 @@ def _schema(table: Table, snapshot: Snapshot | None) -> Schema:
 class _Flow:
     """A streamed scan's outputs passed on as units finish: the coordinator's SQL runs over
     each STREAM_PIECE_BYTES of them (QueryPlan.streams: the pieces' results, concatenated,
-    are its result over them all) and the sink takes each piece."""
+    are its result over them all) and the sink takes each piece. When that SQL only picks
+    columns (QueryPlan.projection), each output is picked from and passed on at once: the
+    coordinator's thread also dispatches units, and a DataFusion plan per piece held it up
+    (a 10M-row scan, 1.07 s whole, took 1.42 s streamed)."""
 
     def __init__(self, plan: QueryPlan, sink: Callable[[pa.Table], None]) -> None:
         self.plan = plan
@@ -494,7 +497,13 @@ class _Flow:
         self.size = 0
 
     def add(self, table: pa.Table) -> None:
-        if table.num_rows:
+        projection = self.plan.projection
+        if projection is not None and table.num_rows:  # columns picked: no SQL to run
+            if projection:
+                table = table.select([column for column, _ in projection]).rename_columns(
+                    [name for _, name in projection])
+            self.sink(table)
+        elif table.num_rows:
             self.held.append(table)
             self.size += table.nbytes
             if self.size >= STREAM_PIECE_BYTES:

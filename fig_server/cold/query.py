@@ -83,6 +83,9 @@ class QueryPlan:
     # The coordinator's SQL over any split of the scan's rows, concatenated, is its SQL over
     # them all (no ORDER BY, LIMIT, DISTINCT or GROUP BY): results may be passed on in pieces.
     streams: bool = False
+    # When that SQL only picks and names columns of the scan's rows: (column, output name)
+    # pairs, () for SELECT *; None when it computes anything.
+    projection: tuple[tuple[str, str], ...] | None = None
 
 
 def table_key(node: exp.Table, tables: Mapping[str, object]) -> str | None:
@@ -210,7 +213,26 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
                     merge_sql, limit=limit)
     streams = not any(final.args.get(clause) for clause in PIECEWISE_BREAKERS)
     return QueryPlan("topn" if order else "scan", [part], final.sql(dialect=PG), names,
-                     streams=streams)
+                     streams=streams, projection=_plain_projection(final, names))
+
+
+def _plain_projection(final: exp.Select, names: dict[str, str]
+                      ) -> tuple[tuple[str, str], ...] | None:
+    """(column, output name) when the coordinator's SELECT only picks and names plain
+    columns (QueryPlan.projection), () for a bare SELECT *, else None."""
+    if any(final.args.get(clause) for clause in (*PIECEWISE_BREAKERS, "where", "joins")):
+        return None
+    items = final.expressions
+    if len(items) == 1 and isinstance(items[0], exp.Star):
+        return ()
+    pairs = []
+    for item in items:
+        column = item.this if isinstance(item, exp.Alias) else item
+        if not isinstance(column, exp.Column) or isinstance(column.this, exp.Star):
+            return None
+        output = item.alias_or_name
+        pairs.append((column.name, names.get(output, output)))
+    return tuple(pairs)
 
 
 # Clauses after which the coordinator's SQL over pieces of the rows is not its SQL over all.

@@ -227,6 +227,7 @@ def test_key_sets_filter_rows_before_the_sql(processes: ColdEngine, engine: Cold
 @pytest.mark.parametrize("sql", [
     "SELECT id, status, id * 2 AS twice FROM sorted_events WHERE status = 500",
     "SELECT * FROM sorted_events WHERE id % 7 = 1",
+    "SELECT status AS code, id, sorted_events.ts FROM sorted_events WHERE id % 3 = 0",
 ])
 def test_plain_scans_stream_in_pieces(engine: ColdEngine, sorted_events: Table, sql: str,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
