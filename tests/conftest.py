@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,14 @@ class FigProcess:
 
     def log(self) -> str:
         return (self.data_dir / "fig.log").read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """An unlabelled metric's value from the metrics endpoint."""
+        assert self.metrics_url is not None
+        with urllib.request.urlopen(self.metrics_url + "metrics", timeout=30) as response:
+            text = response.read().decode()
+        return float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith(name + " ")))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:

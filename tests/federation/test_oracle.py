@@ -8,7 +8,6 @@ must return the same column names, types and rows, under the auto and the cold r
 from __future__ import annotations
 
 import datetime as dt
-import urllib.request
 from collections.abc import Iterator
 
 import psycopg
@@ -378,21 +377,12 @@ REDUCED = [
 ]
 
 
-def reduced_rows(fig: FigProcess) -> float:
-    """fig_cold_rows_reduced_total from the metrics endpoint."""
-    assert fig.metrics_url is not None
-    with urllib.request.urlopen(fig.metrics_url + "metrics", timeout=30) as response:
-        text = response.read().decode()
-    return float(next(line.split()[1] for line in text.splitlines()
-                      if line.startswith("fig_cold_rows_reduced_total ")))
-
-
 @pytest.mark.parametrize("route", ["auto", "cold"])
 @pytest.mark.parametrize("query", REDUCED)
 def test_a_filtered_dimension_reduces_the_cold_rows(
         tiered_fig: tuple[FigProcess, dict[str, str]], query: str, route: str) -> None:
     fig, _ = tiered_fig
-    before = reduced_rows(fig)
+    before = fig.metric("fig_cold_rows_reduced_total")
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         conn.execute(f"set fig.route = '{route}'")
         got = rows_of(conn, query)
@@ -401,7 +391,7 @@ def test_a_filtered_dimension_reduces_the_cold_rows(
         with conn.transaction():  # the client's own block after Fig's: the session goes on
             assert conn.execute("select 1").fetchone() == (1,)
     assert got == want
-    assert reduced_rows(fig) > before
+    assert fig.metric("fig_cold_rows_reduced_total") > before
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         plan = "\n".join(str(r[0]) for r in conn.execute("explain " + query))
     assert "Semi-join: rows whose user_id" in plan, plan
@@ -463,11 +453,11 @@ def test_a_text_key_reduces_the_cold_rows(tiered_fig: tuple[FigProcess, dict[str
                      "region text)")
         conn.execute("insert into regions values ('DE', 'eu'), ('FR', 'eu'), ('US', 'am') "
                      "on conflict do nothing")
-        before = reduced_rows(fig)
+        before = fig.metric("fig_cold_rows_reduced_total")
         got = rows_of(conn, query)
         want = rows_of(conn, query.replace("events", "events_plain"))
     assert got == want and got[1]
-    assert reduced_rows(fig) > before
+    assert fig.metric("fig_cold_rows_reduced_total") > before
 
 
 @pytest.mark.parametrize("prepare", [False, True])
@@ -483,10 +473,10 @@ def test_a_filtered_dimension_reduces_over_the_extended_protocol(
              "group by 1 order by 1")
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         for status in (404, 500, 200):
-            before = reduced_rows(fig)
+            before = fig.metric("fig_cold_rows_reduced_total")
             got = conn.execute(query, (status,), prepare=prepare).fetchall()
             assert conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
-            assert reduced_rows(fig) > before
+            assert fig.metric("fig_cold_rows_reduced_total") > before
             want = conn.execute(query.replace("events", "events_plain"), (status,),
                                 prepare=prepare).fetchall()
             assert got == want and got
@@ -507,18 +497,18 @@ def test_reducers_keep_the_session_isolation_and_leave_writes_alone(
     query = REDUCED[0]
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         conn.execute("set default_transaction_isolation = 'serializable'")
-        before = reduced_rows(fig)
+        before = fig.metric("fig_cold_rows_reduced_total")
         got = rows_of(conn, query)
-        assert reduced_rows(fig) > before
+        assert fig.metric("fig_cold_rows_reduced_total") > before
         conn.execute("reset default_transaction_isolation")
         assert got == rows_of(conn, query.replace("events", "events_plain"))
         conn.execute("drop table if exists reduced_copy, reduced_copy_plain")
         conn.execute(f"create table reduced_copy as {query}")
         conn.execute(f"create table reduced_copy_plain as "
                      f"{query.replace('events', 'events_plain')}")
-        before = reduced_rows(fig)
+        before = fig.metric("fig_cold_rows_reduced_total")
         conn.execute(f"insert into reduced_copy {query}")
-        assert reduced_rows(fig) == before
+        assert fig.metric("fig_cold_rows_reduced_total") == before
         conn.execute(f"insert into reduced_copy_plain {query.replace('events', 'events_plain')}")
         assert rows_of(conn, "select * from reduced_copy order by 1, 2") == \
             rows_of(conn, "select * from reduced_copy_plain order by 1, 2")
@@ -533,9 +523,9 @@ def test_dimension_keys_of_other_types_are_not_used(
         conn.execute("create table if not exists float_keys (k float8, g int)")
         conn.execute("truncate float_keys")
         conn.execute("insert into float_keys select g, g % 3 from generate_series(0, 60) g")
-        before = reduced_rows(fig)
+        before = fig.metric("fig_cold_rows_reduced_total")
         query = ("select f.g, count(*), sum(e.amount) from events e join float_keys f "
                  "on f.k = e.user_id where f.g = 1 group by 1 order by 1")
         got = rows_of(conn, query)
         assert got == rows_of(conn, query.replace("events", "events_plain")) and got[1]
-        assert reduced_rows(fig) == before
+        assert fig.metric("fig_cold_rows_reduced_total") == before

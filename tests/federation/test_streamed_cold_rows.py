@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import urllib.request
 from collections.abc import Iterator
 
 import psycopg
@@ -44,21 +43,12 @@ def fig() -> Iterator[FigProcess]:
     server.stop()
 
 
-def streamed_rows(fig: FigProcess) -> float:
-    """fig_cold_rows_streamed_total from the metrics endpoint."""
-    assert fig.metrics_url is not None
-    with urllib.request.urlopen(fig.metrics_url + "metrics", timeout=30) as response:
-        text = response.read().decode()
-    return float(next(line.split()[1] for line in text.splitlines()
-                      if line.startswith("fig_cold_rows_streamed_total ")))
-
-
 @pytest.mark.parametrize("where", ["true", "id % 3 = 1", "note like 'a%'"])
 def test_streamed_rows_equal_the_twins(fig: FigProcess, where: str) -> None:
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
-        before = streamed_rows(fig)
+        before = fig.metric("fig_cold_rows_streamed_total")
         got = conn.execute(f"select id, note, ts from wide where {where}").fetchall()
-        assert streamed_rows(fig) > before, "the cold part was not streamed"
+        assert fig.metric("fig_cold_rows_streamed_total") > before, "the cold part was not streamed"
         want = conn.execute(f"select id, note, ts from wide_twin where {where}").fetchall()
         assert sorted(got) == sorted(want) and len(got) > 0
         row = conn.execute(f"select count(*), sum(length(note)) from (select note from wide "
