@@ -497,13 +497,15 @@ class _Flow:
         self.size = 0
 
     def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
         projection = self.plan.projection
-        if projection is not None and table.num_rows:  # columns picked: no SQL to run
-            if projection:
-                table = table.select([column for column, _ in projection]).rename_columns(
-                    [name for _, name in projection])
+        if projection == ():  # SELECT *: the rows as they are
             self.sink(table)
-        elif table.num_rows:
+        elif projection is not None:  # columns picked and named: no SQL to run
+            self.sink(table.select([column for column, _ in projection]).rename_columns(
+                [name for _, name in projection]))
+        else:
             self.held.append(table)
             self.size += table.nbytes
             if self.size >= STREAM_PIECE_BYTES:

@@ -34,7 +34,6 @@ class ColdRows:
         self._closed = False
         self._error: BaseException | None = None
         self._ready = asyncio.Event()  # set on the loop when a piece or the end arrives
-        self.rows = 0  # rows put so far
 
     # -- the engine's thread -------------------------------------------------------------
 
@@ -48,7 +47,6 @@ class ColdRows:
                 raise StreamClosed()
             self._waiting.append(piece)
             self._held += piece.nbytes
-            self.rows += piece.num_rows
         self.loop.call_soon_threadsafe(self._ready.set)
 
     def end(self, error: BaseException | None = None) -> None:
