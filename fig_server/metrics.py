@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,9 +28,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # `_created` series would not sum across processes, and no Fig chart uses them.
 disable_created_metrics()
@@ -43,11 +46,64 @@ COUNT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
 CONNECTIONS = Gauge("fig_connections_open", "Client connections open now", registry=REGISTRY)
 CONNECTIONS_TOTAL = Counter("fig_connections_total", "Client connections accepted",
                             registry=REGISTRY)
-STATEMENT_SECONDS = Histogram(
+
+
+class BatchHistogram(Collector):
+    """A histogram with one label, observed a batch of values at a time.
+
+    Written here because prometheus_client's Histogram.observe costs 0.7-2 us a call (a lock
+    per bucket), and the audit writer observes every statement, relayed ones included: at
+    15,000 statements a second that was the largest piece of its thread's time under the GIL
+    (with the event loop waiting). One numpy searchsorted and bincount per batch does the
+    same counting.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, label_values: tuple[str, ...],
+                 buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self._bounds = np.array(buckets, dtype=np.float64)
+        self._bucket_names = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        # every label value's series from the start, at zero (as Histogram.labels() makes them)
+        self._counts = {value: np.zeros(len(buckets) + 1, dtype=np.int64)
+                        for value in label_values}
+        self._sums = dict.fromkeys(label_values, 0.0)
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, label_value: str, values: Sequence[float]) -> None:
+        """Count each value in the first bucket whose bound is >= it (Prometheus's `le`)."""
+        if not values:
+            return
+        array = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._bounds, array, side="left"),
+                             minlength=len(self._bounds) + 1)
+        total = float(array.sum())
+        with self._lock:
+            if label_value in self._counts:
+                self._counts[label_value] += counts
+                self._sums[label_value] += total
+            else:
+                self._counts[label_value] = counts
+                self._sums[label_value] = total
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        with self._lock:
+            series = [(value, np.cumsum(counts), self._sums[value])
+                      for value, counts in self._counts.items()]
+        for value, cumulative, total in series:
+            family.add_metric([value], list(zip(self._bucket_names, cumulative.tolist(),
+                                                strict=True)), total)
+        yield family
+
+
+STATEMENT_SECONDS = BatchHistogram(
     "fig_statement_duration_seconds",
     "Time from a request's first message to its ReadyForQuery, by route (relay: no tiered "
     "table; hot, cold, split: the planner's route over tiered tables)",
-    ["route"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+    "route", ("relay", "hot", "cold", "split"), LATENCY_BUCKETS, REGISTRY)
 ROWS = Counter("fig_rows_total", "Rows returned (select, fetch, copy) or changed "
                "(insert, update, delete, merge), from the command tags",
                ["command"], registry=REGISTRY)
