@@ -146,9 +146,11 @@ def _find(report: RunReport, query: str, fig: bool, prefix: str = "") -> ColdMea
 
 
 SHAPE_SYSTEMS = (("fig-auto", "Fig auto"), ("fig-cold", "Fig cold"),
+                 ("fig-cold-uncached", "Fig cold uncached"),
                  ("fig-inproc", "Fig engine"), ("duckdb", "DuckDB"),
                  ("datafusion", "DataFusion"), ("postgres", "Postgres"))
-RATIOS = (("fig-auto", "duckdb"), ("fig-cold", "duckdb"), ("fig-auto", "postgres"))
+RATIOS = (("fig-auto", "duckdb"), ("fig-cold", "duckdb"), ("fig-cold-uncached", "duckdb"),
+          ("fig-auto", "postgres"))
 _LABEL = dict(SHAPE_SYSTEMS)
 
 
@@ -200,7 +202,7 @@ def ratio_summary(report: RunReport) -> list[str]:
     groups = (("duckdb", list(report.queries), "shapes"),
               ("postgres", report.star, "star shapes"))
     for peer, names, what in groups:
-        for fig in ("fig-auto", "fig-cold"):
+        for fig in ("fig-auto", "fig-cold", "fig-cold-uncached"):
             ratios = [r for r in (_ratio(_timed(report, q), fig, peer) for q in names)
                       if not math.isnan(r)]
             if ratios:
@@ -329,18 +331,21 @@ def write_markdown(report: RunReport, path: Path, charts: list[Path]) -> None:
         parts += ["", "## Cold queries", "",
                   "Median of the timed runs after one untimed warm-up; bytes read come from a "
                   "separate, untimed run with each system's own instrumentation (Fig: its scan "
-                  "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN "
-                  "ANALYZE bytes_scanned; Postgres: EXPLAIN BUFFERS shared+temp buffer accesses x "
-                  "8 KiB, so a page visited twice counts twice). "
-                  "Fig over pgwire runs each shape twice, in a session with fig.route = 'auto' "
-                  "(Fig's planner picks hot, cold or both) and one with fig.route = 'cold'; "
-                  "every session is in TimeZone UTC. Ratios divide Fig's median by the peer's: "
-                  "< 1 means Fig is faster; the per-system table's Fig/peer uses the first Fig "
-                  "that ran (route auto over pgwire when it ran). For Fig over pgwire, bytes "
-                  "are its cold scans' (EXPLAIN ANALYZE), not the hot part of a SPLIT. "
-                  "Answers are compared with Postgres's (or, without Postgres, the first system "
-                  "that ran): row by row in order where ORDER BY is a total order, as multisets "
-                  "otherwise, and by row count alone for LIMIT without ORDER BY.", ""]
+                  "statistics; DuckDB: profiler io.total_bytes_read; DataFusion: EXPLAIN ANALYZE "
+                  "bytes_scanned; Postgres: EXPLAIN BUFFERS shared+temp buffer accesses x 8 KiB, "
+                  "so a page visited twice counts twice). Fig over pgwire runs each shape three "
+                  "times, in a session with fig.route = 'auto' (Fig's planner picks hot, cold or "
+                  "both), one with fig.route = 'cold', and one with fig.route = 'cold' and "
+                  "fig.result_cache = off (every run reads its files: the columns 'Fig cold "
+                  "uncached' compare engines; the others show what a dashboard re-running a "
+                  "statement sees, its cold tasks answered from results the warm-up kept); every "
+                  "session is in TimeZone UTC. Ratios divide Fig's median by the peer's: < 1 "
+                  "means Fig is faster; the per-system table's Fig/peer uses the first Fig that "
+                  "ran (route auto over pgwire when it ran). For Fig over pgwire, bytes are its "
+                  "cold scans' (EXPLAIN ANALYZE), not the hot part of a SPLIT. Answers are "
+                  "compared with Postgres's (or, without Postgres, the first system that ran): "
+                  "row by row in order where ORDER BY is a total order, as multisets otherwise, "
+                  "and by row count alone for LIMIT without ORDER BY.", ""]
         parts += [markdown_table(shape_header(), shape_rows(report)), ""]
         parts += [f"- {line}" for line in [*ratio_summary(report), *cold_summary(report)]]
         if disagreements(report):

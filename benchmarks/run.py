@@ -143,12 +143,15 @@ def shape_params(data: DataSet, files: list[tuple[str, int, int]]) -> Params:
 def cold_systems(fig: FigProcess, data: DataSet, files: list[str], example: Query,
                  report: RunReport, with_postgres: bool) -> list[System]:
     """Every system that can run, Fig first (route auto, then route cold, each set in its
-    session); the others go to report.skipped with why."""
+    session, then route cold with the result cache off); the others go to report.skipped
+    with why."""
     systems: list[System] = []
     reason = probe_fig_pgwire(fig.dsn(), example)
     if reason is None:
         systems += [FigPgwire(fig.dsn(), route="auto", server_pid=fig.process.pid),
-                    FigPgwire(fig.dsn(), route="cold", server_pid=fig.process.pid)]
+                    FigPgwire(fig.dsn(), route="cold", server_pid=fig.process.pid),
+                    FigPgwire(fig.dsn(), route="cold", server_pid=fig.process.pid,
+                              result_cache=False)]
     else:
         report.skipped.append(("Fig over pgwire (routes auto and cold)", reason))
     engine_class, why = find_cold_engine()

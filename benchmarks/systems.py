@@ -287,13 +287,18 @@ class FigPgwire(System):
 
     is_fig = True
 
-    def __init__(self, dsn: str, route: str = "cold", server_pid: int | None = None) -> None:
+    def __init__(self, dsn: str, route: str = "cold", server_pid: int | None = None,
+                 result_cache: bool = True) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.conn.execute("SET TimeZone = 'UTC'")
         self.conn.execute("SELECT set_config('fig.route', %s, false)", (route,))
         self.route = route
         self.name = f"Fig over pgwire (route {route})"
         self.short = f"fig-{route}"
+        if not result_cache:  # every run reads its files: the engine's speed, not the cache's
+            self.conn.execute("SET fig.result_cache = off")
+            self.name = f"Fig over pgwire (route {route}, result cache off)"
+            self.short = f"fig-{route}-uncached"
         self.server_pid = server_pid  # `fig serve`, whose peak memory is reported
 
     def reset_peak(self) -> None:

@@ -68,6 +68,7 @@ class ColdConfig:
     workers: int = 0
     memory_limit_mb: int = 0
     stream_buffer_mb: int = 64
+    result_cache_mb: int = 256
     executor: str = "local"
     ray_address: str = ""
 

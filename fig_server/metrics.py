@@ -145,6 +145,12 @@ WORKERS_BUSY = Gauge("fig_cold_workers_busy", "Cold worker slots running a work 
                      registry=REGISTRY)
 WORK_QUEUE = Gauge("fig_cold_queue_depth", "Work units waiting for a free worker",
                    registry=REGISTRY)
+COLD_UNITS_CACHED = Counter("fig_cold_units_cached_total",
+                            "Cold work units answered from the result cache ([cold] "
+                            "result_cache_mb): results of the same SQL over the same files",
+                            registry=REGISTRY)
+RESULT_CACHE_BYTES = Gauge("fig_cold_result_cache_bytes",
+                           "Bytes of task results the cold engine keeps", registry=REGISTRY)
 METADATA_FOOTERS = Gauge("fig_cold_footers_cached",
                          "Parquet footers the cold engine holds (read ahead at start, then "
                          "by queries)", registry=REGISTRY)

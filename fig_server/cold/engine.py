@@ -9,7 +9,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from fig_server.cold.metadata import Lru, MetadataCache
 from fig_server.cold.predicates import exact_filter, pruning_filter
 from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
+from fig_server.cold.result_cache import ResultCache, task_key
 from fig_server.cold.topn import cannot_beat, domain_value, sort_key
 from fig_server.cold.units import ColdResult, Probe, ScanStats, TaskOutput, UnitTask, WorkUnit
 from fig_server.errors import (
@@ -111,7 +112,8 @@ class ColdEngine:
     """The cold query engine; one per server, shared by sessions (thread-safe)."""
 
     def __init__(self, workers: int = 0, *, executor: Executor | None = None,
-                 use_processes: bool = True, queue_size: int = 0, eager: bool = False) -> None:
+                 use_processes: bool = True, queue_size: int = 0, eager: bool = False,
+                 result_cache_bytes: int = 0) -> None:
         count = workers or os.cpu_count() or 1
         if executor is None:
             executor = ProcessExecutor(count) if use_processes else ThreadExecutor(count)
@@ -124,6 +126,7 @@ class ColdEngine:
         # no file (a SPLIT over recent days) then costs no DataFusion plan (5 ms of 8).
         self._over_nothing: Lru = Lru(1024)
         self.queue_size = queue_size or 4 * executor.slots
+        self.results = ResultCache(result_cache_bytes)
         if eager:
             self.warm()
 
@@ -142,11 +145,13 @@ class ColdEngine:
               as_of: dt.datetime | None = None, cancel: threading.Event | None = None,
               timeout_s: float | None = None,
               keys: tuple[tuple[str, pa.Array], ...] = (),
-              sink: Callable[[pa.Table], None] | None = None) -> ColdResult:
+              sink: Callable[[pa.Table], None] | None = None,
+              cached: bool = True) -> ColdResult:
         """Run a Postgres-dialect SELECT over the given Iceberg tables. keys: semi-join key
         sets the workers filter every scanned row by before the SQL (UnitTask.keys). sink:
         when the plan streams (QueryPlan.streams), pieces of the result go to it as units
-        finish, and the result's table holds none of them (sink may block: the scan waits)."""
+        finish, and the result's table holds none of them (sink may block: the scan waits).
+        cached=False: every task runs, none is taken from or kept in the result cache."""
         control = _Control(cancel, timeout_s, self._closing)
         prepared = self._prepare(sql, tables, params, as_of)
         stats = ScanStats()
@@ -157,7 +162,7 @@ class ColdEngine:
                                         prepared.io_properties, strict=True):
             part_stats = ScanStats()
             scanned[part.placeholder] = self._run_scan(part, scan, io_props, part_stats,
-                                                       control, keys, flow)
+                                                       control, keys, flow, cached)
             stats.add(part_stats)
             stats.plan_ms += part_stats.plan_ms
         control.check()
@@ -170,13 +175,14 @@ class ColdEngine:
         return ColdResult(table, stats)
 
     def explain(self, sql: str, tables: Mapping[str, Table], analyze: bool = False,
-                params: list[Any] | None = None, as_of: dt.datetime | None = None) -> list[str]:
+                params: list[Any] | None = None, as_of: dt.datetime | None = None,
+                cached: bool = True) -> list[str]:
         """EXPLAIN [ANALYZE] lines: route, cold part, pruning per level, bytes, execution."""
         from fig_server.cold.explain import explain_lines
 
         prepared = self._prepare(sql, tables, params, as_of)
         if analyze:
-            result = self.query(sql, tables, params=params, as_of=as_of)
+            result = self.query(sql, tables, params=params, as_of=as_of, cached=cached)
             return explain_lines(prepared.plan, prepared.scans, result.stats, analyze=True)
         stats = ScanStats()
         started = time.monotonic()
@@ -222,7 +228,7 @@ class ColdEngine:
     def _run_scan(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   stats: ScanStats, control: _Control,
                   keys: tuple[tuple[str, pa.Array], ...] = (),
-                  flow: _Flow | None = None) -> pa.Table:
+                  flow: _Flow | None = None, cached: bool = True) -> pa.Table:
         pruner = Pruner(scan, self.cache, stats)
         units: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
@@ -232,7 +238,7 @@ class ColdEngine:
         planner.start()
         try:
             results = self._dispatch(part, scan, io_props, units, stop, stats, control, keys,
-                                     flow)
+                                     flow, self.results if cached else None)
             if flow is not None:
                 flow.flush()
         finally:
@@ -251,11 +257,15 @@ class ColdEngine:
     def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
                   units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,
                   control: _Control, keys: tuple[tuple[str, pa.Array], ...],
-                  flow: _Flow | None = None) -> list[pa.Table]:
+                  flow: _Flow | None = None, cache: ResultCache | None = None
+                  ) -> list[pa.Table]:
         """Run work items as slots free up; for top-n keep a heap and stop when it wins;
-        outputs go to flow when there is one (a streamed scan), else are returned."""
+        outputs go to flow when there is one (a streamed scan), else are returned. With a
+        cache, a task it holds is answered from it and a task run is kept in it."""
         order = scan.order
         in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
+        to_keep: dict[Future[TaskOutput], Hashable] = {}  # running tasks the cache may keep
+        answered: set[Future[TaskOutput]] = set()  # tasks the cache answered
         probe = probe_of(part.worker_sql)  # until the units show the filter keeps most
         results: list[pa.Table] = []
         heap: pa.Table | None = None
@@ -284,7 +294,18 @@ class ColdEngine:
                     if order is not None and threshold is None and batch > 1:
                         item, planning_done = _gather(units, item, batch)
                     task = UnitTask(item, part.worker_sql, io_props, probe, keys)
-                    in_flight[self._submit(task)] = item
+                    key = task_key(task) if cache is not None and cache.max_bytes else None
+                    kept = cache.get(key) if cache is not None else None
+                    if kept is not None:
+                        future: Future[TaskOutput] = Future()
+                        future.set_result(kept)
+                        answered.add(future)
+                        stats.units_cached += len(item)
+                    else:
+                        future = self._submit(task)
+                        if key is not None:
+                            to_keep[future] = key
+                    in_flight[future] = item
                 if not in_flight:
                     if planning_done:
                         break
@@ -297,7 +318,14 @@ class ColdEngine:
                     output = self._result(future)
                     table = worker.from_ipc(output.ipc)
                     stats.units_run += len(item)
-                    stats.bytes_read += sum(unit.bytes for unit in item)
+                    key = to_keep.pop(future, None)
+                    if key is not None and cache is not None:
+                        cache.put(key, output, table.num_rows,
+                                  sum(unit.num_rows for unit in item))
+                    if future in answered:
+                        answered.discard(future)  # nothing was read for it
+                    else:
+                        stats.bytes_read += sum(unit.bytes for unit in item)
                     stats.requests += output.requests
                     stats.bytes_fetched += output.bytes_fetched
                     stats.units_probed += output.probed

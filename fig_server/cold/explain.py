@@ -38,6 +38,9 @@ def explain_lines(plan: QueryPlan, scans: list[ScanSpec], stats: ScanStats,
             lines.append(f"Late materialization: {stats.units_skipped} of "
                          f"{stats.units_probed} row-group units had no row passing the filter "
                          "(only its columns read)")
+        if stats.units_cached:
+            lines.append(f"Result cache: {stats.units_cached} of {stats.units_run} units "
+                         "answered from results kept by earlier statements (not read)")
         lines.append(f"Bytes read: {stats.bytes_read} of {stats.bytes_total} "
                      f"({_percent(stats.bytes_read, stats.bytes_total)})")
         if stats.requests:

@@ -87,14 +87,22 @@ class Pruner:
         Levels 1 and 2 run first (cached manifests), so the batch size is known from the
         number of files; footers are then read as batches are yielded. Files answered from
         metadata alone add to metadata_rows instead.
+
+        Batches stay the same while files are added (the result cache keeps each batch's
+        result): files go in the order they were committed, so new ones join the last
+        batches, and the batch size is a power of two, so it changes only when the number
+        of files doubles.
         """
         if self.scan.snapshot is None:
             return
-        files = [kept for kept in self._kept_files(stop) if not self._counted(*kept)]
-        size = max(1, min(MAX_BATCH_FILES, math.ceil(len(files) / (slots * BATCHES_PER_SLOT))))
+        files = sorted(((data_file, spec_id, sequence) for data_file, spec_id, sequence
+                        in self._kept_files(stop) if not self._counted(data_file, spec_id)),
+                       key=lambda kept: (kept[2], kept[0].file_path))
+        ideal = len(files) / (slots * BATCHES_PER_SLOT)
+        size = 1 if ideal <= 1 else min(MAX_BATCH_FILES, 1 << math.floor(math.log2(ideal)))
         batch: list[WorkUnit] = []
         batch_bytes = 0
-        for data_file, _ in files:
+        for data_file, _, _ in files:
             if stop():
                 return
             unit = self._file_unit(data_file, native=True)
@@ -136,17 +144,18 @@ class Pruner:
             return
         files = self._kept_files(stop)
         if self.scan.order is None:
-            for data_file, _ in files:
+            for data_file, _, _ in files:
                 if stop():
                     return
                 unit = self._file_unit(data_file)
                 if unit is not None:
                     yield unit
         else:
-            yield from self._best_first([f for f, _ in files], self.scan.order, stop)
+            yield from self._best_first([f for f, _, _ in files], self.scan.order, stop)
 
-    def _kept_files(self, stop: Callable[[], bool]) -> Iterator[tuple[DataFile, int]]:
-        """Levels 1 and 2: data files whose partition values and metrics might match."""
+    def _kept_files(self, stop: Callable[[], bool]) -> Iterator[tuple[DataFile, int, int]]:
+        """Levels 1 and 2: data files whose partition values and metrics might match, with
+        their spec id and data sequence number (the order they were committed in)."""
         scan, stats = self.scan, self.stats
         assert scan.snapshot is not None
         manifests = self.cache.manifests(scan.io, scan.snapshot)
@@ -173,7 +182,8 @@ class Pruner:
                     stats.bytes_total += data_file.file_size_in_bytes
                 if keep_partition(data_file.partition) and self._metrics(data_file):
                     stats.files_kept += 1
-                    yield data_file, spec_id
+                    yield data_file, spec_id, entry.sequence_number or \
+                        manifest.sequence_number or 0
 
     _summary_incomplete = False
 

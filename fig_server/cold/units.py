@@ -27,6 +27,8 @@ class ScanStats:
     # of them in which no row passed the filter (their other columns never read)
     units_probed: int = 0
     units_skipped: int = 0
+    # units answered from the result cache (result_cache.py): nothing read for them
+    units_cached: int = 0
     # rows the semi-join key sets dropped in the workers (UnitTask.keys)
     rows_reduced: int = 0
     files_from_metadata: int = 0
@@ -43,7 +45,7 @@ class ScanStats:
         for name in ("manifests_total", "manifests_kept", "files_total", "files_kept",
                      "row_groups_total", "row_groups_kept", "bytes_total", "bytes_estimated",
                      "bytes_read", "units_planned", "units_run", "units_probed",
-                     "units_skipped", "rows_reduced", "files_from_metadata",
+                     "units_skipped", "units_cached", "rows_reduced", "files_from_metadata",
                      "requests", "bytes_fetched"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped_early = self.stopped_early or other.stopped_early

@@ -177,12 +177,14 @@ class ColdService:
                 from fig_server.storage.catalog import open_catalog
 
                 self._catalog = open_catalog(self.config)
-                engine = self._engine = ColdEngine(workers=self.config.cold.workers,
-                                                   executor=_executor(self.config))
+                engine = self._engine = ColdEngine(
+                    workers=self.config.cold.workers, executor=_executor(self.config),
+                    result_cache_bytes=self.config.cold.result_cache_mb << 20)
                 metrics.WORKERS.set_function(lambda: engine.executor.slots)
                 metrics.WORKERS_BUSY.set_function(lambda: engine.executor.load()[0])
                 metrics.WORK_QUEUE.set_function(lambda: engine.executor.load()[1])
                 metrics.METADATA_FOOTERS.set_function(lambda: engine.cache.footers_cached)
+                metrics.RESULT_CACHE_BYTES.set_function(lambda: engine.results.bytes)
             return self._engine, self._catalog
 
     def warm(self, tables: Sequence[TieredTable] = ()) -> None:
@@ -208,9 +210,11 @@ class ColdService:
     def query(self, part: ColdPart, as_of: dt.datetime | None,
               cancel: threading.Event | None, timeout_s: float | None = None,
               keys: tuple[tuple[str, pa.Array], ...] = (),
-              sink: Callable[[pa.Table], None] | None = None) -> tuple[pa.Table, Any]:
+              sink: Callable[[pa.Table], None] | None = None,
+              cached: bool = True) -> tuple[pa.Table, Any]:
         """The part's rows and scan stats; with sink, a part whose plan streams passes its
-        rows to sink as they come and returns none of them (ColdEngine.query)."""
+        rows to sink as they come and returns none of them (ColdEngine.query). cached: the
+        session's fig.result_cache (off: every task runs)."""
         engine, _ = self._open()
         limit = self.config.limits.max_result_rows
         streamed = 0
@@ -233,17 +237,19 @@ class ColdService:
         with _storage_errors(part):
             result = engine.query(part.cold_sql, self._tables(part), as_of=as_of,
                                   cancel=cancel, timeout_s=timeout_s, keys=keys,
-                                  sink=None if sink is None else passing)
+                                  sink=None if sink is None else passing, cached=cached)
         metrics.COLD_ROWS_REDUCED.inc(result.stats.rows_reduced)
+        metrics.COLD_UNITS_CACHED.inc(result.stats.units_cached)
         metrics.COLD_ROWS_STREAMED.inc(streamed)
         check(streamed + result.table.num_rows)
         return result.table, result.stats
 
-    def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None) -> list[str]:
+    def explain(self, part: ColdPart, analyze: bool, as_of: dt.datetime | None,
+                cached: bool = True) -> list[str]:
         engine, _ = self._open()
         with _storage_errors(part):
             return list(engine.explain(part.cold_sql, self._tables(part), analyze=analyze,
-                                       as_of=as_of))
+                                       as_of=as_of, cached=cached))
 
     def close(self) -> None:
         if self._engine is not None:
@@ -342,6 +348,19 @@ def data_rows(messages: list[tuple[int, bytes]]) -> list[list[str | None]]:
     return rows
 
 
+TRUE_WORDS = frozenset({"on", "true", "yes", "1", "t", "y"})
+FALSE_WORDS = frozenset({"off", "false", "no", "0", "f", "n"})
+
+
+def _boolean(name: str, text: str) -> bool:
+    """A boolean setting as Postgres spells them (on/off, true/false, yes/no, 1/0)."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise InvalidParameterValue(f'parameter "{name}" requires a Boolean value',
+                                hint="Available values: on, off.")
+
+
 def _first_error(messages: list[tuple[int, bytes]]) -> dict[str, str] | None:
     for kind, payload in messages:
         if kind == ord("E"):
@@ -419,6 +438,9 @@ class Federator:
         self.reducing = False
         # The session's default_transaction_isolation (read by prelude).
         self.isolation = "read committed"
+        # The session's fig.result_cache (read by prelude): cold tasks may be answered from
+        # results kept by earlier statements (cold/result_cache.py).
+        self.result_cache = True
 
     @property
     def utf8(self) -> bool:
@@ -443,7 +465,8 @@ class Federator:
                " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
                " current_setting('TimeZone'), current_setting('client_encoding'),"
                " current_setting('transaction_read_only'),"
-               " current_setting('default_transaction_isolation');"
+               " current_setting('default_transaction_isolation'),"
+               " coalesce(current_setting('fig.result_cache', true), '');"
                + TIERED_SQL)
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
@@ -463,6 +486,7 @@ class Federator:
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
                 hint="Available values: auto, hot, cold.")
+        self.result_cache = _boolean("fig.result_cache", rows[1][7] or "on")
         as_of = await self._as_of(backend, rows[1][1] or "")
         tiered = tiered_set_from_json([row[0] for row in rows[2:] if row[0]])
         return tiered, route, as_of
@@ -635,7 +659,7 @@ class Federator:
         def scan() -> tuple[pa.Table, Any]:
             try:
                 result = self.cold.query(part, as_of, cancel, self.timeout_s, keys,
-                                         stream.put)
+                                         stream.put, self.result_cache)
             except BaseException as exc:
                 stream.end(exc)
                 raise
@@ -742,7 +766,8 @@ class Federator:
                          f"rows hold, when the statement runs alone outside a transaction "
                          f"block (not under EXPLAIN): {reducer.keys_sql}"
                          for reducer in part.reducers)
-            lines.extend("  " + line for line in self.cold.explain(part, plan.analyze, as_of))
+            lines.extend("  " + line for line in self.cold.explain(part, plan.analyze, as_of,
+                                                                  self.result_cache))
         if plan.analyze:
             metadata = sum(s.plan_ms for s in prepared.stats)
             lines.append(f"Fig time: prelude {prelude_ms:.1f} ms, planning "

@@ -169,7 +169,8 @@ PHASES = ("prelude_ms", "plan_ms", "cold_ms", "copy_ms", "final_ms")
 def test_cost_per_user_view(fig: FigProcess) -> None:
     for user, times in (("alice", 2), ("bob", 1)):
         dsn = fig.dsn.replace("user=postgres", f"user={user}")
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        # every statement reads its files
+        with psycopg.connect(dsn, autocommit=True, options="-c fig.result_cache=off") as conn:
             for _ in range(times):
                 conn.execute("select max(note) /* cost-check */ from events").fetchone()
     wait_for(fig, "cost-check", 3)
@@ -187,6 +188,18 @@ def test_cost_per_user_view(fig: FigProcess) -> None:
     with psycopg.connect(fig.dsn.replace("user=postgres", "user=bob")) as conn, \
             pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("select * from fig.query_log")
+
+
+def test_a_statement_answered_from_the_result_cache_scans_and_costs_nothing(
+        fig: FigProcess) -> None:
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        for _ in range(2):
+            conn.execute("select min(note) /* cache-cost */ from events").fetchone()
+    records, _ = wait_for(fig, "cache-cost", 2)
+    first, second = sorted(records, key=lambda r: r["ts"])
+    assert first["bytes_scanned"] > 0 and first["cost_usd"] > 0
+    assert second["bytes_scanned"] == 0 and second["cost_usd"] == 0
+    assert second["files_kept"] == first["files_kept"] > 0
 
 
 def test_memory_limit_gives_53200(fig: FigProcess) -> None:
