@@ -33,7 +33,7 @@ from fig_server.cold.metadata import Lru, MetadataCache
 from fig_server.cold.predicates import exact_filter, pruning_filter
 from fig_server.cold.pruner import Pruner, ScanSpec, empty_table
 from fig_server.cold.query import QueryPlan, ScanPart, plan_query
-from fig_server.cold.result_cache import ResultCache, task_key
+from fig_server.cold.result_cache import ResultCache, keys_digest, task_key
 from fig_server.cold.topn import cannot_beat, domain_value, sort_key
 from fig_server.cold.units import ColdResult, Probe, ScanStats, TaskOutput, UnitTask, WorkUnit
 from fig_server.errors import (
@@ -266,6 +266,7 @@ class ColdEngine:
         in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
         to_keep: dict[Future[TaskOutput], Hashable] = {}  # running tasks the cache may keep
         answered: set[Future[TaskOutput]] = set()  # tasks the cache answered
+        digest = keys_digest(keys) if keys and cache is not None and cache.max_bytes else b""
         probe = probe_of(part.worker_sql)  # until the units show the filter keeps most
         results: list[pa.Table] = []
         heap: pa.Table | None = None
@@ -294,7 +295,8 @@ class ColdEngine:
                     if order is not None and threshold is None and batch > 1:
                         item, planning_done = _gather(units, item, batch)
                     task = UnitTask(item, part.worker_sql, io_props, probe, keys)
-                    key = task_key(task) if cache is not None and cache.max_bytes else None
+                    key = task_key(task, digest) if cache is not None and cache.max_bytes \
+                        else None
                     kept = cache.get(key) if cache is not None else None
                     if kept is not None:
                         future: Future[TaskOutput] = Future()

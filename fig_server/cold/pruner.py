@@ -90,8 +90,8 @@ class Pruner:
 
         Batches stay the same while files are added (the result cache keeps each batch's
         result): files go in the order they were committed, so new ones join the last
-        batches, and the batch size is a power of two, so it changes only when the number
-        of files doubles.
+        batches, and the batch size is the power of two nearest the ideal (between 3 and 6
+        batches per slot), so it changes only when the number of files doubles.
         """
         if self.scan.snapshot is None:
             return
@@ -99,7 +99,7 @@ class Pruner:
                         in self._kept_files(stop) if not self._counted(data_file, spec_id)),
                        key=lambda kept: (kept[2], kept[0].file_path))
         ideal = len(files) / (slots * BATCHES_PER_SLOT)
-        size = 1 if ideal <= 1 else min(MAX_BATCH_FILES, 1 << math.floor(math.log2(ideal)))
+        size = 1 if ideal <= 1 else min(MAX_BATCH_FILES, 1 << round(math.log2(ideal)))
         batch: list[WorkUnit] = []
         batch_bytes = 0
         for data_file, _, _ in files:

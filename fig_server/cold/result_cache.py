@@ -6,8 +6,9 @@ compaction writes new files; delete files are refused by the pruner), so the sam
 over the same row groups of the same files, reading the same columns as the same types, gives
 the same rows. The worker SQL carries everything the session decided (its time zone, the
 constants evaluated in Postgres), so a result is shared by every session that sends the same
-SQL. Tasks with semi-join keys are not kept (their keys come from hot rows that change), nor
-SQL that calls a function answering differently each time.
+SQL. Semi-join keys (read from hot dimension rows, which change) are part of the key by a
+digest of their values; SQL that calls a function answering differently each time is never
+kept.
 
 Dashboards re-run the same statements over history that does not change: their cold tasks
 come from here, and only files new since (below a moved boundary) are read. Bounded by
@@ -19,10 +20,12 @@ hold and would evict every aggregate; nor is a result larger than an eighth of t
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
+import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
@@ -53,11 +56,27 @@ def deterministic(sql: str) -> bool:
     return True
 
 
-def task_key(task: UnitTask) -> Hashable | None:
-    """What a task's output depends on, or None when it must not be kept."""
-    if task.keys or not deterministic(task.sql):
+def keys_digest(keys: tuple[tuple[str, pa.Array], ...]) -> bytes:
+    """A digest of semi-join key sets: equal digests, equal keys (names, types, values)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for column, values in keys:
+        digest.update(f"{column}\0{values.type}\0{values.offset}\0{len(values)}\0".encode())
+        for buffer in values.buffers():
+            digest.update(b"\1" if buffer is None else b"\2" + len(buffer).to_bytes(8, "big"))
+            if buffer is not None:
+                digest.update(buffer)
+    return digest.digest()
+
+
+def task_key(task: UnitTask, keys: bytes = b"") -> Hashable | None:
+    """What a task's output depends on, or None when it must not be kept. keys: the
+    keys_digest of task.keys (computed once per scan, not per task)."""
+    if not deterministic(task.sql):
         return None
-    return (task.sql, tuple((unit.path, unit.row_groups, unit.columns) for unit in task.units))
+    if task.keys and not keys:
+        keys = keys_digest(task.keys)
+    return (task.sql, keys,
+            tuple((unit.path, unit.row_groups, unit.columns) for unit in task.units))
 
 
 # A result is kept when it has at most 1/KEPT_SHARE of the rows its task read, or only a few.
