@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,11 +27,23 @@ from tests import ray_cluster, s3
 FAST_PG = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 
+# Data dirs this run made (a Fig's is ~190 MB, and a run starts about a hundred).
+_DATA_DIRS: list[Path] = []
+
+
 def make_data_dir(prefix: str = "fig-test-") -> Path:
     """A temp dir the unprivileged Postgres user can reach (pytest's own tmp dirs are 0700)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
+    _DATA_DIRS.append(path)
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A passing run removes the data dirs it made; a failing one keeps them to look at."""
+    if exitstatus == 0:
+        for path in _DATA_DIRS:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def make_config(data_dir: Path, **sections: dict[str, object]) -> FigConfig:

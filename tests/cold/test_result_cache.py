@@ -176,8 +176,10 @@ def test_results_under_key_sets_are_kept_per_key_set(cached: ColdEngine, events:
     whole = events.table.scan().to_arrow()
     for values in (first, second, first):
         keys = (("i", pa.array(values, pa.int64())),)
-        kept = whole.filter(pa.compute.is_in(whole["i"].cast(pa.int64()), value_set=keys[0][1]))
-        want = duckdb.sql(sql.replace("events", "kept")).to_arrow_table()
+        con = duckdb.connect()
+        con.register("kept", whole.filter(pa.compute.is_in(whole["i"].cast(pa.int64()),
+                                                           value_set=keys[0][1])))
+        want = con.sql(sql.replace("events", "kept")).to_arrow_table()
         for _ in range(2):
             got = cached.query(sql, {"events": events.table}, keys=keys)
             assert same_rows(got.table, want), (values, sql)
