@@ -94,6 +94,11 @@ class ClientConnection:
         # it, and holds back the statement's ReadyForQuery until it has.
         self._managed = False
         self._hold_ready = False
+        # A batch ended by Flush (asyncpg's prepare) failed in Fig: as Postgres after an
+        # extended-protocol error, the client's messages are discarded up to its Sync, which
+        # is answered with the one ReadyForQuery (self.batch holds them back meanwhile).
+        self._in_flush = False
+        self._discarding = False
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -335,6 +340,11 @@ class ClientConnection:
         return self._refused is not None
 
     async def _hold(self, kind: int, raw: bytes) -> None:
+        if self._discarding:
+            if kind == 83:  # 'S' Sync
+                self._discarding, self.batch = False, None
+                self.writer.write(wire.ready_for_query(self.session.transaction_status))
+            return
         if self.audit is not None and kind in AUDITED_CLIENT:
             record = self.audit.on_client(kind, raw, 0, len(raw))
             if kind in COUNTS_AS_REQUEST:
@@ -507,10 +517,20 @@ class ClientConnection:
                          + (f", HINT = {literal(fields['H'])}" if "H" in fields else "")
                          + "; END $fig$")
             answers = await self.inject(wire.message(b"Q", wire.cstring(raise_sql)), 1)
+            if self._in_flush:  # the ReadyForQuery answers the client's Sync
+                self._discard_until_sync()
+                answers = [(k, p) for k, p in answers if k != 90]
             self.writer.write(b"".join(wire.message(bytes([k]), p) for k, p in answers))
+            return
+        if self._in_flush:
+            self._discard_until_sync()
+            self.writer.write(wire.error_response(error.fields()))
             return
         self.writer.write(wire.error_response(error.fields())
                           + wire.ready_for_query(self.session.transaction_status))
+
+    def _discard_until_sync(self) -> None:
+        self._discarding, self.batch = True, []
 
     async def _run_query(self, sql: str) -> None:
         """A simple Query naming a tiered table: load cold parts, then run it rewritten."""
@@ -677,7 +697,11 @@ class ClientConnection:
             self._forward(b"".join(out), 1)
             return True
 
-        await self._federate(work)
+        self._in_flush = flush
+        try:
+            await self._federate(work)
+        finally:
+            self._in_flush = False
 
     async def _pump_backend(self) -> None:
         session = self.session

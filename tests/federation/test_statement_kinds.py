@@ -238,6 +238,43 @@ def test_asyncpg_prepares_with_flush(fig: FigProcess) -> None:
     assert got == want and got
 
 
+def test_an_error_of_figs_in_a_flush_batch_keeps_the_asyncpg_session(fig: FigProcess) -> None:
+    """Fig refusing a statement asyncpg prepares (Parse, Describe, Flush) answers the error
+    alone; asyncpg's Sync then gets the one ReadyForQuery. A second ReadyForQuery broke the
+    connection (the generated oracle found it). In a block, the block is failed, as on
+    Postgres."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list[object]:
+        conn = await asyncpg.connect(host=fig.host, port=fig.port, user="postgres",
+                                     database="postgres")
+        seen: list[object] = []
+        try:
+            for _ in range(2):
+                with pytest.raises(asyncpg.FeatureNotSupportedError):
+                    await conn.fetch("select * from events for update")
+                seen.append(await conn.fetchval("select count(*) from events_plain"))
+            transaction = conn.transaction()
+            await transaction.start()
+            with pytest.raises(asyncpg.FeatureNotSupportedError):
+                await conn.fetch("select * from events for update")
+            with pytest.raises(asyncpg.InFailedSQLTransactionError):
+                await conn.fetchval("select 1")
+            await transaction.rollback()
+            seen.append(await conn.fetchval("select count(*) from events where user_id = $1",
+                                            7))
+            seen.append(await conn.fetchval("select count(*) from events_plain "
+                                            "where user_id = $1", 7))
+        finally:
+            await conn.close()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(run(), 60))
+    assert seen[0] == seen[1] and seen[2] == seen[3] and seen[2]
+
+
 def boundary_locks(fig: FigProcess) -> int:
     with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
         row = direct.execute("select count(*) from pg_locks where locktype = 'advisory' "
