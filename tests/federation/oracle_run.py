@@ -38,6 +38,7 @@ ROUTES = ("auto", "cold")
 PROTOCOLS = ("simple", "psycopg", "asyncpg")
 FLOAT_OIDS = {700, 701}
 REL_TOL = 1e-9
+LOST = ("08003", "08006")  # connection_does_not_exist, connection_failure
 # FIG_ORACLE_TIMEOUT_S: longer for the passes on an S3 endpoint (moto answers each request in
 # milliseconds, not microseconds) and on a Ray cluster
 ASYNCPG_TIMEOUT_S = float(os.environ.get("FIG_ORACLE_TIMEOUT_S") or 8.0)
@@ -171,6 +172,11 @@ def judge(case: Case, got: Answer, want: Answer) -> Verdict:
                        f"got {len(got.rows)} rows {_preview(got.rows)}; "
                        f"want {len(want.rows)} rows {_preview(want.rows)}")
     if got.code == "0A000":
+        if want.code in LOST or (want.code or "").startswith("lost:"):
+            # the twin runs next on the same session: a refusal must leave it usable
+            return Verdict("unexpected", f"unexpected:{case.shape}:session-lost-by-refusal",
+                           f"the twin, run after the refusal, failed {want.code}: "
+                           f"{want.message}")
         return Verdict("refused")
     if got.code == "asyncpg-wedged":
         return Verdict("unexpected", f"unexpected:{case.shape}:asyncpg-wedged",
