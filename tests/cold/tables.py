@@ -6,10 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
@@ -33,6 +36,19 @@ def _schema(with_extra: bool, label: str) -> pa.Schema:
 class Layout:
     table: Table
     snapshots: list[tuple[int, int]] = field(default_factory=list)  # (snapshot id, ms)
+
+
+@contextmanager
+def duckdb_holding(layout: Layout) -> Iterator[duckdb.DuckDBPyConnection]:
+    """DuckDB in TimeZone UTC holding every row of the layout's table as `events`: the
+    oracle a cold scan's answer is compared with."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("events", layout.table.scan().to_arrow())
+        yield con
+    finally:
+        con.close()
 
 
 def _batch(rng: random.Random, start: int, count: int, sort: bool, with_extra: bool,

@@ -16,7 +16,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 
 from fig_server.cold import ColdEngine
 from tests.cold.compare import close_rows, rows, same_rows
-from tests.cold.tables import PREFIX, Layout, build_events
+from tests.cold.tables import PREFIX, Layout, build_events, duckdb_holding
 
 _LAYOUTS = itertools.count()
 EXAMPLES = 200 if os.environ.get("FIG_LONG") == "1" else 25
@@ -32,11 +32,8 @@ def events(module_catalog: SqlCatalog) -> Layout:
 
 @pytest.fixture(scope="module")
 def full(events: Layout) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.register("events", events.table.scan().to_arrow())
-    yield con
-    con.close()
+    with duckdb_holding(events) as con:
+        yield con
 
 
 def oracle(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:

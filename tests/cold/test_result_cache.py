@@ -17,7 +17,7 @@ from fig_server.cold import ColdEngine
 from fig_server.cold.result_cache import ResultCache, deterministic, task_key
 from fig_server.cold.units import ColumnRead, TaskOutput, UnitTask, WorkUnit
 from tests.cold.compare import close_rows, rows, same_rows
-from tests.cold.tables import Layout, build_events
+from tests.cold.tables import Layout, build_events, duckdb_holding
 from tests.cold.test_properties import PROPERTY, _predicates
 
 
@@ -28,11 +28,8 @@ def events(module_catalog: SqlCatalog) -> Layout:
 
 @pytest.fixture(scope="module")
 def full(events: Layout) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.register("events", events.table.scan().to_arrow())
-    yield con
-    con.close()
+    with duckdb_holding(events) as con:
+        yield con
 
 
 @pytest.fixture(scope="module")
