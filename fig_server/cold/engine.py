@@ -238,7 +238,8 @@ class ColdEngine:
         planner.start()
         try:
             results = self._dispatch(part, scan, io_props, units, stop, stats, control, keys,
-                                     flow, self.results if cached else None)
+                                     flow, self.results if cached and self.results.max_bytes
+                                     else None)
             if flow is not None:
                 flow.flush()
         finally:
@@ -261,12 +262,13 @@ class ColdEngine:
                   ) -> list[pa.Table]:
         """Run work items as slots free up; for top-n keep a heap and stop when it wins;
         outputs go to flow when there is one (a streamed scan), else are returned. With a
-        cache, a task it holds is answered from it and a task run is kept in it."""
+        cache (None when it is off or sized 0), a task it holds is answered from it and a
+        task run is kept in it."""
         order = scan.order
         in_flight: dict[Future[TaskOutput], tuple[WorkUnit, ...]] = {}
         to_keep: dict[Future[TaskOutput], Hashable] = {}  # running tasks the cache may keep
         answered: set[Future[TaskOutput]] = set()  # tasks the cache answered
-        digest = keys_digest(keys) if keys and cache is not None and cache.max_bytes else b""
+        digest = keys_digest(keys) if keys and cache is not None else b""
         probe = probe_of(part.worker_sql)  # until the units show the filter keeps most
         results: list[pa.Table] = []
         heap: pa.Table | None = None
@@ -295,8 +297,7 @@ class ColdEngine:
                     if order is not None and threshold is None and batch > 1:
                         item, planning_done = _gather(units, item, batch)
                     task = UnitTask(item, part.worker_sql, io_props, probe, keys)
-                    key = task_key(task, digest) if cache is not None and cache.max_bytes \
-                        else None
+                    key = task_key(task, digest) if cache is not None else None
                     kept = cache.get(key) if cache is not None else None
                     if kept is not None:
                         future: Future[TaskOutput] = Future()

@@ -93,8 +93,6 @@ class ResultCache:
         self._items: OrderedDict[Hashable, TaskOutput] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     @property
     def bytes(self) -> int:
@@ -105,11 +103,8 @@ class ResultCache:
             return None
         with self._lock:
             output = self._items.get(key)
-            if output is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
+            if output is not None:
+                self._items.move_to_end(key)
             return output
 
     def put(self, key: Hashable | None, output: TaskOutput, rows: int, rows_read: int) -> None:
