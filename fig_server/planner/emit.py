@@ -24,7 +24,8 @@ REGENERATED_AS_WRITTEN = (
     exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.Null, exp.Boolean, exp.In, exp.Between,
     exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max, exp.Distinct, exp.Case, exp.If,
     exp.Coalesce, exp.Tuple, exp.Interval, exp.Var, exp.TimestampTrunc, exp.LogicalAnd,
-    exp.LogicalOr, exp.Div, exp.Floor, exp.Round, exp.Abs, exp.Nullif, exp.Filter,
+    exp.LogicalOr, exp.Div, exp.Floor, exp.Round, exp.Abs, exp.Nullif, exp.Filter, exp.Mod,
+    exp.Like, exp.ILike,
 )
 
 

@@ -31,6 +31,7 @@ from fig_server.planner.aggregate import (
     keep_output_names,
     replace_by_partials,
 )
+from fig_server.planner.distribute import distribute
 from fig_server.planner.parts import ColdPart, Route, parse, quote
 from fig_server.planner.pushdown import pushdown
 from fig_server.planner.tiers import TieredTable
@@ -81,8 +82,12 @@ def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, rout
     _replace_computed(select, node, table, keys, utc)
     # The hot rows' own partials, ungrouped: grouped first, 5M hot rows took Postgres 6.5 s,
     # where its own plan filters and joins them (Postgres holding every row: 1.3 s).
-    return replace_by_partials(node, table, route, filters, slot, keys, partials,
+    holder = node.parent
+    part = replace_by_partials(node, table, route, filters, slot, keys, partials,
                                hot_rows=True)
+    if route is Route.SPLIT and holder is not None and isinstance(holder.this, exp.Subquery):
+        part.distributed = distribute(select, holder.this)
+    return part
 
 
 def _inner_joins_only(select: exp.Select, node: exp.Table) -> bool:

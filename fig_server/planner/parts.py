@@ -44,6 +44,8 @@ class ColdPart:
     replacement: str | None = None
     # Semi-join reducers of its rows (planner/semi_join.py)
     reducers: tuple[Reducer, ...] = ()
+    # The statement joins and aggregates each tier in its own branch (planner/distribute.py)
+    distributed: bool = False
 
 
 @dataclass

@@ -762,6 +762,9 @@ class Federator:
         for part in plan.parts:
             lines.append(f"Cold part of {part.table.qualified}"
                          f"{' (partial aggregates)' if part.aggregated else ''}: {part.cold_sql}")
+            if part.distributed:
+                lines.append("  Joined and aggregated in each tier's own branch, combined by "
+                             "an outer aggregate")
             lines.extend(f"  Semi-join: rows whose {reducer.column} the dimension's filtered "
                          f"rows hold, when the statement runs alone outside a transaction "
                          f"block (not under EXPLAIN): {reducer.keys_sql}"

@@ -524,14 +524,29 @@ class Grammar:
         if self.chance(0.3):
             dim = self.pick("u.vip", "u.id > 10", "u.name like 'user1%'")
             where = f"{where} and {dim}" if where else f" where {dim}"
-        sql = f"select {', '.join(keys + aggs)} from {source}{where}"
+        # GROUP BY and ORDER BY spelled as people and tools write them: ordinals, output
+        # names, the expressions again; an aggregate first in ORDER BY, then a LIMIT
+        style = self.pick("ordinal", "ordinal", "alias", "expr")
+        names = [f"k{i}" for i in range(len(keys))]
+        select = [f"{k} as {n}" if style == "alias" else k
+                  for k, n in zip(keys, names, strict=True)]
+        sql = f"select {', '.join(select + aggs)} from {source}{where}"
         self.qualify = False
         if keys:
-            sql += " group by " + ", ".join(str(i + 1) for i in range(len(keys)))
+            by = {"expr": keys, "ordinal": [str(i + 1) for i in range(len(keys))],
+                  "alias": names}[style]
+            sql += " group by " + ", ".join(by)
             if self.chance(0.3):
-                sql += f" having count(*) > {self.rng.choice((1, 5, 50))}"
+                having = self.pick("count(*)", aggs[0], f"max(e.{key})")
+                sql += f" having {having} > {self.rng.choice((1, 5, 50))}" \
+                    if having in ("count(*)", f"max(e.{key})") else f" having {having} is not null"
             if self.chance(0.5):
-                ob, _ = self.order([str(i + 1) for i in range(len(keys))], None)
+                ob, _ = self.order(by, None)  # the keys are unique per group: a total order
+                if self.chance(0.3):
+                    first = self.pick("count(*)", f"max(e.{key})") + self.pick("", " desc")
+                    ob = ob.replace(" order by ", f" order by {first}, ", 1)
+                    if self.chance(0.6):
+                        ob += self.limit()
                 return sql + ob, True, None
         return sql, False, None
 

@@ -254,6 +254,49 @@ def test_computed_keys_below_a_join(tiered_fig: tuple[FigProcess, dict[str, str]
     assert ("fig_k0" in cold) == (timezone == "UTC"), plan
 
 
+
+# Below a join on route auto, each tier's branch joins and aggregates its own rows and an
+# outer query combines them (planner/distribute.py); GROUP BY and ORDER BY spelled every way
+# they resolve differently: an output name that hides an input column, an alias, an
+# aggregate, no rows at all, a comma join.
+DISTRIBUTED = [
+    "select -u.id as id, count(*), sum(e.amount) from events e join users u "
+    "on u.id = e.user_id group by u.id order by id limit 5",
+    "select u.vip as v, count(*), avg(e.amount), max(e.ts) from events e join users u "
+    "on u.id = e.user_id where e.status <> 200 group by 1 order by v",
+    "select u.name, sum(e.amount) s from events e join users u on u.id = e.user_id "
+    "group by u.name having sum(e.amount) > 10 and count(*) > 3 "
+    "order by sum(e.amount) desc, u.name limit 7",
+    "select count(*), sum(e.amount), min(e.ts), bool_or(u.vip) from events e "
+    "join users u on u.id = e.user_id where u.name = 'nobody'",
+    "select u.id % 3 as m, e.status, min(u.name), min(e.ts), count(e.note) "
+    "from events e, users u where u.id = e.user_id and u.name like 'user%' "
+    "group by u.id % 3, e.status order by m, 2 desc",
+]
+
+
+# ... and where the outer query could not read the statement as Postgres does, the joins
+# read the union of both tiers as before: GROUP BY an output name (an input column of that
+# name, in a table Fig does not know, would come first), ORDER BY a name two outputs share
+# (Postgres accepts it when they are one expression), a DISTINCT aggregate.
+NOT_DISTRIBUTED = [
+    "select u.vip as v, count(*) from events e join users u on u.id = e.user_id "
+    "group by v order by v",
+    "select e.user_id, user_id, max(e.ts) from events e join users u on u.id = e.user_id "
+    "group by e.user_id, user_id order by e.user_id, user_id",
+    "select u.vip, count(distinct e.user_id), count(*) from events e join users u "
+    "on u.id = e.user_id group by 1 order by 1",
+]
+
+
+@pytest.mark.parametrize("query", DISTRIBUTED + NOT_DISTRIBUTED)
+def test_each_tier_joins_and_aggregates_in_its_own_branch(
+        tiered_fig: tuple[FigProcess, dict[str, str]], query: str) -> None:
+    plan = plan_and_compare(tiered_fig[0], query, "set fig.route = 'auto'")
+    assert "Fig route: SPLIT" in plan and "(partial aggregates)" in plan, plan
+    assert ("in each tier's own branch" in plan) == (query in DISTRIBUTED), plan
+
+
 def plan_and_compare(fig: FigProcess, query: str, setting: str) -> str:
     """The query's EXPLAIN through Fig, after checking it answers as over the plain twin."""
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
