@@ -25,7 +25,7 @@ from sqlglot.optimizer.eliminate_ctes import eliminate_ctes
 from sqlglot.optimizer.merge_subqueries import merge_subqueries
 from sqlglot.optimizer.qualify import qualify
 
-from fig_server.planner.emit import REGENERATED_AS_WRITTEN, regenerates_exactly
+from fig_server.planner.emit import JOIN_ARGS, REGENERATED_AS_WRITTEN, regenerates_exactly
 from fig_server.planner.tiers import TieredTable
 
 # What merging removes; what is left of it must regenerate exactly (emit.NESTING_ARGS).
@@ -38,13 +38,15 @@ def merge_derived(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]
     or merging is not known to be exact here."""
     if not isinstance(tree, exp.Select) or not any(tree.find_all(exp.Subquery, exp.CTE)):
         return None
-    if not all(isinstance(node, (*REGENERATED_AS_WRITTEN, *NESTING)) for node in tree.walk()):
+    if not all(isinstance(node, (*REGENERATED_AS_WRITTEN, *NESTING)) or _inner_join(node)
+               for node in tree.walk()):
         return None
     ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
     tiered = {id(node): table for node, table in refs}
     tables = [t for t in tree.find_all(exp.Table) if t.name]
-    if any(id(t) not in tiered and (t.db or t.name not in ctes) for t in tables):
-        return None  # a table qualify knows no columns of
+    unknown = {id(t) for t in tables if id(t) not in tiered and (t.db or t.name not in ctes)}
+    if unknown and not _all_qualified(tree, unknown):
+        return None  # a table qualify knows no columns of, read by a name it cannot place
     aliases = ctes | {t.alias_or_name for t in tables} | {
         s.alias for s in tree.find_all(exp.Subquery) if s.alias}
     if any(not column.table and column.name in aliases for column in tree.find_all(exp.Column)):
@@ -68,10 +70,33 @@ def merge_derived(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]
         return None
     # Partly merged is kept too (an aggregating CTE read by `SELECT * FROM final` stays a
     # CTE, but it now reads the tiered table itself, so its aggregate can be partial).
-    if not isinstance(merged, exp.Select) or not regenerates_exactly(merged) or \
+    if not isinstance(merged, exp.Select) or not regenerates_exactly(merged, joins=True) or \
             _nesting(merged) >= _nesting(tree):
         return None
     return merged
+
+
+def _inner_join(node: exp.Expression) -> bool:
+    """An inner, cross or comma join with ON (what emit regenerates as written)."""
+    return isinstance(node, exp.Join) and (node.kind or "") in ("", "INNER", "CROSS") and \
+        not node.side and all(value in (None, False, []) for key, value in node.args.items()
+                              if key not in JOIN_ARGS)
+
+
+def _all_qualified(tree: exp.Expression, unknown: set[int]) -> bool:
+    """Every column is qualified by its source, and no `*` reads a source of a select with a
+    table whose columns qualify does not know (a hot dimension beside the tiered table): a
+    name it cannot place could be that table's, which qualify would not see."""
+    for node in tree.walk():
+        if isinstance(node, exp.Column) and not node.table and \
+                not isinstance(node.this, exp.Star):
+            return False
+        if isinstance(node, exp.Star) and isinstance(node.parent_select, exp.Select):
+            select = node.parent_select
+            sources = [select.args.get("from_"), *(select.args.get("joins") or [])]
+            if any(source is not None and id(source.this) in unknown for source in sources):
+                return False
+    return True
 
 
 def _nesting(tree: exp.Expression) -> int:

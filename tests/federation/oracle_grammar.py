@@ -504,26 +504,7 @@ class Grammar:
                     "count(*)", "min(u.name)", "max(u.id)", "count(distinct u.vip)",
                     "bool_or(u.vip)", "max(e.id + u.id)", "sum(u.id)", "count(u.vip)")
                 for _ in range(self.rng.randint(1, 3))]
-        join = self.pick("join", "inner join", "join", "left join", ",", "cross join")
-        on = f"u.id = e.{key}"
-        if join in (",", "cross join"):
-            source = f"{self.table(t)} e{join if join == ',' else ' ' + join} users u"
-            where = f" where {on}"
-        else:
-            source = f"{self.table(t)} e {join} users u on {on}{self.pick('', ' and u.vip')}"
-            where = ""
-        if join not in (",", "cross join") and self.chance(0.35):
-            # a second dimension, with text keys
-            source += f" join labels l on l.code = e.{'country' if t == 'events' else 'vc'}"
-            dim = self.pick("l.grp = 1", "l.grp < 2", "l.code like 'v1%'",
-                            "l.code in ('DE', 'US', 'v3')")
-            where = f"{where} and {dim}" if where else f" where {dim}"
-        filters = self.where(t, "e")
-        if filters:
-            where = (where + filters.replace(" where ", " and ", 1)) if where else filters
-        if self.chance(0.3):
-            dim = self.pick("u.vip", "u.id > 10", "u.name like 'user1%'")
-            where = f"{where} and {dim}" if where else f" where {dim}"
+        source, where = self.star_source(t, key)
         # GROUP BY and ORDER BY spelled as people and tools write them: ordinals, output
         # names, the expressions again; an aggregate first in ORDER BY, then a LIMIT
         style = self.pick("ordinal", "ordinal", "alias", "expr")
@@ -547,6 +528,56 @@ class Grammar:
                     ob = ob.replace(" order by ", f" order by {first}, ", 1)
                     if self.chance(0.6):
                         ob += self.limit()
+                return sql + ob, True, None
+        return sql, False, None
+
+    def star_source(self, t: str, key: str) -> tuple[str, str]:
+        """FROM the tiered table `e` joined to `users u` (and maybe `labels l`), and a WHERE
+        of the fact's and the dimensions' columns."""
+        join = self.pick("join", "inner join", "join", "left join", ",", "cross join")
+        on = f"u.id = e.{key}"
+        if join in (",", "cross join"):
+            source = f"{self.table(t)} e{join if join == ',' else ' ' + join} users u"
+            where = f" where {on}"
+        else:
+            source = f"{self.table(t)} e {join} users u on {on}{self.pick('', ' and u.vip')}"
+            where = ""
+        if join not in (",", "cross join") and self.chance(0.35):
+            # a second dimension, with text keys
+            source += f" join labels l on l.code = e.{'country' if t == 'events' else 'vc'}"
+            dim = self.pick("l.grp = 1", "l.grp < 2", "l.code like 'v1%'",
+                            "l.code in ('DE', 'US', 'v3')")
+            where = f"{where} and {dim}" if where else f" where {dim}"
+        filters = self.where(t, "e")
+        if filters:
+            where = (where + filters.replace(" where ", " and ", 1)) if where else filters
+        if self.chance(0.3):
+            dim = self.pick("u.vip", "u.id > 10", "u.name like 'user1%'")
+            where = f"{where} and {dim}" if where else f" where {dim}"
+        return source, where
+
+    def s_star_cte(self) -> tuple[str, bool, str | None]:
+        """dbt's model of a star join: the join inside a CTE naming its columns, aggregated
+        by the query that reads it (merged into one SELECT when every column is qualified)."""
+        t = self.tiered()
+        key = "user_id" if t == "events" else "si"
+        self.qualify = True
+        source, where = self.star_source(t, key)
+        columns = [f"e.{c}" for c in TABLES[t]] + ["u.vip as uvip", "u.name as uname",
+                                                   "u.id as uid"]
+        keys = [self.pick("fct.uvip", "fct.uname", "fct.uid % 3", self.group_key(t, "fct"))
+                for _ in range(self.rng.randint(0, 2))]
+        aggs = [self.aggregate(t, "fct") if self.chance(0.6) else self.pick(
+                    "count(*)", "min(fct.uname)", "max(fct.uid)", "count(distinct fct.uvip)",
+                    "bool_or(fct.uvip)", "sum(fct.uid)")
+                for _ in range(self.rng.randint(1, 3))]
+        self.qualify = False
+        sql = (f"with fct as (select {', '.join(columns)} from {source}{where}) "
+               f"select {', '.join(keys + aggs)} from fct")
+        if keys:
+            sql += " group by " + ", ".join(str(i + 1) for i in range(len(keys)))
+            if self.chance(0.5):
+                ob, _ = self.order([str(i + 1) for i in range(len(keys))], None)
                 return sql + ob, True, None
         return sql, False, None
 
@@ -678,6 +709,7 @@ _SHAPES: list[tuple[str, float, Callable[[Grammar], tuple[str, bool, str | None]
     ("filter", 4, Grammar.s_filter), ("aggregate", 4, Grammar.s_aggregate),
     ("distinct", 1, Grammar.s_distinct), ("window", 1, Grammar.s_window),
     ("join", 1.5, Grammar.s_join), ("star", 1.5, Grammar.s_star),
+    ("star_cte", 0.8, Grammar.s_star_cte),
     ("self_join", 0.7, Grammar.s_self_join),
     ("subquery", 1.5, Grammar.s_subquery), ("cte", 1, Grammar.s_cte),
     ("nested", 1.5, Grammar.s_nested), ("inner_aggregate", 1.5, Grammar.s_inner_aggregate),
