@@ -76,7 +76,7 @@ def merge_derived(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]
     return merged
 
 
-def _inner_join(node: exp.Expression) -> bool:
+def _inner_join(node: exp.Expr) -> bool:
     """An inner, cross or comma join with ON (what emit regenerates as written)."""
     return isinstance(node, exp.Join) and (node.kind or "") in ("", "INNER", "CROSS") and \
         not node.side and all(value in (None, False, []) for key, value in node.args.items()
