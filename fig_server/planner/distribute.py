@@ -56,18 +56,20 @@ def distribute(select: exp.Select, parts: exp.Subquery) -> bool:
         new_order = _lift_order(lifted, order, select) if order is not None else None
     except _Unfit:
         return False
+    branch_order = _branch_order(new_order, outputs)
     branches = []
     for arm in (union.this, union.expression):
         parts.set("this", arm.copy())
         branch = select.copy()
-        for arg in ("with_", "having", "order", "limit", "offset"):
+        for arg in ("with_", "having", "limit", "offset"):
             branch.set(arg, None)
+        branch.set("order", branch_order.copy() if branch_order is not None else None)
         branch.set("expressions", [exp.alias_(k.copy(), f"fig_g{i}")
                                    for i, k in enumerate(keys)] +
                    [exp.alias_(p.copy(), f"fig_p{i}") for i, p in enumerate(lifted.partials)])
         branch.set("group", exp.Group(expressions=[
             exp.Literal.number(i + 1) for i in range(len(keys))]) if keys else None)
-        branches.append(branch)
+        branches.append(exp.paren(branch))
     parts.set("this", union)
     both = exp.union(branches[0], branches[1], distinct=False)
     select.set("expressions", outputs)
@@ -176,6 +178,31 @@ def _lift_order(lifted: _Lifted, order: exp.Order, select: exp.Select) -> exp.Or
             item.set("this", lifted.lift(this))
             items.append(item)
     return exp.Order(expressions=items)
+
+
+def _branch_order(order: exp.Order | None, outputs: list[exp.Expr]) -> exp.Order | None:
+    """The statement's ORDER BY as far as it sorts by GROUP BY keys, for each branch (by
+    the branch's ordinals): it changes no answer, but Postgres then weighs the sorted plans
+    it would weigh for the statement itself. Over 5M hot rows grouped by day, the hash
+    aggregate it picks without one is planned for a million groups and runs serially
+    (1.8 s); sorted, it runs in parallel (1.2 s)."""
+    if order is None:
+        return None
+    named = {p.alias_or_name: p.this for p in outputs if isinstance(p, exp.Alias)}
+    items = []
+    for ordered in order.expressions:
+        this = ordered.this
+        if isinstance(this, exp.Literal) and this.is_int and \
+                1 <= int(this.name) <= len(outputs):
+            this = outputs[int(this.name) - 1].unalias()
+        elif isinstance(this, exp.Column) and not this.table and this.name in named:
+            this = named[this.name]
+        if not isinstance(this, exp.Column) or not this.name.startswith("fig_g"):
+            break
+        item = ordered.copy()
+        item.set("this", exp.Literal.number(int(this.name.removeprefix("fig_g")) + 1))
+        items.append(item)
+    return exp.Order(expressions=items) if items else None
 
 
 def _text(node: exp.Expr) -> str:
