@@ -67,8 +67,9 @@ __all__ = ["ColdPart", "ColdWrite", "Rewrite", "Route", "plan_body", "rewrite",
 
 
 def _columns_needed(tree: exp.Expression, node: exp.Table, table: TieredTable) -> list[str]:
-    """Columns of the table the statement may read: all of them under `*`, a whole-row
-    reference (`row_to_json(e)`, `e IS NULL`), or a NATURAL/USING join."""
+    """Columns of the table the statement may read: those named unqualified or by the
+    reference's alias; all of them under `*`, a whole-row reference (`row_to_json(e)`,
+    `e IS NULL`), or a NATURAL/USING join."""
     if any(not isinstance(star.parent, exp.Count) for star in tree.find_all(exp.Star)):
         return list(table.column_names)
     if any(j.args.get("using") or j.method == "NATURAL" or j.kind == "NATURAL"
@@ -82,6 +83,8 @@ def _columns_needed(tree: exp.Expression, node: exp.Table, table: TieredTable) -
     for column in tree.find_all(exp.Column):
         if not column.table and column.name == alias and column.name not in table.column_names:
             return list(table.column_names)  # the reference's row as a value
+        if column.table and column.table != alias:
+            continue  # another source's (`u.id`): Postgres reads this one only by its alias
         used.add(column.name)
     picked = [name for name in table.column_names if name in used]
     return picked or [table.column_names[0]]
