@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext
 
 from fig_server.cold.errors import classify_datafusion_error
 from fig_server.cold.metadata import Lru
@@ -30,6 +30,8 @@ from fig_server.errors import FigError, IoError
 from fig_server.storage.objects import OPEN_FILES, Fetched
 
 UNIT_TABLE = "__unit"
+FILES_TABLE = "__fig_files"  # the files under a view of the rows semi-join keys keep
+KEYS_TABLE = "__fig_keys"  # + index: one semi-join key set
 ROW_MARKER = "__fig_row"
 UNIT_INDEX = "__fig_unit"  # which unit of a task a probed row came from
 
@@ -199,26 +201,65 @@ def native_path(path: str) -> str | None:
     return None
 
 
-def run_native(units: tuple[WorkUnit, ...], sql: str) -> pa.Table:
-    """Run SQL over whole files read by DataFusion: one listing table over links to them.
+def run_native(units: tuple[WorkUnit, ...], sql: str,
+               keys: tuple[tuple[str, pa.Array], ...] = ()) -> tuple[pa.Table, int]:
+    """Run SQL over whole files read by DataFusion: one listing table over links to them;
+    with semi-join key sets, a view of its rows whose columns hold their keys (as
+    `semi_join` keeps them: NULL holds none, a column the files lack filters nothing).
+    Returns the result and the rows the key sets dropped.
 
     The table schema is the query's columns with their current types; DataFusion maps file
     columns by name, casts, and fills absent ones with NULL (the pruner only marks a unit
     native when names in the file agree with the table's). Row-group pruning is its own.
     The folder of links is kept per set of files: DataFusion caches footers by path, and the
-    same query plans the same batches again.
+    same query plans the same batches again. Key sets as semi-joins in DataFusion rather
+    than pyarrow's is_in over the read rows: DataFusion then reads the files itself (0.73-0.88
+    s instead of 1.0-1.3 s for the star benchmark's 60 files, one thread).
     """
     ctx = _context()
     schema = pa.schema([pa.field(c.name, c.type) for c in units[0].columns])
+    present = [(column, values) for column, values in keys if column in schema.names]
     _drop_unit_table(ctx)
-    ctx.register_listing_table(UNIT_TABLE, _links(units), file_extension=".parquet",
-                               schema=schema)
+    ctx.register_listing_table(FILES_TABLE if present else UNIT_TABLE, _links(units),
+                               file_extension=".parquet", schema=schema)
     try:
-        return _plain_strings(ctx.sql(sql).to_arrow_table())
+        if present:
+            kept = []
+            for index, (column, values) in enumerate(present):
+                ctx.register_record_batches(f"{KEYS_TABLE}{index}", [[pa.record_batch(
+                    [values], names=["k"])]])
+                kept.append(f"CAST({_quoted(column)} AS {KEY_TYPES[values.type]}) IN "
+                            f"(SELECT k FROM {KEYS_TABLE}{index})")
+            ctx.register_view(UNIT_TABLE, ctx.sql(
+                f"SELECT * FROM {FILES_TABLE} WHERE {' AND '.join(kept)}"))
+        frame = ctx.sql(sql)
+        result = _plain_strings(frame.to_arrow_table())
+        reduced = sum(u.num_rows for u in units) - _semi_joined_rows(frame) if present else 0
+        return result, reduced
     except Exception as exc:  # DataFusion raises plain Exception subclasses
         raise classify_datafusion_error(exc) from exc
     finally:
         _drop_unit_table(ctx)
+        for name in [FILES_TABLE, *(f"{KEYS_TABLE}{i}" for i in range(len(present)))]:
+            if ctx.table_exist(name):
+                ctx.deregister_table(name)
+
+
+# SQL types of the key sets' Arrow types (the planner's integer and text keys).
+KEY_TYPES = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _semi_joined_rows(frame: DataFrame) -> int:
+    """Rows out of the outermost semi-join of an executed plan (the key sets' view): the
+    rows kept by every key set, after the statement's filters DataFusion pushed below it."""
+    for description, metrics in frame.execution_plan().collect_metrics():
+        if description.startswith("HashJoinExec") and "Semi" in description:
+            return int(metrics.output_rows or 0)
+    raise AssertionError("no semi-join in the plan of a keyed unit")
 
 
 _MAX_LINK_FOLDERS = 512
@@ -251,17 +292,19 @@ def _links(units: tuple[WorkUnit, ...]) -> str:
 
 def run_task(task: UnitTask) -> TaskOutput:
     """Worker entry point: the task's units in, Arrow IPC stream bytes out."""
-    # with key sets, every unit is read here and filtered before the SQL runs over it
+    # whole local files go to DataFusion (with key sets as semi-joins), the rest is read here
     def whole(unit: WorkUnit) -> bool:
-        return unit.native and native_path(unit.path) is not None and not task.keys
+        return unit.native and native_path(unit.path) is not None
 
     native = tuple(u for u in task.units if whole(u))
     other = [u for u in task.units if not whole(u)]
     results = []
+    reduced = 0
     if native:
-        results.append(run_native(native, task.sql))
+        result, reduced = run_native(native, task.sql, task.keys)
+        results.append(result)
     fetched = Fetched()
-    probed = skipped = reduced = 0
+    probed = skipped = 0
     if other:
         kept = other
         if task.probe is not None and not {c.name for c in other[0].columns} <= \
@@ -276,7 +319,8 @@ def run_task(task: UnitTask) -> TaskOutput:
             data = pa.table([pa.array([], c.type) for c in other[0].columns],
                             names=[c.name for c in other[0].columns])
         if task.keys:
-            data, reduced = semi_join(data, task.keys)
+            data, dropped = semi_join(data, task.keys)
+            reduced += dropped
         results.append(run_sql(data, task.sql))
     result = results[0] if len(results) == 1 else pa.concat_tables(
         results, promote_options="permissive")
