@@ -201,21 +201,28 @@ def test_cancel_and_timeout(engine: ColdEngine, sorted_events: Table) -> None:
     assert caught.value.sqlstate == "57014"
 
 
+@pytest.mark.parametrize("keys", [
+    (("status", pa.array([500, 404], pa.int64())),),
+    (("status", pa.array([500, 404], pa.int64())),
+     ("id", pa.array(range(0, 5000, 3), pa.int64()))),  # both must hold
+], ids=["one key set", "two key sets"])
 @pytest.mark.parametrize("sql", [
     "SELECT status, count(*), sum(id) FROM sorted_events GROUP BY status",
     "SELECT id, status FROM sorted_events WHERE ts < TIMESTAMPTZ '2024-01-20 00:00:00+00'",
     "SELECT id, ts, status FROM sorted_events ORDER BY ts DESC LIMIT 7",
 ])
 def test_key_sets_filter_rows_before_the_sql(processes: ColdEngine, engine: ColdEngine,
-                                             sorted_events: Table, sql: str) -> None:
-    """Semi-join key sets (UnitTask.keys): the workers keep a row only when its column (one
-    the SQL reads) holds one of the keys, before the SQL runs, in processes and threads
-    alike: the answer is the SQL's over exactly those rows (DuckDB's over the kept rows)."""
+                                             sorted_events: Table, sql: str,
+                                             keys: tuple[tuple[str, pa.Array], ...]) -> None:
+    """Semi-join key sets (UnitTask.keys): the workers keep a row only when each key set's
+    column (one the SQL reads) holds one of its keys, before the SQL runs, in processes and
+    threads alike: the answer is the SQL's over exactly those rows (DuckDB's over the kept
+    rows)."""
     tables = {"public.sorted_events": sorted_events}
-    keys = (("status", pa.array([500, 404], pa.int64())),)
     whole = sorted_events.scan().to_arrow()
-    kept = whole.filter(pa.compute.is_in(whole["status"].cast(pa.int64()),
-                                         value_set=keys[0][1]))
+    kept = whole
+    for column, values in keys:
+        kept = kept.filter(pa.compute.is_in(kept[column].cast(pa.int64()), value_set=values))
     assert 0 < kept.num_rows < whole.num_rows
     want = duckdb.sql(sql.replace("sorted_events", "kept")).to_arrow_table()
     for cold in (processes, engine):
