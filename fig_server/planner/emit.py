@@ -46,9 +46,11 @@ JOIN_ARGS = frozenset({"this", "on", "kind"})
 
 def regenerates_exactly(tree: exp.Expression, joins: bool = False) -> bool:
     for node in tree.walk():
-        allowed = NESTING_ARGS.get(type(node))
         if joins and isinstance(node, exp.Join):
-            allowed = JOIN_ARGS if (node.kind or "") in ("", "INNER", "CROSS") else None
+            if not inner_join_as_written(node):
+                return False
+            continue
+        allowed = NESTING_ARGS.get(type(node))
         if allowed is None:
             if not isinstance(node, REGENERATED_AS_WRITTEN):
                 return False
@@ -56,6 +58,13 @@ def regenerates_exactly(tree: exp.Expression, joins: bool = False) -> bool:
                  if key not in allowed):
             return False
     return True
+
+
+def inner_join_as_written(node: exp.Expr) -> bool:
+    """An inner, cross or comma join with ON and nothing else (JOIN_ARGS)."""
+    return isinstance(node, exp.Join) and (node.kind or "") in ("", "INNER", "CROSS") and \
+        all(value in (None, False, []) for key, value in node.args.items()
+            if key not in JOIN_ARGS)
 
 
 def span(node: exp.Expression) -> tuple[int, int] | None:

@@ -25,7 +25,11 @@ from sqlglot.optimizer.eliminate_ctes import eliminate_ctes
 from sqlglot.optimizer.merge_subqueries import merge_subqueries
 from sqlglot.optimizer.qualify import qualify
 
-from fig_server.planner.emit import JOIN_ARGS, REGENERATED_AS_WRITTEN, regenerates_exactly
+from fig_server.planner.emit import (
+    REGENERATED_AS_WRITTEN,
+    inner_join_as_written,
+    regenerates_exactly,
+)
 from fig_server.planner.tiers import TieredTable
 
 # What merging removes; what is left of it must regenerate exactly (emit.NESTING_ARGS).
@@ -38,7 +42,7 @@ def merge_derived(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]
     or merging is not known to be exact here."""
     if not isinstance(tree, exp.Select) or not any(tree.find_all(exp.Subquery, exp.CTE)):
         return None
-    if not all(isinstance(node, (*REGENERATED_AS_WRITTEN, *NESTING)) or _inner_join(node)
+    if not all(isinstance(node, (*REGENERATED_AS_WRITTEN, *NESTING)) or inner_join_as_written(node)
                for node in tree.walk()):
         return None
     ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
@@ -74,13 +78,6 @@ def merge_derived(tree: exp.Expression, refs: list[tuple[exp.Table, TieredTable]
             _nesting(merged) >= _nesting(tree):
         return None
     return merged
-
-
-def _inner_join(node: exp.Expr) -> bool:
-    """An inner, cross or comma join with ON (what emit regenerates as written)."""
-    return isinstance(node, exp.Join) and (node.kind or "") in ("", "INNER", "CROSS") and \
-        not node.side and all(value in (None, False, []) for key, value in node.args.items()
-                              if key not in JOIN_ARGS)
 
 
 def _all_qualified(tree: exp.Expression, unknown: set[int]) -> bool:
