@@ -32,6 +32,7 @@ from fig_server.hot.backend import HotTarget
 from fig_server.hot.embedded import EmbeddedPostgres
 from fig_server.hot.privileges import apply_control_grants, set_superuser_password
 from fig_server.hot.query_log import install_query_log
+from fig_server.hot.session_state import install_session_state
 from fig_server.protocol.auth import refuse_open_trust
 from fig_server.protocol.server import FigServer
 from fig_server.session.audit_log import AuditLog
@@ -197,6 +198,7 @@ async def serve(config: FigConfig) -> None:
         await asyncio.to_thread(embedded.start)
     dsn = config.hot.dsn or embedded.dsn  # type: ignore[union-attr]
     await asyncio.to_thread(install_control_schema, dsn)
+    await asyncio.to_thread(install_session_state, dsn)
     await asyncio.to_thread(apply_control_grants, dsn, config.auth.admin_role)
     if embedded is not None and config.auth.superuser_password:
         await asyncio.to_thread(set_superuser_password, dsn, config.auth.superuser_password)

@@ -1,5 +1,6 @@
 """Iceberg and Parquet metadata, cached across queries: manifest lists by snapshot, manifests
-and footers by path (Iceberg never rewrites a file in place)."""
+and footers by path (Iceberg never rewrites a file in place), and what pruning each kept under
+a filter."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ class MetadataCache:
         self._lists = Lru(max_manifest_lists)
         self._manifests = Lru(max_manifests)
         self._footers = Lru(max_footers)
+        # Pruning outcomes by path and filter. A manifest's holds its kept files (references
+        # to the cached entries' DataFiles): fewer of those, as a filter that changes with
+        # every statement (a time relative to now()) adds one per manifest each time.
+        self._manifests_kept = Lru(1024)
+        self._row_groups_kept = Lru(max_footers)
 
     def manifests(self, io: FileIO, snapshot: Snapshot) -> list[ManifestFile]:
         return self._lists.get_or_load(snapshot.manifest_list,
@@ -77,6 +83,15 @@ class MetadataCache:
 
     def footer(self, io: FileIO, path: str) -> Footer:
         return self._footers.get_or_load(path, lambda: read_footer(io, path))
+
+    def manifest_kept(self, key: tuple[str, Any], prune: Callable[[], V]) -> V:
+        """What pruning one manifest (key: its path, then the filter) kept: a manifest never
+        changes, so neither does the outcome of one filter over it."""
+        return self._manifests_kept.get_or_load(key, prune)
+
+    def row_groups_kept(self, key: tuple[str, Any], prune: Callable[[], V]) -> V:
+        """The row groups of one data file (key: its path, then the filter) pruning kept."""
+        return self._row_groups_kept.get_or_load(key, prune)
 
     @property
     def footers_cached(self) -> int:

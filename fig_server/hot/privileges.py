@@ -9,10 +9,11 @@ from psycopg import sql
 
 log = logging.getLogger(__name__)
 
-# Functions every session needs: read-your-writes, and the cold-write steps Fig runs inside
-# the client's own session for UPDATE/DELETE below the boundary (SECURITY DEFINER).
+# Functions every session needs: read-your-writes, the cold-write steps Fig runs inside the
+# client's own session for UPDATE/DELETE below the boundary (SECURITY DEFINER), and what
+# every federated statement reads first (its settings and the tiered tables it may see).
 PUBLIC_FUNCTIONS = ("sync", "request_cold_write", "confirm_cold_write", "wait_cold_write",
-                    "_bounds_hold")
+                    "_bounds_hold", "_session_state")
 
 
 def apply_control_grants(dsn: str, admin_role: str) -> None:

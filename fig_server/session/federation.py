@@ -36,6 +36,7 @@ from fig_server.errors import (
     IoError,
     ProgramLimitExceeded,
 )
+from fig_server.hot.session_state import TIERED_SQL
 from fig_server.planner.bounds import Need
 from fig_server.planner.parts import Route, literal
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
@@ -61,48 +62,16 @@ COLUMN_TYPES_SQL = """SELECT json_agg(CASE WHEN t.typnamespace = 'pg_catalog'::r
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = 'pg_temp.{}'::regclass AND a.attnum > 0 AND NOT a.attisdropped"""
 
-# One JSON document per tiered table, then one per view that reads one (through other views
-# too); read by the catalog refresher and, for a boundary and a search_path consistent with
-# the statement, inside the client's own backend session. `visible`: the unqualified name
-# resolves to it under the session's search_path.
-TIERED_SQL = """SELECT json_build_object(
-  'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column,
-  'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
-    WHEN t.boundary = 'infinity' THEN '9999-12-31T00:00:00+00:00'  -- attached: all cold
-    ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
-  'rls', c.relrowsecurity,
-  'visible', to_regclass(quote_ident(t.table_name)) IS NOT DISTINCT FROM t.table_oid,
-  'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
-                      ORDER BY a.attnum),
-  'byte_ordered', coalesce(json_agg(a.attname) FILTER (WHERE a.attcollation <> 0 AND EXISTS (
-      SELECT FROM pg_collation co JOIN pg_database d ON d.datname = current_database()
-      WHERE co.oid = a.attcollation AND CASE WHEN co.collname = 'default'
-        THEN d.datlocprovider = 'c' AND d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
-        ELSE co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
-      END)), '[]'))::text
-FROM fig.tiered_tables t
-JOIN pg_class c ON c.oid = t.table_oid
-JOIN pg_attribute a ON a.attrelid = t.table_oid AND a.attnum > 0 AND NOT a.attisdropped
-GROUP BY t.schema_name, t.table_name, t.time_column, t.boundary, c.relrowsecurity, t.table_oid
-UNION ALL
-SELECT json_build_object('view', v.relkind, 'schema', n.nspname, 'name', v.relname,
-  'visible', to_regclass(quote_ident(v.relname)) IS NOT DISTINCT FROM v.oid,
-  'definition', pg_get_viewdef(v.oid))::text
-FROM (WITH RECURSIVE readers(oid) AS (
-        SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-          AND d.refobjid IN (SELECT table_oid FROM fig.tiered_tables)
-          AND r.ev_class <> d.refobjid
-        UNION
-        SELECT r.ev_class FROM readers JOIN pg_depend d ON d.refobjid = readers.oid
-          AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-        JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> readers.oid)
-      SELECT DISTINCT oid FROM readers) found
-JOIN pg_class v ON v.oid = found.oid AND v.relkind IN ('v', 'm')
-JOIN pg_namespace n ON n.oid = v.relnamespace"""
 
 
-def tiered_set_from_json(documents: list[str]) -> TieredSet:
+def tiered_set_from_json(documents: Sequence[str]) -> TieredSet:
+    """The tiered set TIERED_SQL's documents describe; the same documents (every statement
+    of a session between two changes) give the same immutable set, built once."""
+    return _tiered_set(tuple(documents))
+
+
+@functools.lru_cache(maxsize=64)
+def _tiered_set(documents: tuple[str, ...]) -> TieredSet:
     tables, views = [], []
     for text in documents:
         doc = json.loads(text)
@@ -459,15 +428,7 @@ class Federator:
         cannot leave it held); otherwise it is released after the statement.
         """
         lock = "pg_advisory_xact_lock_shared" if in_transaction else "pg_advisory_lock_shared"
-        sql = (f"SELECT {lock}({BOUNDARY_LOCK});"
-               "SELECT coalesce(current_setting('fig.route', true), ''),"
-               " coalesce(current_setting('fig.as_of', true), ''),"
-               " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
-               " current_setting('TimeZone'), current_setting('client_encoding'),"
-               " current_setting('transaction_read_only'),"
-               " current_setting('default_transaction_isolation'),"
-               " coalesce(current_setting('fig.result_cache', true), '');"
-               + TIERED_SQL)
+        sql = f"SELECT {lock}({BOUNDARY_LOCK}); SELECT * FROM fig._session_state()"
         answers = await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
         error = _first_error(answers)
         if error is not None:
@@ -476,18 +437,18 @@ class Federator:
         self.in_block = in_transaction
         self.reducing = False
         rows = data_rows(answers)
-        route = (rows[1][0] or "auto").strip().lower()
-        self.timeout_s = int(rows[1][2] or 0) / 1000 or None
-        self.utc = (rows[1][3] or "").upper() in UTC_ZONES
-        self.client_encoding = rows[1][4] or ""
-        self.read_only = rows[1][5] == "on"
-        self.isolation = rows[1][6] or ""
+        (route, as_of_text, timeout_ms, zone, self.client_encoding, read_only,
+         self.isolation, result_cache) = json.loads(rows[1][0] or "[]")
+        route = (route or "auto").strip().lower()
+        self.timeout_s = int(timeout_ms) / 1000 or None
+        self.utc = zone.upper() in UTC_ZONES
+        self.read_only = read_only == "on"
         if route not in ("auto", "hot", "cold"):
             raise InvalidParameterValue(
                 f'invalid value for parameter "fig.route": "{route}"',
                 hint="Available values: auto, hot, cold.")
-        self.result_cache = _boolean("fig.result_cache", rows[1][7] or "on")
-        as_of = await self._as_of(backend, rows[1][1] or "")
+        self.result_cache = _boolean("fig.result_cache", result_cache or "on")
+        as_of = await self._as_of(backend, as_of_text)
         tiered = tiered_set_from_json([row[0] for row in rows[2:] if row[0]])
         return tiered, route, as_of
 

@@ -14,7 +14,7 @@ from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import CommitTableResponse, Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import AddSnapshotUpdate
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from fig_server import metrics
 from fig_server.config import FigConfig
@@ -33,22 +33,26 @@ class CountingCatalog(SqlCatalog):
         super().__init__(name, **properties)
         # location -> (metadata, its FileIO)
         self._metadata = functools.lru_cache(maxsize=self.KEPT_METADATA)(self._read)
+        # The location lookup, built once: building it (SQLAlchemy's column comparisons) was
+        # most of a lookup's time; executed, its compiled form is SQLAlchemy's cached one.
+        self._lookup = select(IcebergTables.metadata_location).where(
+            IcebergTables.catalog_name == self.name,
+            IcebergTables.table_namespace == bindparam("namespace"),
+            IcebergTables.table_name == bindparam("name"))
+        if (type_filter := self._iceberg_type_filter()) is not None:
+            self._lookup = self._lookup.where(type_filter)
 
     def load_table(self, identifier: str | tuple[str, ...]) -> Table:
         """The table as the catalog row names it now, its metadata file read only the first
         time: a file at a metadata location never changes (each commit writes a new one), so
         the row alone says whether the remembered metadata is current. pyiceberg's own
         load_table hydrates an ORM row and reads and parses the file on every call: 1-2 ms of
-        every cold part, where this lookup takes 0.15 ms."""
+        every cold part, where this lookup takes 0.05 ms."""
         namespace = Catalog.namespace_to_string(Catalog.namespace_from(identifier))
         name = Catalog.table_name_from(identifier)
-        lookup = select(IcebergTables.metadata_location).where(
-            IcebergTables.catalog_name == self.name,
-            IcebergTables.table_namespace == namespace, IcebergTables.table_name == name)
-        if (type_filter := self._iceberg_type_filter()) is not None:
-            lookup = lookup.where(type_filter)
         with self.engine.connect() as connection:
-            location = connection.execute(lookup).scalar()
+            location = connection.execute(
+                self._lookup, {"namespace": namespace, "name": name}).scalar()
         if not location:
             return super().load_table(identifier)  # its error for a table that is gone
         metadata, io = self._metadata(location)

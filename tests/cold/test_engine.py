@@ -138,6 +138,48 @@ def test_pruning_by_day_reads_one_file(engine: ColdEngine, sorted_events: Table)
     assert "  Files: 1 of 60 survived" in lines
 
 
+def test_cached_pruning_counts_and_finds_what_a_fresh_engine_does(catalog: SqlCatalog) -> None:
+    """Pruning outcomes are cached by manifest or file and filter: a statement run again, and
+    run after an append (a new snapshot listing the old manifests and a new one), keeps the
+    same files, row groups and rows as an engine that never saw the table."""
+    table = catalog.create_table("public.growing", schema=SCHEMA,
+                                 properties={"write.parquet.row-group-limit": "100"})
+
+    def append(day: int) -> None:
+        table.append(pa.table({
+            "id": list(range(day * 300, day * 300 + 300)),
+            "ts": [BASE + dt.timedelta(days=day, seconds=i * 200) for i in range(300)],
+            "status": [500 if i % 50 == 0 else 200 for i in range(300)]}, schema=SCHEMA))
+
+    for day in range(4):
+        append(day)
+    sql = ("SELECT count(*), min(id) FROM growing WHERE ts >= $1 AND ts < $2 "
+           "AND status = 500")
+    params = [BASE + dt.timedelta(days=1, hours=5), BASE + dt.timedelta(days=6)]
+    counted = ("manifests_kept", "manifests_total", "files_kept", "files_total",
+               "row_groups_kept", "row_groups_total", "bytes_total")
+
+    narrower = [BASE + dt.timedelta(days=2), BASE + dt.timedelta(days=2, hours=6)]
+
+    def run(cold: ColdEngine, bounds: list[dt.datetime] = params
+            ) -> tuple[list[object], tuple[int, ...]]:
+        result = cold.query(sql, {"growing": table}, params=bounds)
+        return rows(result.table), tuple(getattr(result.stats, name) for name in counted)
+
+    with ColdEngine(workers=1, use_processes=False) as cached:
+        first = run(cached)
+        assert run(cached) == first
+        for day in (4, 5):
+            append(day)
+            table = catalog.load_table("public.growing")
+            again, other = run(cached), run(cached, narrower)
+            with ColdEngine(workers=1, use_processes=False) as fresh:
+                assert (again, other) == (run(fresh), run(fresh, narrower))
+            assert again != first  # the new file's rows and counts are there
+    assert again[1][counted.index("files_kept")] == 5, again
+    assert other[1][counted.index("files_kept")] == 1, other
+
+
 def test_time_travel_reads_the_snapshot_current_then(engine: ColdEngine,
                                                      catalog: SqlCatalog) -> None:
     layout = build_events(catalog, "travel", seed=3, appends=8, max_rows=40)
