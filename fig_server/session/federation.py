@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 BOUNDARY_LOCK = 7203
 COPY_CHUNK = 256 * 1024
 COPY_BATCH_ROWS = 64 * 1024  # rows encoded at a time
+# A session's temp table for cold rows is emptied with DELETE until this many rows were
+# copied into it since it was last truncated (Federator._emptying).
+TRUNCATE_AFTER_ROWS = 10_000
 # The Postgres types of a temp table's columns (pg_catalog's type names; NULL for others),
 # learned once per session and temp table, to choose and drive the binary COPY encoders.
 COLUMN_TYPES_SQL = """SELECT json_agg(CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
@@ -401,6 +404,8 @@ class Federator:
         self.client_encoding = "UTF8"
         # temp table -> its columns' type names (COLUMN_TYPES_SQL)
         self.column_types: dict[str, list[str | None]] = {}
+        # temp table -> rows copied into it since it was last truncated (see _scratch)
+        self.copied_rows: dict[str, int] = {}
         # The session's transaction_read_only (read by prelude).
         self.read_only = False
         # The statement runs in Fig's own transaction (begin_reduced).
@@ -668,6 +673,8 @@ class Federator:
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)
+        copied = sum(int(p[5:-1]) for k, p in answers if k == ord("C") and p[:5] == b"COPY ")
+        self.copied_rows[part.temp_table] = self.copied_rows.get(part.temp_table, 0) + copied
 
     async def _column_types(self, backend: Injector, scratch: bytes, temp: str
                             ) -> list[str | None]:
@@ -694,9 +701,9 @@ class Federator:
         temp = part.temp_table
         create = f"CREATE TEMP TABLE IF NOT EXISTS {temp} AS {part.shape_sql} WITH NO DATA"
         if not self.in_block:
-            return f"BEGIN READ WRITE; {create}; TRUNCATE pg_temp.{temp}; COMMIT"
+            return f"BEGIN READ WRITE; {create}; {self._emptying(temp)}; COMMIT"
         if self.reducing:  # Fig's own read-write transaction (begin_reduced)
-            return f"{create}; TRUNCATE pg_temp.{temp}"
+            return f"{create}; {self._emptying(temp)}"
         answers = await backend.inject(wire.message(b"Q", wire.cstring(
             f"SELECT to_regclass('pg_temp.{temp}') IS NOT NULL, "
             "current_setting('transaction_read_only')")), 1)
@@ -714,6 +721,16 @@ class Federator:
                 hint="run the same query once outside the read-only transaction block (it "
                 "then works inside), or make the transaction read-write")
         return create
+
+    def _emptying(self, temp: str) -> str:
+        """TRUNCATE once the table has had many rows since the last, else DELETE. A
+        TRUNCATE gives the table a new file, a catalog change whose commit waits for a WAL
+        flush (1.9 ms of a short statement, against 0.05 ms for a DELETE on a temp table,
+        which writes no WAL); the dead rows a DELETE leaves are bounded by the threshold."""
+        if self.copied_rows.get(temp, 0) < TRUNCATE_AFTER_ROWS:
+            return f"DELETE FROM pg_temp.{temp}"
+        self.copied_rows[temp] = 0
+        return f"TRUNCATE pg_temp.{temp}"
 
     def explain_lines(self, prepared: Prepared, as_of: dt.datetime | None,
                       prelude_ms: float) -> list[str]:

@@ -159,6 +159,23 @@ def test_pipelined_unnamed_statements_keep_their_own_cold_rows(fig: FigProcess) 
     assert answers["events"] == answers["events_plain"]
 
 
+def test_cold_rows_of_one_statement_never_reach_the_next(fig: FigProcess) -> None:
+    """A session's temp table for a shape's cold rows is emptied before each statement: by
+    DELETE while few rows went through it, by TRUNCATE after more than
+    federation.TRUNCATE_AFTER_ROWS (10,000): large and small reads alternate across both."""
+    large = "select id, amount from {t} where user_id >= %s order by id"
+    small = "select id, amount from {t} where user_id >= %s and status = 500 order by id"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("set fig.route = 'cold'")
+        sizes = []
+        for sql in (small, large, small, large, large, small):
+            got, want = (conn.execute(sql.format(t=name), (0,)).fetchall()
+                         for name in ("events", "events_plain"))
+            assert got == want
+            sizes.append(len(got))
+    assert sizes[1] > 10_000 > sizes[0] > 0, sizes
+
+
 QUERY = ("select status, count(*), sum(amount) from {t} where note like 'n1%' "
          "group by status order by status")
 
