@@ -62,7 +62,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def wait_for(fig: FigProcess, ready: Callable[[Samples], bool], timeout: float = 20.0
              ) -> Samples:
-    """Scrape until `ready` holds: statement metrics are counted every 0.1 s, the CDC
+    """Scrape until `ready` holds: statement metrics are counted every 0.5 s, the CDC
     process's reach the endpoint every second."""
     deadline = time.monotonic() + timeout
     while True:
