@@ -101,12 +101,22 @@ class TieredCatalog:
         # Counts the changes of `current` (sessions re-check what they cached against it).
         self.generation = 0
         self._task: asyncio.Task[None] | None = None
+        # Kept between refreshes (a new one every 0.5 s was a backend started and ended each
+        # time); opened again after any error.
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._refreshing = asyncio.Lock()  # the loop's refresh and a session's (after DDL)
 
     async def refresh(self) -> None:
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         try:
-            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                cur = await conn.execute(TIERED_SQL)
-                current = tiered_set_from_json([row[0] for row in await cur.fetchall()])
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, application_name="fig catalog")
+            cur = await self._conn.execute(TIERED_SQL)
+            current = tiered_set_from_json([row[0] for row in await cur.fetchall()])
             if current != self.current:
                 log.info("tiered tables: %s", ", ".join(
                     f"{t.qualified} (boundary {t.boundary})" for t in current.tables) or "none")
@@ -118,6 +128,13 @@ class TieredCatalog:
             self.current = TieredSet()
         except psycopg.Error as exc:
             log.warning("could not read fig.tiered_tables: %s", exc)
+            await self._close()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     async def _loop(self) -> None:
         while True:
@@ -131,6 +148,7 @@ class TieredCatalog:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._close()
 
 
 @dataclass
