@@ -93,13 +93,17 @@ class Pruner:
         self._strict: dict[int, Callable[[Any], bool]] = {}
         self.metadata_rows = 0
 
-    def _metrics(self, data_file: Any) -> bool:
-        """Might a file (or a row group posing as one) hold a matching row, by its column
-        metrics? The evaluator is bound on first use: a query whose pruning is all cached
-        never builds it."""
+    def _metrics_evaluator(self) -> _InclusiveMetricsEvaluator:
+        """The filter bound to the scan's schema, on first use: a query whose pruning is all
+        cached never builds it."""
         if self._evaluator is None:
             self._evaluator = _InclusiveMetricsEvaluator(self.scan.schema, self.scan.row_filter)
-        return self._evaluator.eval(data_file)
+        return self._evaluator
+
+    def _metrics(self, data_file: Any) -> bool:
+        """Might a file (or a row group posing as one) hold a matching row, by its column
+        metrics?"""
+        return self._metrics_evaluator().eval(data_file)
 
     def batches(self, slots: int,
                 stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[WorkUnit, ...]]:
@@ -258,9 +262,7 @@ class Pruner:
         total = footer.num_row_groups
         if isinstance(self.scan.row_filter, AlwaysTrue):
             return tuple(range(total))
-        if self._evaluator is None:
-            self._evaluator = _InclusiveMetricsEvaluator(self.scan.schema, self.scan.row_filter)
-        filter_ids = extract_field_ids(self._evaluator.expr)
+        filter_ids = extract_field_ids(self._metrics_evaluator().expr)
         if not filter_ids:
             return tuple(range(total))
         return tuple(i for i in range(total) if self._metrics(

@@ -41,6 +41,7 @@ from fig_server.planner.bounds import Need
 from fig_server.planner.parts import Route, literal
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
 from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
+from fig_server.session.audit import command_rows
 from fig_server.session.cold_rows import ColdRows
 from fig_server.storage import pgbinary
 from fig_server.storage.typemap import to_copy_csv
@@ -64,7 +65,6 @@ COLUMN_TYPES_SQL = """SELECT json_agg(CASE WHEN t.typnamespace = 'pg_catalog'::r
   THEN t.typname END ORDER BY a.attnum)
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = 'pg_temp.{}'::regclass AND a.attnum > 0 AND NOT a.attisdropped"""
-
 
 
 def tiered_set_from_json(documents: Sequence[str]) -> TieredSet:
@@ -422,7 +422,7 @@ class Federator:
         self.client_encoding = "UTF8"
         # temp table -> its columns' type names (COLUMN_TYPES_SQL)
         self.column_types: dict[str, list[str | None]] = {}
-        # temp table -> rows copied into it since it was last truncated (see _scratch)
+        # temp table -> rows copied into it since it was last truncated (see _emptying)
         self.copied_rows: dict[str, int] = {}
         # The session's transaction_read_only (read by prelude).
         self.read_only = False
@@ -691,7 +691,8 @@ class Federator:
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)
-        copied = sum(int(p[5:-1]) for k, p in answers if k == ord("C") and p[:5] == b"COPY ")
+        copied = sum(command_rows(p[:-1]) for k, p in answers
+                     if k == ord("C") and p.startswith(b"COPY "))
         self.copied_rows[part.temp_table] = self.copied_rows.get(part.temp_table, 0) + copied
 
     async def _column_types(self, backend: Injector, scratch: bytes, temp: str
