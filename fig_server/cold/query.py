@@ -18,6 +18,7 @@ from pyiceberg.types import (
 from sqlglot import exp
 
 from fig_server.cold.aggregates import canonical, has_aggregate, split_aggregate, unqualify
+from fig_server.cold.datafusion_sql import datafusion_sql
 from fig_server.cold.literals import constant, parse_date_or_timestamp, parse_timestamp
 from fig_server.cold.topn import OrderKey
 from fig_server.cold.worker import ROW_MARKER
@@ -198,7 +199,7 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
         merge = exp.select("*").from_("__unit")
         merge.set("order", ordered_worker)
         merge.set("limit", exp.Limit(expression=exp.Literal.number(order.limit)))
-        merge_sql = merge.sql(dialect=PG)
+        merge_sql = datafusion_sql(merge)
     limit = _plain_limit(select) if order is None else None
     if limit is not None:
         worker.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
@@ -209,10 +210,10 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
                                  final.args["from_"].this)
     _replace_table(final, final_binding, "__cold_0")
     _strip_schema_qualifiers(final)
-    part = ScanPart(binding, "__cold_0", where, fields, worker.sql(dialect=PG), order,
+    part = ScanPart(binding, "__cold_0", where, fields, datafusion_sql(worker), order,
                     merge_sql, limit=limit)
     streams = not any(final.args.get(clause) for clause in PIECEWISE_BREAKERS)
-    return QueryPlan("topn" if order else "scan", [part], final.sql(dialect=PG), names,
+    return QueryPlan("topn" if order else "scan", [part], datafusion_sql(final), names,
                      streams=streams, projection=_plain_projection(final, names))
 
 
@@ -325,8 +326,8 @@ def _aggregate_plan(select: exp.Select, binding: TableBinding) -> QueryPlan | No
     names = _alias_outputs(split.final, select)
     where = select.args.get("where")
     part = ScanPart(binding, "__cold_0", unqualify(where.this) if where else None, fields,
-                    split.worker.sql(dialect=PG), count_columns=_count_star_columns(split.worker))
-    return QueryPlan("aggregate", [part], split.final.sql(dialect=PG), names)
+                    datafusion_sql(split.worker), count_columns=_count_star_columns(split.worker))
+    return QueryPlan("aggregate", [part], datafusion_sql(split.final), names)
 
 
 def _count_star_columns(worker: exp.Select) -> tuple[str, ...] | None:
@@ -367,7 +368,7 @@ def _general_plan(tree: exp.Expression, bindings: list[TableBinding]) -> QueryPl
         if where is not None:
             worker.set("where", exp.Where(this=where.copy()))
         parts.append(ScanPart(binding, f"__cold_{index}", where, fields,
-                              worker.sql(dialect=PG)))
+                              datafusion_sql(worker)))
     final = tree.copy()
     copies = list(_tables_in_order(final, bindings))
     for part, node in zip(parts, copies, strict=True):
@@ -375,7 +376,7 @@ def _general_plan(tree: exp.Expression, bindings: list[TableBinding]) -> QueryPl
                                            part.binding.schema, node), part.placeholder)
     _strip_schema_qualifiers(final)
     names = _alias_outputs(final) if isinstance(final, exp.Select) else {}
-    return QueryPlan("general", parts, final.sql(dialect=PG), names)
+    return QueryPlan("general", parts, datafusion_sql(final), names)
 
 
 def _tables_in_order(tree: exp.Expression, bindings: list[TableBinding]) -> list[exp.Table]:

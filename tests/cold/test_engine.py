@@ -180,12 +180,10 @@ def test_cached_pruning_counts_and_finds_what_a_fresh_engine_does(catalog: SqlCa
     assert other[1][counted.index("files_kept")] == 1, other
 
 
-@pytest.mark.xfail(strict=True, reason="known wrong answer (README, Known defect): the top-n "
-                   "with a ts::date filter over an evolved layout skips a row; unfixed")
 def test_top_n_with_a_date_cast_filter_over_an_evolved_layout(engine: ColdEngine,
                                                                catalog: SqlCatalog) -> None:
-    """Found by test_random_layouts (seed 0): the same filter without LIMIT, and the same
-    day as a ts range with LIMIT, are right; this one returns a wrong third row."""
+    """Found by test_random_layouts (seed 0): DataFusion dropped the unit's sort under a
+    ts::date filter and returned a wrong third row (cold/datafusion_sql.py)."""
     layout = build_events(catalog, "evolved_top", seed=0, appends=6, max_rows=60)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
