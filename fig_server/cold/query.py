@@ -85,8 +85,10 @@ class QueryPlan:
     # them all (no ORDER BY, LIMIT, DISTINCT or GROUP BY): results may be passed on in pieces.
     streams: bool = False
     # When that SQL only picks and names columns of the scan's rows: (column, output name)
-    # pairs, () for SELECT *; None when it computes anything.
+    # pairs, () for SELECT *; None when it computes anything. With rows: it then keeps
+    # (offset, count) of them (LIMIT without ORDER BY; count None for OFFSET alone).
     projection: tuple[tuple[str, str], ...] | None = None
+    rows: tuple[int, int | None] | None = None
 
 
 def table_key(node: exp.Table, tables: Mapping[str, object]) -> str | None:
@@ -213,14 +215,36 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
     part = ScanPart(binding, "__cold_0", where, fields, datafusion_sql(worker), order,
                     merge_sql, limit=limit)
     streams = not any(final.args.get(clause) for clause in PIECEWISE_BREAKERS)
+    rows = _rows_kept(final)
+    sliced = final.copy()
+    if rows is not None:
+        sliced.set("limit", None)
+        sliced.set("offset", None)
     return QueryPlan("topn" if order else "scan", [part], datafusion_sql(final), names,
-                     streams=streams, projection=_plain_projection(final, names))
+                     streams=streams, projection=_plain_projection(sliced, names, binding),
+                     rows=rows)
 
 
-def _plain_projection(final: exp.Select, names: dict[str, str]
+def _rows_kept(final: exp.Select) -> tuple[int, int | None] | None:
+    """(offset, count) of a LIMIT and OFFSET of constants without ORDER BY: the rows kept."""
+    limit, offset = final.args.get("limit"), final.args.get("offset")
+    if (limit is None and offset is None) or final.args.get("order"):
+        return None
+    count = constant(limit.expression) if limit is not None else None
+    skip = constant(offset.expression) if offset is not None else None
+    if (limit is not None and (count is None or not isinstance(count.value, int))) or \
+            (offset is not None and (skip is None or not isinstance(skip.value, int))):
+        return None
+    if (count is not None and count.value < 0) or (skip is not None and skip.value < 0):
+        return None  # Postgres's error, from DataFusion's run of the SQL
+    return (skip.value if skip is not None else 0, count.value if count is not None else None)
+
+
+def _plain_projection(final: exp.Select, names: dict[str, str], binding: TableBinding
                       ) -> tuple[tuple[str, str], ...] | None:
-    """(column, output name) when the coordinator's SELECT only picks and names plain
-    columns (QueryPlan.projection), () for a bare SELECT *, else None."""
+    """(column, output name) when the coordinator's SELECT only picks and names columns of
+    the table (QueryPlan.projection), () for a bare SELECT *, else None (an unknown column
+    then gets DataFusion's error)."""
     if any(final.args.get(clause) for clause in (*PIECEWISE_BREAKERS, "where", "joins")):
         return None
     items = final.expressions
@@ -229,10 +253,16 @@ def _plain_projection(final: exp.Select, names: dict[str, str]
     pairs = []
     for item in items:
         column = item.this if isinstance(item, exp.Alias) else item
-        if not isinstance(column, exp.Column) or isinstance(column.this, exp.Star):
+        found = binding.resolve(column) if isinstance(column, exp.Column) and \
+            not isinstance(column.this, exp.Star) else None
+        if found is None:
             return None
-        output = item.alias_or_name
-        pairs.append((column.name, names.get(output, output)))
+        if isinstance(item, exp.Alias):
+            alias = item.args["alias"]
+            output = alias.name if alias.quoted else alias.name.lower()
+        else:
+            output = item.alias_or_name
+        pairs.append((found.name, names.get(output, output)))
     return tuple(pairs)
 
 

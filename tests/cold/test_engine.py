@@ -231,8 +231,25 @@ def test_integer_division_and_count_types(engine: ColdEngine, sorted_events: Tab
     assert result.table.schema.field("n").type == pa.int64()
 
 
+def test_a_preview_keeps_rows_of_the_table_under_postgres_names(engine: ColdEngine,
+                                                               sorted_events: Table) -> None:
+    """LIMIT and OFFSET without ORDER BY over picked columns (done without DataFusion):
+    that many rows, each a row of the table, named as Postgres names them."""
+    every = set(rows(sorted_events.scan(selected_fields=("id", "status")).to_arrow()))
+    for sql, count in (("SELECT ID AS Key, status AS \"Status\" FROM sorted_events "
+                        "WHERE status = 200 LIMIT 7 OFFSET 3", 7),
+                       ("SELECT sorted_events.id, status FROM sorted_events "
+                        f"OFFSET {len(every) - 10}", 10),
+                       ("SELECT id, status FROM sorted_events LIMIT 0", 0)):
+        got = engine.query(sql, {"sorted_events": sorted_events}).table
+        assert got.num_rows == count, sql
+        assert set(rows(got)) <= every, sql
+        assert got.column_names == (["key", "Status"] if "Key" in sql else ["id", "status"])
+
+
 @pytest.mark.parametrize(("sql", "error"), [
     ("SELECT nope FROM sorted_events", UndefinedColumn),
+    ("SELECT id, nope FROM sorted_events LIMIT 3", UndefinedColumn),
     ("SELECT * FROM missing_table", UndefinedTable),
     ("SELECT id / 0 FROM sorted_events WHERE id = 1", DivisionByZero),
     ("SELEC id FROM sorted_events", SqlSyntaxError),
