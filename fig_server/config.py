@@ -69,6 +69,7 @@ class ColdConfig:
     memory_limit_mb: int = 0
     stream_buffer_mb: int = 64
     result_cache_mb: int = 256
+    hot_first_ms: int = 20
     executor: str = "local"
     ray_address: str = ""
 

@@ -81,6 +81,8 @@ class Rewrite:
     describe: bool = False
     # Set for an UPDATE/DELETE that must reach cold rows; sql is then the original statement.
     write: ColdWrite | None = None
+    # n when any n rows of the statement run on hot alone answer it (planner/preview.py).
+    hot_first: int | None = None
 
 
 WRITES = (exp.Update, exp.Delete, exp.Merge)

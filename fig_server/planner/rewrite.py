@@ -56,6 +56,7 @@ from fig_server.planner.parts import (
     where_of,
     where_sql,
 )
+from fig_server.planner.preview import hot_first_rows
 from fig_server.planner.pushdown import pushdown
 from fig_server.planner.semi_join import reducers
 from fig_server.planner.tiers import TieredSet, TieredTable
@@ -118,7 +119,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     declare = DECLARE.match(body)
     if declare is not None and not explain:
         return _cursor(body, declare, tiered, forced, constants, same_clock, utc)
-    body = copy_as_query(body, tiered) or body
+    copied = copy_as_query(body, tiered)
+    body = copied or body
     try:
         tree = parse(body)
     except SqlSyntaxError as exc:
@@ -134,6 +136,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         return None
     refs = statement.reads
     writes = statement.kind is Kind.WRITE
+    hot_first = hot_first_rows(tree, refs[0][0]) \
+        if statement.kind is Kind.READ and len(refs) == 1 and not copied else None
     merged = merge_derived(tree, refs) if statement.kind is Kind.READ else None
     if merged is not None and output_names is not None and \
             not name_outputs(merged, output_names):
@@ -214,7 +218,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         p.aggregated and isinstance(tree, exp.Select) for p in parts))
     regenerated = as_written or (joins_as_written and any(p.aggregated for p in parts))
     return Rewrite(final, _emit(body, tree, parts, spliced, regenerated), parts, bool(explain),
-                   analyze, describe=describe)
+                   analyze, describe=describe,
+                   hot_first=hot_first if final is Route.SPLIT and len(parts) == 1 else None)
 
 
 def _cursor(body: str, declare: re.Match[str], tiered: TieredSet, forced: str,
@@ -229,6 +234,7 @@ def _cursor(body: str, declare: re.Match[str], tiered: TieredSet, forced: str,
     if plan.explain:
         raise FeatureNotSupported("EXPLAIN inside DECLARE")
     plan.sql = body[:declare.end()] + plan.sql
+    plan.hot_first = None  # a cursor's rows are read later, in its transaction
     return plan
 
 

@@ -4,7 +4,10 @@ Each `Case` is one statement whose tiered table names are written as `@events@`/
 markers (rendered as the tiered name or its twin, in the case the generator chose), and whose
 parameterisable literals are `\\x01n\\x01` markers (rendered inline, as `%s` or as `$k`).
 A statement is deterministic: LIMIT, OFFSET, DISTINCT ON and window frames come with a total
-order (the primary key last); otherwise the runner compares rows as a multiset.
+order (the primary key last); otherwise the runner compares rows as a multiset. The one
+exception is a sample (`Case.sample`): LIMIT without ORDER BY, whose answer is any rows of
+the statement without it; the twin runs without the LIMIT, and the runner checks the count
+and that each row is one of the twin's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Case:
     ordered: bool = False  # rows compared in order (the ORDER BY is total)
     clock: bool = False  # reads now()/current_date: tiered and twin run in one transaction
     tlp: str | None = None  # a predicate for ternary logic partitioning instead of a twin run
+    sample: tuple[int, int] | None = None  # LIMIT n OFFSET m of the tiered run alone
 
     def render(self, twin: bool, style: str = "inline") -> tuple[str, list[object]]:
         """The text for the tiered tables or their twins; style inline, psycopg or asyncpg."""
@@ -399,8 +403,9 @@ class Grammar:
         self.params = []
         self.clock = False
         shape, _, build = self.rng.choices(self.shapes, weights=[w for _, w, _ in self.shapes])[0]
+        self.sample: tuple[int, int] | None = None
         sql, ordered, tlp = build(self)
-        return Case(shape, sql, self.params, ordered, self.clock, tlp)
+        return Case(shape, sql, self.params, ordered, self.clock, tlp, self.sample)
 
     def tiered(self) -> str:
         return self.pick("events", "kinds", "kinds")
@@ -700,6 +705,22 @@ class Grammar:
                f"{self.limit() if self.chance(0.5) else ''}")
         return sql, True, None
 
+    def s_preview(self) -> tuple[str, bool, str | None]:
+        """A table preview or `dbt show`: some rows of a filtered projection, no ORDER BY;
+        plain, or as dbt wraps a model in a subquery with a CTE."""
+        t = self.tiered()
+        cols = ["*"] if self.chance(0.3) else [
+            self.expr(t, None) for _ in range(self.rng.randint(1, 3))]
+        where = self.where(t, None) if self.chance(0.7) else ""
+        if self.chance(0.5):
+            sql = f"select {', '.join(cols)} from {self.table(t)}{where}"
+        else:
+            sql = (f"select * from (with source as (select * from {self.table(t)}) "
+                   f"select {', '.join(cols)} from source{where}) as model_limit_subq")
+        self.sample = (self.rng.choice((1, 3, 10, 50, 500)),
+                       self.rng.choice((0, 0, 0, 2, 30)))
+        return sql, False, None
+
     def s_tlp(self) -> tuple[str, bool, str | None]:
         t = self.tiered()
         return f"select count(*) from {self.table(t)}", False, self.predicate(t, None)
@@ -714,5 +735,5 @@ _SHAPES: list[tuple[str, float, Callable[[Grammar], tuple[str, bool, str | None]
     ("subquery", 1.5, Grammar.s_subquery), ("cte", 1, Grammar.s_cte),
     ("nested", 1.5, Grammar.s_nested), ("inner_aggregate", 1.5, Grammar.s_inner_aggregate),
     ("setop", 1, Grammar.s_setop), ("whole_row", 0.8, Grammar.s_whole_row),
-    ("tlp", 1, Grammar.s_tlp)]
+    ("tlp", 1, Grammar.s_tlp), ("preview", 1, Grammar.s_preview)]
 SHAPES = [(name, build) for name, _, build in _SHAPES]

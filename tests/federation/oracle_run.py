@@ -165,6 +165,8 @@ def judge(case: Case, got: Answer, want: Answer) -> Verdict:
             names = [c[0] for c in got.columns] != [c[0] for c in want.columns]
             return Verdict("wrong", f"wrong:{case.shape}:{'names' if names else 'types'}",
                            f"columns {got.columns} want {want.columns}")
+        if case.sample is not None:
+            return _judge_sample(case, got, want)
         if same_rows(got.rows, want.rows, case.ordered):
             return Verdict("same")
         what = "rowcount" if len(got.rows) != len(want.rows) else "values"
@@ -190,6 +192,27 @@ def judge(case: Case, got: Answer, want: Answer) -> Verdict:
                    f"unexpected:{case.shape}:{got.code} {_normalize(got.message)}",
                    f"tiered {got.code}: {got.message.splitlines()[0] if got.message else ''}; "
                    f"twin {want.code or 'ok'}")
+
+
+def _judge_sample(case: Case, got: Answer, want: Answer) -> Verdict:
+    """LIMIT n OFFSET m without ORDER BY: min(n, rows - m) rows, each one of the twin's
+    rows without the LIMIT (a multiset: no row more often than there)."""
+    assert case.sample is not None
+    count, skip = case.sample
+    expected = min(count, max(0, len(want.rows) - skip))
+    if len(got.rows) != expected:
+        return Verdict("wrong", f"wrong:{case.shape}:rowcount",
+                       f"got {len(got.rows)} rows, want {expected} of {len(want.rows)}")
+    pool = sorted(want.rows, key=_sort_key)
+    for row in got.rows:
+        found = next((i for i, candidate in enumerate(pool) if _same_row(row, candidate)),
+                     None)
+        if found is None:
+            return Verdict("wrong", f"wrong:{case.shape}:values",
+                           f"row {_preview([row])} is not a row of the statement "
+                           f"(of {len(want.rows)}: {_preview(want.rows)})")
+        del pool[found]
+    return Verdict("same")
 
 
 def _preview(rows: list[tuple[Any, ...]]) -> str:
@@ -375,6 +398,8 @@ class Oracle:
         style = "inline" if protocol == "simple" else protocol
         tiered, params = case.render(False, style)
         twin, twin_params = case.render(True, style)
+        if case.sample is not None:
+            tiered += f" limit {case.sample[0]} offset {case.sample[1]}"
         if case.clock:
             sessions.transaction(route, tz, "begin")
         got = sessions.run(route, tz, protocol, tiered, params)
