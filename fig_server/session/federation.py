@@ -659,7 +659,7 @@ class Federator:
             budget = min(budget, max(1, int(self.timeout_s * 1000)))
         started = time.perf_counter()
         probe = (f"SET LOCAL statement_timeout = {budget}; DECLARE fig_hot_first NO SCROLL "
-                 f"CURSOR FOR {plan_body(prepared.original)}; "
+                 f"CURSOR FOR {plan_body(prepared.original)}\n; "  # after a -- comment
                  "MOVE FORWARD ALL IN fig_hot_first")
         undo = "ROLLBACK TO SAVEPOINT fig_hot_first; RELEASE SAVEPOINT fig_hot_first"
         if self.reducing:
