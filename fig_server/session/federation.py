@@ -159,6 +159,9 @@ class ColdService:
     _engine: ColdEngine | None = None
     _catalog: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Tiered table -> until when (time.monotonic) hot is not asked first for it: its last
+    # probe ran out of time (Federator._hot_holds).
+    hot_first_off: dict[str, float] = field(default_factory=dict)
 
     def _open(self) -> tuple[ColdEngine, Any]:
         with self._lock:
@@ -400,6 +403,10 @@ class Prepared:
 WRITES = re.compile(r"\b(?:insert|update|delete|merge|into|for\s+(?:no\s+key\s+)?"
                     r"(?:update|share|key\s+share))\b", re.IGNORECASE)
 
+# After a hot-first probe of a table runs out of time, its statements skip the probe this
+# long (seconds).
+HOT_FIRST_BACKOFF_S = 60.0
+
 # TimeZone settings that are UTC at every instant (compared upper-cased).
 UTC_ZONES = frozenset({"UTC", "ETC/UTC", "GMT", "ETC/GMT", "UCT", "ETC/UCT", "UNIVERSAL",
                        "ETC/UNIVERSAL", "ZULU", "ETC/ZULU"})
@@ -566,8 +573,12 @@ class Federator:
             any(part.reducers for part in plan.parts) or self._hot_first(plan))
 
     def _hot_first(self, plan: Rewrite) -> bool:
-        """Whether hot alone is asked first for the statement (planner/preview.py)."""
-        return plan.hot_first is not None and self.cold.config.cold.hot_first_ms > 0
+        """Whether hot alone is asked first for the statement (planner/preview.py): not for
+        a while after a probe of its table ran out of time."""
+        if plan.hot_first is None or self.cold.config.cold.hot_first_ms <= 0:
+            return False
+        until = self.cold.hot_first_off.get(plan.parts[0].table.qualified)
+        return until is None or time.monotonic() >= until
 
     async def begin_reduced(self, backend: Injector, prepared: Prepared) -> None:
         """BEGIN ISOLATION LEVEL REPEATABLE READ and read the key sets, in one round trip:
@@ -613,7 +624,7 @@ class Federator:
         # (begin_reduced), or EXPLAIN ANALYZE's own (its answer is a plan, not rows)
         if run_cold and plan.hot_first and as_of is None and self._hot_first(plan) and (
                 self.reducing or (plan.explain and not self.in_block)) and \
-                await self._hot_holds(backend, prepared, plan.hot_first):
+                await self._hot_holds(backend, prepared, plan):
             prepared.sql, prepared.hot_alone = plan_body(prepared.original), True
             prepared.hot_first = True
             return
@@ -646,12 +657,12 @@ class Federator:
             await self._copy(backend, prepared, part, rows)
         prepared.copy_ms += (time.perf_counter() - started) * 1000
 
-    async def _hot_holds(self, backend: Injector, prepared: Prepared, rows: int) -> bool:
-        """Whether the statement run on hot alone returns `rows` rows, asked within [cold]
-        hot_first_ms (and the session's statement_timeout). The statement itself runs, as a
-        cursor MOVE skips through (no row travels); not a count over it, which Postgres plans
-        otherwise (an index-only scan of 1.6 ms where the statement's plan takes 0.03). In
-        Fig's own transaction the probe is a savepoint's, rolled back with its cursor and
+    async def _hot_holds(self, backend: Injector, prepared: Prepared, plan: Rewrite) -> bool:
+        """Whether the statement run on hot alone returns plan.hot_first rows, asked within
+        [cold] hot_first_ms (and the session's statement_timeout). The statement itself runs,
+        as a cursor MOVE skips through (no row travels); not a count over it, which Postgres
+        plans otherwise (an index-only scan of 1.6 ms where the statement's plan takes 0.03).
+        In Fig's own transaction the probe is a savepoint's, rolled back with its cursor and
         its SET LOCAL; a probe over budget, or failing, costs the statement that time and
         nothing else (the statement itself then reports any error of its own)."""
         budget = self.cold.config.cold.hot_first_ms
@@ -665,16 +676,24 @@ class Federator:
         if self.reducing:
             probe = f"SAVEPOINT fig_hot_first; {probe}; {undo}"
         answers = await backend.inject(wire.message(b"Q", wire.cstring(probe)), 1)
-        failed = _first_error(answers) is not None
-        if failed and self.reducing:
+        failure = _first_error(answers)
+        if failure is not None and self.reducing:
             error = _first_error(await backend.inject(wire.message(b"Q", wire.cstring(undo)),
                                                       1))
             if error is not None:
                 raise BackendError(error)
         prepared.plan_ms += (time.perf_counter() - started) * 1000
+        if failure is not None:
+            if failure.get("C") == "57014":
+                # Out of time (seen: a seq scan through the empty front of a heap that
+                # retention emptied, where the statement itself reads cold rows first and is
+                # quick): the table's statements read both tiers for a while.
+                self.cold.hot_first_off[plan.parts[0].table.qualified] = \
+                    time.monotonic() + HOT_FIRST_BACKOFF_S
+            return False
         moved = [command_rows(p[:-1]) for k, p in answers
                  if k == ord("C") and p.startswith(b"MOVE ")]
-        return not failed and bool(moved) and moved[0] >= rows
+        return bool(moved) and moved[0] >= (plan.hot_first or 0)
 
     async def _scan(self, backend: Injector, prepared: Prepared, part: ColdPart,
                     keys: tuple[tuple[str, pa.Array], ...], as_of: dt.datetime | None,

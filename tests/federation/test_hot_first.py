@@ -100,3 +100,17 @@ def test_in_a_block_and_on_error_the_statement_reads_both_tiers(fig: FigProcess)
         for table in ("events", "events_plain"):
             with pytest.raises(psycopg.errors.DivisionByZero):
                 conn.execute(f"select id / (status - status) from {table} limit 5")
+
+
+def test_a_probe_out_of_time_turns_hot_first_off_for_the_table_a_while() -> None:
+    """[cold] hot_first_ms 1: a probe that scans hot's rows runs out of time; the statement
+    still answers right, and the table's next preview reads both tiers (no probe)."""
+    server, _ = build_oracle(env={"FIG__COLD__HOT_FIRST_MS": "1"})
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            slow = "select id from {t} where md5(note || md5(note || md5(note))) = 'x'"
+            sample_of(conn, slow, 5)
+            conn.execute("select id /* after-timeout */ from events limit 3").fetchall()
+            assert files_read(conn, "after-timeout")[0]
+    finally:
+        server.stop()

@@ -139,11 +139,12 @@ def rows_of(conn: psycopg.Connection, sql: str) -> tuple[list[tuple[str, int]], 
     return description, cur.fetchall()
 
 
-def build_oracle(mutations: list[str] | tuple[str, ...] = ()
-                 ) -> tuple[FigProcess, dict[str, str]]:
+def build_oracle(mutations: list[str] | tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> tuple[FigProcess, dict[str, str]]:
     """A Fig with `events` (tiered, after retention) and `events_plain` holding the same rows,
-    each mutation applied to both (with equal command tags); the query placeholders' values."""
-    fig = start_fig()
+    each mutation applied to both (with equal command tags); the query placeholders' values.
+    env: the server's settings (FIG__...)."""
+    fig = start_fig(env=env)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     start = now - dt.timedelta(days=120)
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
