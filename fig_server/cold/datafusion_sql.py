@@ -40,11 +40,12 @@ def datafusion_sql(tree: exp.Expr) -> str:
 
 def _guard(predicate: exp.Expr) -> exp.Expr:
     conjuncts = list(predicate.flatten()) if isinstance(predicate, exp.And) else [predicate]
-    if all(_plain(c) for c in conjuncts):
+    plain = [_plain(c) for c in conjuncts]
+    if all(plain):
         return predicate
-    return exp.and_(*(c if _plain(c) else exp.Is(this=exp.paren(c, copy=False),
-                                                  expression=exp.true())
-                      for c in conjuncts), copy=False)
+    return exp.and_(*(c if kept else exp.Is(this=exp.paren(c, copy=False),
+                                             expression=exp.true())
+                      for c, kept in zip(conjuncts, plain, strict=True)), copy=False)
 
 
 def _plain(node: exp.Expr) -> bool:

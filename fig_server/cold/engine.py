@@ -536,8 +536,7 @@ class _Flow:
         if projection == ():  # SELECT *: the rows as they are
             self.sink(table)
         elif projection is not None:  # columns picked and named: no SQL to run
-            self.sink(table.select([column for column, _ in projection]).rename_columns(
-                [name for _, name in projection]))
+            self.sink(_picked(table, projection))
         else:
             self.held.append(table)
             self.size += table.nbytes
@@ -552,6 +551,12 @@ class _Flow:
             self.sink(_final(self.plan, {self.plan.parts[0].placeholder: rows}))
 
 
+def _picked(table: pa.Table, projection: tuple[tuple[str, str], ...]) -> pa.Table:
+    """The projection's columns of the rows, under their output names."""
+    return table.select([column for column, _ in projection]).rename_columns(
+        [name for _, name in projection])
+
+
 def _final(plan: QueryPlan, scanned: dict[str, pa.Table]) -> pa.Table:
     """Run the coordinator's SQL over what the scans returned; name columns like Postgres.
     SQL that only picks columns and keeps some rows is done here, not planned by DataFusion
@@ -561,10 +566,7 @@ def _final(plan: QueryPlan, scanned: dict[str, pa.Table]) -> pa.Table:
         if plan.rows is not None:
             offset, count = plan.rows
             table = table.slice(offset, count)
-        if plan.projection:
-            table = table.select([column for column, _ in plan.projection]).rename_columns(
-                [name for _, name in plan.projection])
-        return table
+        return _picked(table, plan.projection) if plan.projection else table
     ctx = SessionContext()
     for name, table in scanned.items():
         batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]

@@ -227,17 +227,26 @@ def _scan_plan(select: exp.Select, binding: TableBinding) -> QueryPlan:
 
 def _rows_kept(final: exp.Select) -> tuple[int, int | None] | None:
     """(offset, count) of a LIMIT and OFFSET of constants without ORDER BY: the rows kept."""
-    limit, offset = final.args.get("limit"), final.args.get("offset")
-    if (limit is None and offset is None) or final.args.get("order"):
+    if final.args.get("limit") is None and final.args.get("offset") is None:
         return None
-    count = constant(limit.expression) if limit is not None else None
-    skip = constant(offset.expression) if offset is not None else None
-    if (limit is not None and (count is None or not isinstance(count.value, int))) or \
-            (offset is not None and (skip is None or not isinstance(skip.value, int))):
+    return _limit_offset(final)
+
+
+def _limit_offset(select: exp.Select) -> tuple[int, int | None] | None:
+    """(offset, count) when ORDER BY is absent and LIMIT and OFFSET are absent or
+    non-negative integer constants (count None without LIMIT); else None (a negative one is
+    Postgres's error, from DataFusion's run of the SQL)."""
+    if select.args.get("order"):
         return None
-    if (count is not None and count.value < 0) or (skip is not None and skip.value < 0):
-        return None  # Postgres's error, from DataFusion's run of the SQL
-    return (skip.value if skip is not None else 0, count.value if count is not None else None)
+    values = []
+    for clause in ("offset", "limit"):
+        node = select.args.get(clause)
+        value = constant(node.expression) if node is not None else None
+        if node is not None and (value is None or not isinstance(value.value, int)
+                                 or value.value < 0):
+            return None
+        values.append(value.value if value is not None else None)
+    return values[0] or 0, values[1]
 
 
 def _plain_projection(final: exp.Select, names: dict[str, str], binding: TableBinding
@@ -273,16 +282,10 @@ PIECEWISE_BREAKERS = ("order", "limit", "offset", "distinct", "group", "having",
 def _plain_limit(select: exp.Select) -> int | None:
     """n + offset of a LIMIT without ORDER BY, DISTINCT or aggregates: any that many rows of
     the scan answer it."""
-    limit = select.args.get("limit")
-    if limit is None or select.args.get("order") or select.args.get("distinct"):
+    kept = _limit_offset(select) if not select.args.get("distinct") else None
+    if kept is None or not kept[1]:
         return None
-    count = constant(limit.expression)
-    offset = select.args.get("offset")
-    skip = constant(offset.expression) if offset is not None else None
-    if count is None or not isinstance(count.value, int) or count.value <= 0 or (
-            offset is not None and (skip is None or not isinstance(skip.value, int))):
-        return None
-    return count.value + (skip.value if skip is not None else 0)
+    return kept[1] + kept[0]
 
 
 def _top_n(select: exp.Select, binding: TableBinding) -> tuple[OrderKey | None,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from fig_server.planner.topn import integer_literal
+
 # Nodes after which a query's result over some of its rows is not a part of its result over
 # all of them (aggregates count, windows number, set operations and joins combine), or that
 # the probe would run twice (a function Fig does not know may write: nextval, a user's own).
@@ -30,9 +32,9 @@ def hot_first_rows(tree: exp.Expression, reference: exp.Table) -> int | None:
     if not isinstance(tree, exp.Select) or tree.args.get("order") or \
             any(isinstance(node, _NOT_ROW_BY_ROW) for node in tree.walk()):
         return None
-    count = _number(tree.args.get("limit"))
-    offset = tree.args.get("offset")
-    skip = _number(offset) if offset is not None else 0
+    limit, offset = tree.args.get("limit"), tree.args.get("offset")
+    count = integer_literal(limit.expression) if isinstance(limit, exp.Limit) else None
+    skip = integer_literal(offset.expression) if offset is not None else 0
     if not count or skip is None:
         return None
     if any(w.args.get("recursive") for w in tree.find_all(exp.With)):
@@ -69,10 +71,3 @@ def _chain(select: exp.Select, reference: exp.Table, ctes: dict[str, exp.Express
     rest = _chain(inner, reference, ctes, depth + 1)
     return None if rest is None else [select, *rest]
 
-
-def _number(node: exp.Expression | None) -> int | None:
-    """The count of a LIMIT or OFFSET written as a plain number."""
-    value = node.args.get("expression") if isinstance(node, exp.Limit | exp.Offset) else None
-    if isinstance(value, exp.Literal) and value.is_number and value.name.isdigit():
-        return int(value.name)
-    return None
