@@ -164,7 +164,12 @@ class Pruner:
         return True
 
     def units(self, stop: Callable[[], bool] = lambda: False) -> Iterator[WorkUnit]:
-        """Work units in scan order, or best-first by the ORDER BY column's bounds."""
+        """Work units in scan order, or best-first by the ORDER BY column's bounds.
+
+        In scan order (LIMIT without ORDER BY) each unit is a whole file, read by DataFusion
+        when it is local: its LIMIT stops the read at the first batch with enough rows, where
+        reading the file's row groups first took 9.6 of a 12 ms preview (dbt show, one file
+        of three 65,536-row groups for 5 rows)."""
         if self.scan.snapshot is None:
             return
         files = self._kept_files(stop)
@@ -172,7 +177,7 @@ class Pruner:
             for data_file, _, _ in files:
                 if stop():
                     return
-                unit = self._file_unit(data_file)
+                unit = self._file_unit(data_file, native=True)
                 if unit is not None:
                     yield unit
         else:
