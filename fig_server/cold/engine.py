@@ -193,7 +193,7 @@ class ColdEngine:
         started = time.monotonic()
         for scan in prepared.scans:
             for _ in _work_items(Pruner(scan, self.cache, stats), scan, self.executor.slots,
-                                 lambda: False):
+                                 lambda: False, lambda: False):
                 pass
         stats.plan_ms = (time.monotonic() - started) * 1000
         return explain_lines(prepared.plan, prepared.scans, stats, analyze=False)
@@ -236,12 +236,13 @@ class ColdEngine:
                   flow: _Flow | None = None, cached: bool = True) -> pa.Table:
         pruner = Pruner(scan, self.cache, stats)
         units: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
-        stop = threading.Event()
-        _PLANNERS.submit(_plan_into, pruner, scan, self.executor.slots, units, stop, stats)
+        stop, whole = threading.Event(), threading.Event()
+        _PLANNERS.submit(_plan_into, pruner, scan, self.executor.slots, units, stop, whole,
+                         stats)
         try:
-            results = self._dispatch(part, scan, io_props, units, stop, stats, control, keys,
-                                     flow, self.results if cached and self.results.max_bytes
-                                     else None)
+            results = self._dispatch(part, scan, io_props, units, stop, whole, stats, control,
+                                     keys, flow, self.results if cached and
+                                     self.results.max_bytes else None)
             if flow is not None:
                 flow.flush()
         finally:
@@ -258,11 +259,12 @@ class ColdEngine:
             (part.worker_sql, empty.schema), lambda: worker.run_sql(empty, part.worker_sql))
 
     def _dispatch(self, part: ScanPart, scan: ScanSpec, io_props: tuple[tuple[str, str], ...],
-                  units: queue.Queue[Any], stop: threading.Event, stats: ScanStats,
-                  control: _Control, keys: tuple[tuple[str, pa.Array], ...],
+                  units: queue.Queue[Any], stop: threading.Event, whole: threading.Event,
+                  stats: ScanStats, control: _Control, keys: tuple[tuple[str, pa.Array], ...],
                   flow: _Flow | None = None, cache: ResultCache | None = None
                   ) -> list[pa.Table]:
-        """Run work items as slots free up; for top-n keep a heap and stop when it wins;
+        """Run work items as slots free up; for top-n keep a heap and stop when it wins, and
+        ask the planner for whole files (whole) once the first units left it far from full;
         outputs go to flow when there is one (a streamed scan), else are returned. With a
         cache (None when it is off or sized 0), a task it holds is answered from it and a
         task run is kept in it."""
@@ -360,9 +362,12 @@ class ColdEngine:
                     threshold = _threshold(heap, scan)
                     if threshold is None:  # the heap is not full: no unit can be skipped yet
                         batch = min(batch * 2, TOPN_MAX_BATCH)
+                        if batch >= TOPN_WHOLE_FILES_AT:
+                            whole.set()
                     for other, other_item in list(in_flight.items()):
                         if cannot_beat(other_item[0].best, threshold, order):
-                            # A running unit is one row group: let it finish, unawaited.
+                            # A running unit is a row group or a file: let it finish,
+                            # unawaited.
                             other.cancel()
                             del in_flight[other]
                             _mark_stopped(stats, control)
@@ -412,6 +417,10 @@ def probe_of(worker_sql: str) -> Probe | None:
 # A top-n whose heap does not fill (a needle: `user_id = K ORDER BY ts LIMIT 2000`) would
 # run every surviving row group as a task of its own; tasks then take up to this many.
 TOPN_MAX_BATCH = 32
+# Top-n units become whole files once this many units ran without filling the heap (the
+# batch doubles after each such result): the filter keeps few rows, so row groups one by one
+# only add per-unit cost, and DataFusion filters a whole file faster than pyarrow reads it.
+TOPN_WHOLE_FILES_AT = 8
 
 
 def _gather(units: queue.Queue[Any], item: tuple[WorkUnit, ...], size: int
@@ -433,16 +442,17 @@ def _gather(units: queue.Queue[Any], item: tuple[WorkUnit, ...], size: int
     return item, False
 
 
-def _work_items(pruner: Pruner, scan: ScanSpec, slots: int,
-                stop: Callable[[], bool]) -> Iterator[tuple[WorkUnit, ...]]:
-    """Batches of whole files for plain scans; single row-group units, best first, for top-n."""
+def _work_items(pruner: Pruner, scan: ScanSpec, slots: int, stop: Callable[[], bool],
+                whole: Callable[[], bool]) -> Iterator[tuple[WorkUnit, ...]]:
+    """Batches of whole files for plain scans; whole files for LIMIT without ORDER BY; for
+    top-n, single units best first: row groups, whole files once whole() says so."""
     if scan.order is None and scan.limit is None:
         return pruner.batches(slots, stop)
-    return ((unit,) for unit in pruner.units(stop))
+    return ((unit,) for unit in pruner.units(stop, whole))
 
 
 def _plan_into(pruner: Pruner, scan: ScanSpec, slots: int, units: queue.Queue[Any],
-               stop: threading.Event, stats: ScanStats) -> None:
+               stop: threading.Event, whole: threading.Event, stats: ScanStats) -> None:
     """Planner thread: push units into the bounded queue until done or told to stop."""
     started = time.monotonic()
 
@@ -455,7 +465,7 @@ def _plan_into(pruner: Pruner, scan: ScanSpec, slots: int, units: queue.Queue[An
                 continue
 
     try:
-        for item in _work_items(pruner, scan, slots, stop.is_set):
+        for item in _work_items(pruner, scan, slots, stop.is_set, whole.is_set):
             put(item)
         stats.plan_ms += (time.monotonic() - started) * 1000
         put(_DONE)

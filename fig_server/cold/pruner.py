@@ -163,13 +163,15 @@ class Pruner:
         self.stats.files_from_metadata += 1
         return True
 
-    def units(self, stop: Callable[[], bool] = lambda: False) -> Iterator[WorkUnit]:
+    def units(self, stop: Callable[[], bool] = lambda: False,
+              whole: Callable[[], bool] = lambda: False) -> Iterator[WorkUnit]:
         """Work units in scan order, or best-first by the ORDER BY column's bounds.
 
         In scan order (LIMIT without ORDER BY) each unit is a whole file, read by DataFusion
         when it is local: its LIMIT stops the read at the first batch with enough rows, where
         reading the file's row groups first took 9.6 of a 12 ms preview (dbt show, one file
-        of three 65,536-row groups for 5 rows)."""
+        of three 65,536-row groups for 5 rows). Best-first, units are row groups until
+        whole() says otherwise (see _best_first)."""
         if self.scan.snapshot is None:
             return
         files = self._kept_files(stop)
@@ -181,7 +183,7 @@ class Pruner:
                 if unit is not None:
                     yield unit
         else:
-            yield from self._best_first([f for f, _, _ in files], self.scan.order, stop)
+            yield from self._best_first([f for f, _, _ in files], self.scan.order, stop, whole)
 
     def _kept_files(self, stop: Callable[[], bool]) -> Iterator[tuple[DataFile, int, int]]:
         """Levels 1 and 2: data files whose partition values and metrics might match, with
@@ -273,10 +275,11 @@ class Pruner:
         return tuple(i for i in range(total) if self._metrics(
             row_group_as_data_file(footer, i, self.scan.schema, filter_ids)))
 
-    def _file_unit(self, data_file: DataFile, native: bool = False) -> WorkUnit | None:
+    def _file_unit(self, data_file: DataFile, native: bool = False,
+                   best: Any = None) -> WorkUnit | None:
         footer = self.cache.footer(self.scan.io, data_file.file_path)
         kept = self._kept_row_groups(data_file.file_path, footer)
-        return self._unit(data_file.file_path, footer, kept, native=native) if kept else None
+        return self._unit(data_file.file_path, footer, kept, best, native) if kept else None
 
     def _unit(self, path: str, footer: Footer, row_groups: Sequence[int],
               best: Any = None, native: bool = False) -> WorkUnit:
@@ -299,12 +302,16 @@ class Pruner:
         return WorkUnit(path, tuple(row_groups), tuple(columns), rows, size, best,
                         native=native and bool(columns))
 
-    def _best_first(self, files: list[DataFile], key: OrderKey,
-                    stop: Callable[[], bool]) -> Iterator[WorkUnit]:
+    def _best_first(self, files: list[DataFile], key: OrderKey, stop: Callable[[], bool],
+                    whole: Callable[[], bool]) -> Iterator[WorkUnit]:
         """Row-group units in order of the best ORDER BY value they could hold.
 
         Files enter a heap keyed by their manifest bounds; a popped file is replaced by its
-        row groups (footer read only then), each keyed no earlier than its file.
+        row groups (footer read only then), each keyed no earlier than its file. Once whole()
+        is true (the dispatcher found the first units' rows too few to fill the top-n: a
+        filter the statistics cannot prune), a popped file is one whole-file unit instead,
+        read by DataFusion when local: a Metabase-style `WHERE user_id = K ORDER BY ts LIMIT
+        2000` read 180 row groups one by one in 256 ms, whole files in 76 ms.
         """
         counter = itertools.count()
         heap: list[tuple[Any, int, Any]] = [
@@ -312,7 +319,11 @@ class Pruner:
         heapq.heapify(heap)
         while heap and not stop():
             best, _, item = heapq.heappop(heap)
-            if isinstance(item, DataFile):
+            if isinstance(item, DataFile) and whole():
+                unit = self._file_unit(item, native=True, best=best)
+                if unit is not None:
+                    yield unit
+            elif isinstance(item, DataFile):
                 footer = self.cache.footer(self.scan.io, item.file_path)
                 for index in self._kept_row_groups(item.file_path, footer):
                     lower, upper, nulls, values = row_group_bounds(

@@ -80,18 +80,19 @@ def test_top_n_stops_early_and_skips_bytes(engine: ColdEngine, sorted_events: Ta
 def test_late_materialization_reads_whole_only_row_groups_with_passing_rows(
         engine: ColdEngine, sorted_events: Table) -> None:
     """A needle no column bound prunes (`id % 7919 = 0`: 8 rows in 240 row groups): each
-    row-group unit's filter column is read first, the rest only where a row passes."""
+    row-group unit's filter column is read first, the rest only where a row passes; once the
+    first units leave the top-n far from full, the rest of the table is read as whole files
+    (DataFusion's own filter pushdown)."""
     tables = {"sorted_events": sorted_events}
     sql = ("SELECT id, ts, status FROM sorted_events WHERE id % 7919 = 0 "
            "ORDER BY ts LIMIT 20")
     result = engine.query(sql, tables)
     assert [r["id"] for r in result.table.to_pylist()] == list(range(0, 60000, 7919))
     stats = result.stats
-    assert stats.units_probed == stats.units_run == 240
-    assert stats.units_skipped == 240 - 8
+    assert 0 < stats.units_skipped < stats.units_probed, stats
+    assert stats.units_run < 240 - 60, stats  # whole files after the first row groups
     lines = engine.explain(sql, tables, analyze=True)
-    assert "Late materialization: 232 of 240 row-group units had no row passing the filter " \
-        "(only its columns read)" in lines
+    assert any(line.startswith("Late materialization: ") for line in lines)
     # an aggregate over units none of whose rows pass still answers its one row
     path = next(iter(sorted_events.scan().plan_files())).file.file_path
     columns = tuple(ColumnRead(f.name, f.name, f.type) for f in SCHEMA)
