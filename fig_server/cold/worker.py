@@ -217,7 +217,7 @@ def run_native(units: tuple[WorkUnit, ...], sql: str,
     s instead of 1.0-1.3 s for the star benchmark's 60 files, one thread).
     """
     ctx = _context()
-    schema = pa.schema([pa.field(c.name, c.type) for c in units[0].columns])
+    schema = pa.schema([pa.field(c.name, _viewed(c.type)) for c in units[0].columns])
     present = [(column, values) for column, values in keys if column in schema.names]
     _drop_unit_table(ctx)
     ctx.register_listing_table(FILES_TABLE if present else UNIT_TABLE, _links(units),
@@ -243,6 +243,18 @@ def run_native(units: tuple[WorkUnit, ...], sql: str,
         for name in [FILES_TABLE, *(f"{KEYS_TABLE}{i}" for i in range(len(present)))]:
             if ctx.table_exist(name):
                 ctx.deregister_table(name)
+
+
+def _viewed(arrow_type: pa.DataType) -> pa.DataType:
+    """Strings and binaries as views, as DataFusion's Parquet reader makes them by default:
+    a listing table declaring plain strings made it convert every value, and grouping by a
+    text column ran 1.4x slower (sum-case: 118 vs 85 ms over the benchmark's files). Results
+    come back as plain strings (_plain_strings)."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pa.string_view()
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return pa.binary_view()
+    return arrow_type
 
 
 # SQL types of the key sets' Arrow types (the planner's integer and text keys).
