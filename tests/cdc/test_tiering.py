@@ -85,6 +85,43 @@ def test_retention_keeps_every_row_in_a_tier(
     assert 20 not in cold_ids and 100 in cold_ids
 
 
+def test_vacuum_full_and_cluster_give_back_the_heap_retention_emptied_and_cdc_goes_on(
+        env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
+    """Retention empties the front of a heap that VACUUM cannot give back; VACUUM FULL and
+    CLUSTER rewrite the table into a new file (an exclusive lock while they run). Neither is a
+    change CDC sees: changes before, between and after them reach Iceberg exactly once, as a
+    never-tiered twin that went through the same statements shows."""
+    cdc, conn, _ = env
+    start = conn.execute("SELECT now()").fetchone()
+    for name in ("vf", "vf_twin"):
+        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, ts timestamptz NOT NULL, "
+                     "v int, s text)")
+        conn.execute(f"INSERT INTO {name} SELECT g, %s - (2000 - g) * interval '1 hour', g, "
+                     "repeat('x', 200) FROM generate_series(1, 2000) g", start)
+    conn.execute("SELECT fig.tier_table('vf', 'ts', interval '10 days')")
+    wait_active(conn, "vf")
+
+    def both(statement: str, params: tuple[object, ...] = ()) -> None:
+        for name in ("vf", "vf_twin"):
+            conn.execute(statement.format(t=name), params)
+
+    conn.execute("SELECT fig.run_retention()")
+    row = conn.execute("SELECT count(*), pg_relation_size('vf') FROM vf").fetchone()
+    assert row is not None and row[0] < 300  # the last 10 days of 2000 hours
+    emptied = row[1]
+    both("UPDATE {t} SET v = -v WHERE id %% 5 = 0 AND id > 1800")
+    conn.execute("VACUUM FULL vf")
+    row = conn.execute("SELECT pg_relation_size('vf') FROM vf LIMIT 1").fetchone()
+    assert row is not None and row[0] * 4 < emptied
+    both("INSERT INTO {t} SELECT g, %s, g, 'new' FROM generate_series(3001, 3100) g", start)
+    both("DELETE FROM {t} WHERE id %% 7 = 0 AND id > 1800")
+    conn.execute("CLUSTER vf USING vf_pkey")
+    both("UPDATE {t} SET s = 'after' WHERE id %% 3 = 0 AND id > 1800")
+    sync(conn)
+    assert cold_rows(catalog_of(cdc.config), "public", "vf", "id") == \
+        hot_rows(conn, "vf_twin", "id")
+
+
 def test_compact_rewrites_small_files(
         env: tuple[CdcEnv, psycopg.Connection, CdcRunner]) -> None:
     cdc, conn, _ = env
