@@ -13,6 +13,10 @@ _COMBINE: dict[type[exp.Expr], str] = {
     exp.LogicalAnd: "BOOL_AND", exp.LogicalOr: "BOOL_OR",
 }
 _SUPPORTED: tuple[type[exp.Expr], ...] = (exp.Count, exp.Avg, *_COMBINE)
+# Aggregates whose FILTER becomes a CASE in their argument (min/max are left out: the NaN
+# handling of float extremes, _float_extreme, reads their bare argument).
+_FILTERED: tuple[type[exp.Expr], ...] = (exp.Count, exp.Avg, exp.Sum, exp.LogicalAnd,
+                                         exp.LogicalOr)
 
 
 @dataclass
@@ -69,6 +73,7 @@ def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression], place
                     is_float: Callable[[exp.Expression], bool] = lambda _: False,
                     ) -> AggregateSplit | None:
     """The split of a single-table aggregate, or None when some aggregate cannot be split."""
+    select = _filters_as_cases(select)
     for node in _outputs(select):
         for agg in node.find_all(exp.AggFunc):
             if not isinstance(agg, _SUPPORTED) or isinstance(agg.parent, exp.Filter):
@@ -110,6 +115,39 @@ def split_aggregate(select: exp.Select, group_exprs: list[exp.Expression], place
     if builder.worker_groups:
         worker.set("group", exp.Group(expressions=[g.copy() for g in builder.worker_groups]))
     return AggregateSplit(worker, final)
+
+
+def _filters_as_cases(select: exp.Select) -> exp.Select:
+    """A copy with `agg(x) FILTER (WHERE p)` written `agg(CASE WHEN p THEN x END)` (count(*):
+    `count(CASE WHEN p THEN 1 END)`): the same rows reach the aggregate, as a condition that
+    is false or NULL gives NULL, which these aggregates skip. The split then computes them in
+    the workers like any other argument, where a FILTER made the whole statement one plan over
+    every row. Other filtered aggregates stay as they are (and are not split)."""
+    def unfilter(node: exp.Expr) -> exp.Expr:
+        if not (isinstance(node, exp.Filter) and isinstance(node.this, _FILTERED)):
+            return node
+        agg = node.this.copy()
+        condition = node.expression.this.copy()
+        arg = agg.this
+        if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
+            arg.set("expressions", [_when(condition, arg.expressions[0])])
+        elif isinstance(arg, exp.Star) or arg is None:
+            agg.set("this", _when(condition, exp.Literal.number(1)))
+        elif not isinstance(arg, exp.Distinct) and not agg.expressions:
+            agg.set("this", _when(condition, arg))
+        else:
+            return node
+        return agg
+
+    if not any(True for e in _outputs(select) for _ in e.find_all(exp.Filter)):
+        return select
+    rewritten = select.transform(unfilter)
+    assert isinstance(rewritten, exp.Select)
+    return rewritten
+
+
+def _when(condition: exp.Expr, value: exp.Expr) -> exp.Case:
+    return exp.Case(ifs=[exp.If(this=condition, true=value.copy())])
 
 
 def _final_aggregate(agg: exp.Expr, builder: _Builder,

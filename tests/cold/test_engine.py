@@ -225,6 +225,30 @@ def test_general_queries_fall_back_correctly(engine: ColdEngine, sorted_events: 
         assert same_rows(engine.query(sql, tables).table, con.execute(sql).to_arrow_table()), sql
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT status, count(*) FILTER (WHERE id % 3 = 0) AS a, sum(id) FILTER (WHERE id > 30000) "
+    "AS b, avg(id) FILTER (WHERE ts < TIMESTAMPTZ '2024-01-20 00:00:00+00') AS c, count(*) AS n "
+    "FROM sorted_events GROUP BY status",
+    "SELECT count(DISTINCT id % 50) FILTER (WHERE status = 500) AS a, "
+    "bool_or(id > 59990) FILTER (WHERE status = 200) AS b, "
+    "count(id) FILTER (WHERE NULLIF(status, 500) = 200) AS c FROM sorted_events",
+    "SELECT id % 4 AS k, sum(status) FILTER (WHERE id % 7 = 1) AS a FROM sorted_events "
+    "WHERE id < 20000 GROUP BY id % 4 HAVING count(*) FILTER (WHERE status = 500) > 40",
+])
+def test_filtered_aggregates_are_split_into_worker_partials(engine: ColdEngine,
+                                                            sorted_events: Table,
+                                                            sql: str) -> None:
+    """`agg(x) FILTER (WHERE p)` is computed in the workers as `agg(CASE WHEN p THEN x END)`
+    (only groups travel), answering as DuckDB does over the same rows; NULL conditions too."""
+    tables = {"sorted_events": sorted_events}
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("sorted_events", sorted_events.scan().to_arrow())
+    assert same_rows(engine.query(sql, tables).table, con.execute(sql).to_arrow_table()), sql
+    lines = engine.explain(sql, tables)
+    assert any("plan aggregate)" in line for line in lines), lines
+
+
 def test_integer_division_and_count_types(engine: ColdEngine, sorted_events: Table) -> None:
     result = engine.query("SELECT id / 7 AS q, count(*) AS n FROM sorted_events "
                           "WHERE id < 3 GROUP BY id / 7", {"sorted_events": sorted_events})
