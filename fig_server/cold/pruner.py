@@ -287,7 +287,7 @@ class Pruner:
     def _unit(self, path: str, footer: Footer, row_groups: Sequence[int],
               best: Any = None, native: bool = False) -> WorkUnit:
         columns = self._columns(footer)
-        native = native and all(_readable_by_name(column, footer) for column in columns)
+        native = native and _all_readable_by_name(columns, footer)
         names = [column.file_name for column in columns if column.file_name is not None]
         size = _chunk_bytes(footer, row_groups, names)
         rows = sum(int(footer.metadata.row_group(i).num_rows) for i in row_groups)
@@ -352,7 +352,7 @@ class Pruner:
         if isinstance(self.scan.row_filter, AlwaysTrue) or native_path(data_file.file_path) is None:
             return False
         footer = self.cache.footer(self.scan.io, data_file.file_path)
-        if not all(_readable_by_name(column, footer) for column in self._columns(footer)):
+        if not _all_readable_by_name(self._columns(footer), footer):
             return False
         if self._all_pass is None:
             self._all_pass = _StrictMetricsEvaluator(self.scan.schema, self.scan.row_filter)
@@ -372,6 +372,11 @@ class Pruner:
         nans = (data_file.nan_value_counts or {}).get(field_id)
         return best_key(bound(data_file.lower_bounds), bound(data_file.upper_bounds),
                         nulls, values, nans, key)
+
+
+def _all_readable_by_name(columns: list[ColumnRead], footer: Footer) -> bool:
+    """Whether DataFusion's reader reads the file itself (see _readable_by_name)."""
+    return all(_readable_by_name(column, footer) for column in columns)
 
 
 def _readable_by_name(column: ColumnRead, footer: Footer) -> bool:

@@ -2,13 +2,15 @@
 fig.sync says why Iceberg is behind, and once there is space again every committed row reaches
 Iceberg exactly once.
 
-The warehouse is a tmpfs of a few MiB (mounting one needs root: CI runs as root; elsewhere the
-test is skipped), grown with `mount -o remount` to give the space back.
+The warehouse is a tmpfs of a few MiB (mounting one needs root: CI runs as root; run as
+another user the test is skipped, as root a failed mount fails it), grown with
+`mount -o remount` to give the space back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,10 +47,12 @@ FROM generate_series(%s::bigint, %s::bigint) g"""
 def small_disk() -> Iterator[Path]:
     path = make_data_dir("fig-full-disk-") / "warehouse"
     path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL}", "tmpfs", str(path)],
                              capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    # as root the mount must work: a failure here fails the test instead of hiding it
+    assert mounted.returncode == 0, mounted.stderr.decode()
     try:
         yield path
     finally:
