@@ -527,15 +527,21 @@ BEGIN
     RETURN QUERY SELECT new_id, n;
 END $fn$;
 
+-- Also a late change (fig.late_changes): until the CDC process has applied the request,
+-- federated statements over the table wait for it.
 CREATE OR REPLACE FUNCTION fig.confirm_cold_write(request bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    rel oid;
 BEGIN
     UPDATE fig.cold_write_requests SET confirmed = true
-    WHERE id = request AND requested_by = session_user AND done_at IS NULL;
+    WHERE id = request AND requested_by = session_user AND done_at IS NULL
+    RETURNING table_oid INTO rel;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fig.confirm_cold_write: no pending request % of this role', request
             USING ERRCODE = 'undefined_object';
     END IF;
+    INSERT INTO fig.late_changes (table_oid, request_id) VALUES (rel, request);
 END $fn$;
 
 CREATE OR REPLACE FUNCTION fig.wait_cold_write(request bigint, timeout interval DEFAULT '300s')
@@ -736,6 +742,94 @@ DO $do$ BEGIN
 END $do$;
 """
 
+# Late changes (fig_server/cdc/late.py): a change to a row below the tier boundary that is
+# still in hot (a late backfill, an update or delete of one) reaches cold only through CDC,
+# about a second later; until then the rewrite, which reads such rows from cold, would miss
+# it. Triggers that fire only for those rows record the table in fig.late_changes in the
+# writer's own transaction; a federated statement that sees a record waits for CDC first
+# (fig.sync), and one that sees a record appear while it read cold fails with 40001
+# (fig._late_hold); the CDC process removes records once Iceberg holds their changes.
+_LATE = """
+CREATE TABLE IF NOT EXISTS fig.late_changes (
+    id bigserial PRIMARY KEY,
+    table_oid oid NOT NULL,
+    request_id bigint,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS late_changes_table ON fig.late_changes (table_oid);
+
+-- Once per table and transaction (a transaction-local setting remembers it; a rolled back
+-- savepoint forgets both the setting and the record).
+CREATE OR REPLACE FUNCTION fig._late_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    IF current_setting('fig.late_' || TG_RELID, true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO fig.late_changes (table_oid) SELECT TG_RELID
+    WHERE EXISTS (SELECT 1 FROM fig.tiered_tables WHERE table_oid = TG_RELID);
+    PERFORM set_config('fig.late_' || TG_RELID, 'on', true);
+    RETURN NULL;
+END $fn$;
+
+-- The triggers for a table's boundary, compared in the time column's own type as retention
+-- deletes (in UTC; a date column's first day whose midnight is at or after the boundary).
+-- Replaced by retention in the transaction that moves the boundary (it holds the table's
+-- EXCLUSIVE lock; CREATE OR REPLACE TRIGGER takes SHARE ROW EXCLUSIVE, readers go on);
+-- only_missing: made where the table has none yet (a boundary moved before this existed).
+CREATE OR REPLACE FUNCTION fig._track_late(rel regclass, boundary timestamptz,
+                                           only_missing boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    col text;
+    kind text;
+    utc timestamp := boundary AT TIME ZONE 'UTC';
+    lit text;
+BEGIN
+    IF boundary IS NULL OR boundary = '-infinity' OR boundary = 'infinity' THEN
+        RETURN;
+    END IF;
+    IF only_missing AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel
+                                AND tgname = 'fig_late_insert') THEN
+        RETURN;
+    END IF;
+    SELECT t.time_column, format_type(a.atttypid, NULL) INTO col, kind
+    FROM fig.tiered_tables t JOIN pg_attribute a
+      ON a.attrelid = t.table_oid AND a.attname = t.time_column AND NOT a.attisdropped
+    WHERE t.table_oid = rel;
+    lit := CASE kind
+        WHEN 'date' THEN quote_literal(to_char(utc::date + CASE WHEN utc::time = '00:00'
+                                                  THEN 0 ELSE 1 END, 'YYYY-MM-DD')) || '::date'
+        WHEN 'timestamp without time zone'
+            THEN quote_literal(to_char(utc, 'YYYY-MM-DD HH24:MI:SS.US')) || '::timestamp'
+        ELSE quote_literal(to_char(utc, 'YYYY-MM-DD HH24:MI:SS.US') || '+00') || '::timestamptz'
+    END;
+    EXECUTE format('CREATE OR REPLACE TRIGGER fig_late_insert AFTER INSERT ON %s FOR EACH ROW '
+                   'WHEN (NEW.%I < %s) EXECUTE FUNCTION fig._late_change()', rel, col, lit);
+    EXECUTE format('CREATE OR REPLACE TRIGGER fig_late_update AFTER UPDATE ON %s FOR EACH ROW '
+                   'WHEN (OLD.%I < %s OR NEW.%I < %s) EXECUTE FUNCTION fig._late_change()',
+                   rel, col, lit, col, lit);
+    EXECUTE format('CREATE OR REPLACE TRIGGER fig_late_delete AFTER DELETE ON %s FOR EACH ROW '
+                   'WHEN (OLD.%I < %s) EXECUTE FUNCTION fig._late_change()', rel, col, lit);
+    EXECUTE format('CREATE OR REPLACE TRIGGER fig_late_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fig._late_change()', rel);
+END $fn$;
+
+-- In every federated statement's hot part (planner/parts.py hot_filter): no late change of
+-- the table is visible to the statement but those Fig saw, and waited for, before it read
+-- cold rows.
+CREATE OR REPLACE FUNCTION fig._late_hold(rel oid, seen bigint[]) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM fig.late_changes WHERE table_oid = rel AND id <> ALL (seen)) THEN
+        RAISE EXCEPTION 'rows of % older than its tier boundary changed while Fig read its '
+                        'cold rows', rel::regclass
+            USING ERRCODE = 'serialization_failure', HINT = 'Run the statement again.';
+    END IF;
+    RETURN true;
+END $fn$;
+"""
+
 # Called by Fig's rewritten statements (planner/bounds.py GUARD): a date Fig computed from the
 # clock before reading cold rows must still be the statement's own.
 _GUARDS = """
@@ -784,7 +878,7 @@ def control_sql() -> str:
     """The whole control schema as one idempotent script."""
     types = "ARRAY[" + ", ".join(f"'{name}'" for name in SUPPORTED_TYPES) + "]"
     script = (_TABLES + _AUTHORIZE + _CHECK_COLUMNS + _TIER + _SYNC + _COLD_WRITES + _ATTACH
-              + _DROP + _DDL_GUARD + _GUARDS + _VIEWS)
+              + _DROP + _DDL_GUARD + _GUARDS + _LATE + _VIEWS)
     for token, value in (("@TYPES@", types), ("@RETENTION@", str(RETENTION_LOCK)),
                          ("@COMPACT@", str(COMPACT_LOCK)),
                          ("@COLDWRITE@", str(COLD_WRITE_LOCK)),

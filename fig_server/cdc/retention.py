@@ -168,6 +168,8 @@ class RetentionRunner:
                 name, sql.Identifier(table.time_column)), (cutoff,)).rowcount
             self.conn.execute("UPDATE fig.tiered_tables SET boundary = greatest(boundary, %s) "
                               "WHERE table_oid = %s", (cutoff, table.relid))
+            # after the deletes: they are tiering, not late changes
+            self.process.late.track(self.conn, table.relid)
         metrics.RETENTION_RUNS.inc()
         metrics.RETENTION_ROWS.inc(deleted)
         log.info("retention %s.%s: %d rows older than %s deleted from hot", table.schema,

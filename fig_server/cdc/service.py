@@ -146,6 +146,7 @@ class CdcProcess:
         self.stream: ReplicationStream | None = None
         from fig_server.cdc.attach import Attacher
         from fig_server.cdc.cold_writes import ColdWriteHandler
+        from fig_server.cdc.late import LateChanges
         from fig_server.cdc.maintenance import Maintenance
         from fig_server.cdc.restore import Restorer
         from fig_server.cdc.retention import RetentionRunner
@@ -154,6 +155,7 @@ class CdcProcess:
         self.cold_writes = ColdWriteHandler(self)
         self.attacher = Attacher(self)
         self.restorer = Restorer(self)
+        self.late = LateChanges(self)
         self.refresh_tables()
         release_slot(self.conn, self.slot)
         self.stream = ReplicationStream(dsn, self.slot, self.publication)
@@ -279,6 +281,8 @@ class CdcProcess:
             self.conn.execute("UPDATE fig.tiered_tables SET state = 'active' "
                               "WHERE table_oid = %s AND state = 'copying'", (table.relid,))
             self.tables[table.relid] = TieredTable(**{**table.__dict__, "state": "active"})
+        # a boundary retention moved before late changes were tracked
+        self.late.track(self.conn, table.relid, only_missing=True)
         self.status.table(table.relid, iceberg, checkpoint.lsn, last_error=None)
         log.info("streaming %s.%s from %s", table.schema, table.name, checkpoint.lsn)
 
@@ -330,6 +334,7 @@ class CdcProcess:
         self.holds.pop(relid, None)
         self.checkpoints.pop(relid, None)
         self.conn.execute("DELETE FROM fig.table_status WHERE table_oid = %s", (relid,))
+        self.late.untrack(table.schema, table.name)
         if self._in_publication(relid):
             self.conn.execute(psycopg.sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
                 psycopg.sql.Identifier(self.publication),
@@ -627,6 +632,7 @@ class CdcProcess:
         try:
             self.next_periodic = now + PERIODIC_S
             self.refresh_tables()
+            self.late.clear()
             locks = self.conn.execute(
                 "SELECT l.classid::int, l.objid::bigint, a.query_start FROM pg_locks l "
                 "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "

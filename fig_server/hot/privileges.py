@@ -13,15 +13,16 @@ log = logging.getLogger(__name__)
 # client's own session for UPDATE/DELETE below the boundary (SECURITY DEFINER), and what
 # every federated statement reads first (its settings and the tiered tables it may see).
 PUBLIC_FUNCTIONS = ("sync", "request_cold_write", "confirm_cold_write", "wait_cold_write",
-                    "_bounds_hold", "_session_state")
+                    "_bounds_hold", "_late_hold", "_session_state")
 
 
 def apply_control_grants(dsn: str, admin_role: str) -> None:
-    """Every session may read which tables are tiered (the planner reads fig.tiered_tables in
-    the client's own session); with an admin role, only it may EXECUTE the control functions."""
+    """Every session may read which tables are tiered and which have late changes pending
+    (the planner reads fig.tiered_tables and fig.late_changes in the client's own session);
+    with an admin role, only it may EXECUTE the control functions."""
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         conn.execute("GRANT USAGE ON SCHEMA fig TO PUBLIC")
-        conn.execute("GRANT SELECT ON fig.tiered_tables TO PUBLIC")
+        conn.execute("GRANT SELECT ON fig.tiered_tables, fig.late_changes TO PUBLIC")
         # Who may manage a table besides its owner and superusers (fig._authorize).
         conn.execute("INSERT INTO fig.control_settings (id, admin_role) VALUES (1, %s) "
                      "ON CONFLICT (id) DO UPDATE SET admin_role = excluded.admin_role",

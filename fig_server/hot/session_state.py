@@ -8,9 +8,12 @@ import psycopg
 # One JSON document per tiered table, then one per view that reads one (through other views
 # too); read by the catalog refresher and, for a boundary and a search_path consistent with
 # the statement, inside the client's own backend session. `visible`: the unqualified name
-# resolves to it under the session's search_path.
+# resolves to it under the session's search_path; `late`: the records of changes below the
+# boundary cold may not hold yet (cdc/late.py).
 TIERED_SQL = """SELECT json_build_object(
-  'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column,
+  'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column, 'oid', t.table_oid,
+  'late', (SELECT json_agg(l.id ORDER BY l.id) FROM fig.late_changes l
+           WHERE l.table_oid = t.table_oid),
   'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
     WHEN t.boundary = 'infinity' THEN '9999-12-31T00:00:00+00:00'  -- attached: all cold
     ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,

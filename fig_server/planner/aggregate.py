@@ -19,6 +19,7 @@ from fig_server.planner.parts import (
     Route,
     cold_filters,
     hot_filter,
+    late_guard,
     parse,
     quote,
     temp_name,
@@ -148,7 +149,9 @@ def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filte
         row_list = ", ".join([key.select_item for key in keys] +
                              [f"{p.row} AS fig_a{i}" for i, p in enumerate(partials)])
         hot_sql = f"SELECT {row_list} FROM {source}{hot_where}"
-    parts_sql = f"SELECT {partial_names} FROM pg_temp.{temp} UNION ALL {hot_sql}"
+    late = late_guard(table)
+    parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp}{f' WHERE {late}' if late else ''}"
+                 f" UNION ALL {hot_sql}")
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))
     return ColdPart(table, cold_sql, shape_sql, temp, aggregated=True)

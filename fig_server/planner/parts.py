@@ -102,6 +102,7 @@ def parse(sql: str) -> exp.Expression:
 
 # The boundary of an attached Iceberg table (fig.attach_iceberg): every row is cold.
 ATTACHED_BOUNDARY = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+LATE_GUARD_FUNCTION = "fig._late_hold"  # cdc/control.py
 
 
 def cold_only(table: TieredTable) -> bool:
@@ -149,6 +150,18 @@ def cold_filters(table: TieredTable, route: Route, filters: list[str]) -> list[s
 def hot_filter(table: TieredTable) -> str:
     time = quote(table.time_column)
     return f"({time} >= {bounds.boundary_literal(table)} OR {time} IS NULL)"
+
+
+def late_guard(table: TieredTable) -> str:
+    """A one-time filter of the branch that reads a part's cold rows: true unless the
+    statement sees a late change of the table (cdc/late.py) other than those Fig waited for
+    before it read them (then 40001). None for a table of unknown oid (forced cold: Iceberg
+    alone, as it is). On the cold branch, not the hot one: Postgres runs the branches of a
+    UNION ALL in order, and a LIMIT may stop before the later ones."""
+    if not table.oid:
+        return ""
+    seen = ",".join(str(int(i)) for i in table.late)
+    return f"{LATE_GUARD_FUNCTION}({int(table.oid)}, '{{{seen}}}')"
 
 
 def temp_name(table: TieredTable, shape_sql: str, slot: str) -> str:

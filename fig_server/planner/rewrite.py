@@ -19,6 +19,7 @@ zones, every function), and the cold engine does the pruning and the heavy scann
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,7 @@ from fig_server.planner.parts import (
     cold_filters,
     cold_only,
     hot_filter,
+    late_guard,
     outer_joined,
     parse,
     quote,
@@ -181,6 +183,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     for table_node, table in refs:
         if table.boundary is None and route is Route.SPLIT:
             continue  # nothing has left hot yet: hot alone holds every row
+        if route is Route.COLD:  # forced: Iceberg as it is, no late change waited for
+            table = dataclasses.replace(table, oid=0, late=())
         part_route = route
         if route is Route.SPLIT and table.boundary is not None:
             lower, upper = time_range(table_node, table)
@@ -336,14 +340,16 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
     temp = temp_name(table, shape_sql, slot)
     # Without a hot part, `WHERE false` still makes Postgres check the user's privileges.
     hot = hot_filter(table) if route is Route.SPLIT else "false"
+    late = late_guard(table)
+    cold_branch = f"SELECT {cols} FROM pg_temp.{temp}"
     if guard:  # a one-time filter of each branch that runs (bounds.GUARD)
-        parts_sql = (f"SELECT {cols} FROM pg_temp.{temp} WHERE {guard} UNION ALL "
-                     f"{shape_sql} WHERE ({hot}) AND {guard}")
-    elif hot_top_n and route is Route.SPLIT:
-        parts_sql = (f"SELECT {cols} FROM pg_temp.{temp} UNION ALL "
-                     f"({shape_sql}{where_sql([hot, *filters])}{tail})")
+        cold_branch += f" WHERE {guard} AND {late}" if late else f" WHERE {guard}"
+        parts_sql = f"{cold_branch} UNION ALL {shape_sql} WHERE ({hot}) AND {guard}"
     else:
-        parts_sql = f"SELECT {cols} FROM pg_temp.{temp} UNION ALL {shape_sql} WHERE {hot}"
+        cold_branch += f" WHERE {late}" if late else ""
+        hot_branch = f"({shape_sql}{where_sql([hot, *filters])}{tail})" \
+            if hot_top_n and route is Route.SPLIT else f"{shape_sql} WHERE {hot}"
+        parts_sql = f"{cold_branch} UNION ALL {hot_branch}"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     replacement = f"({parts_sql}) AS {alias.sql(dialect='postgres')}"
     node.replace(exp.Subquery(this=parse(parts_sql), alias=alias.copy()))

@@ -23,6 +23,11 @@ class TieredTable:
     # Text columns whose collation orders by code point (C, POSIX, C.UTF-8): their order and
     # min/max are DataFusion's byte order too.
     byte_ordered: frozenset[str] = frozenset()
+    # The table's oid (0: unknown, as in planner tests) and the records of its late changes
+    # the session saw before planning (cdc/late.py): Fig waits for CDC to apply them before
+    # it reads cold rows, and the hot part fails (40001) if it sees any other.
+    oid: int = 0
+    late: tuple[int, ...] = ()
 
     def orders_as_bytes(self, column: str) -> bool:
         return column in self.byte_ordered

@@ -86,7 +86,8 @@ def _tiered_set(documents: tuple[str, ...]) -> TieredSet:
         tables.append(TieredTable(doc["schema"], doc["name"], doc["time"], boundary,
                                   tuple((name, kind) for name, kind in doc["columns"]),
                                   bool(doc.get("rls")), bool(doc.get("visible", True)),
-                                  frozenset(doc.get("byte_ordered") or ())))
+                                  frozenset(doc.get("byte_ordered") or ()),
+                                  int(doc.get("oid") or 0), tuple(doc.get("late") or ())))
     return TieredSet.of(tables, views)
 
 
@@ -195,7 +196,8 @@ class ColdService:
                 continue
             log.info("cached the metadata of %s (%d footers)", tiered.qualified, footers)
 
-    def _tables(self, part: ColdPart) -> dict[str, Any]:
+    def tables(self, part: ColdPart) -> dict[str, Any]:
+        """The part's Iceberg table as the catalog has it now, by both its names."""
         _, catalog = self._open()
         table = catalog.load_table((part.table.schema, part.table.name))
         return {part.table.qualified: table, part.table.name: table}
@@ -204,10 +206,12 @@ class ColdService:
               cancel: threading.Event | None, timeout_s: float | None = None,
               keys: tuple[tuple[str, pa.Array], ...] = (),
               sink: Callable[[pa.Table], None] | None = None,
-              cached: bool = True) -> tuple[pa.Table, Any]:
+              cached: bool = True, tables: dict[str, Any] | None = None
+              ) -> tuple[pa.Table, Any]:
         """The part's rows and scan stats; with sink, a part whose plan streams passes its
         rows to sink as they come and returns none of them (ColdEngine.query). cached: the
-        session's fig.result_cache (off: every task runs)."""
+        session's fig.result_cache (off: every task runs). tables: the part's Iceberg tables
+        as loaded before (self.tables), else as the catalog has them now."""
         engine, _ = self._open()
         limit = self.config.limits.max_result_rows
         streamed = 0
@@ -228,7 +232,7 @@ class ColdService:
             sink(piece)
 
         with _storage_errors(part):
-            result = engine.query(part.cold_sql, self._tables(part), as_of=as_of,
+            result = engine.query(part.cold_sql, tables or self.tables(part), as_of=as_of,
                                   cancel=cancel, timeout_s=timeout_s, keys=keys,
                                   sink=None if sink is None else passing, cached=cached)
         metrics.COLD_ROWS_REDUCED.inc(result.stats.rows_reduced)
@@ -241,7 +245,7 @@ class ColdService:
                 cached: bool = True) -> list[str]:
         engine, _ = self._open()
         with _storage_errors(part):
-            return list(engine.explain(part.cold_sql, self._tables(part), analyze=analyze,
+            return list(engine.explain(part.cold_sql, self.tables(part), analyze=analyze,
                                        as_of=as_of, cached=cached))
 
     def close(self) -> None:
@@ -394,6 +398,10 @@ class Prepared:
     # Per cold part (by position), its reducers' key sets, read in the transaction the
     # statement runs in (Federator.begin_reduced): (column, keys)
     keys: dict[int, list[tuple[str, pa.Array]]] = field(default_factory=dict)
+    # Per cold part (by position), its Iceberg tables loaded before Fig's own transaction
+    # took its snapshot (begin_reduced), and whether Fig already waited for late changes
+    pinned: dict[int, dict[str, Any]] = field(default_factory=dict)
+    late_waited: bool = False
 
 
 # Words of a statement that may write (DML in a CTE, SELECT INTO, locking clauses): such a
@@ -590,6 +598,14 @@ class Federator:
         assert plan is not None
         wanted = [(index, reducer) for index, part in enumerate(plan.parts)
                   for reducer in part.reducers]
+        # Cold must not be newer than the transaction's snapshot: a late change committed
+        # after it, applied by CDC before the scan, would show in cold and not in hot. So
+        # late changes seen are waited for, and the Iceberg tables loaded, before BEGIN
+        # (not for hot-first alone: hot answers most of those, without cold).
+        await self._wait_late(backend, prepared)
+        if wanted:
+            prepared.pinned = dict(enumerate(await asyncio.to_thread(
+                lambda: [self.cold.tables(part) for part in plan.parts])))
         # A session whose default is serializable keeps it (one snapshot there too). The
         # backend waits idle in the transaction while the cold engine runs: a session's
         # idle_in_transaction_session_timeout must not end it.
@@ -628,6 +644,8 @@ class Federator:
             prepared.sql, prepared.hot_alone = plan_body(prepared.original), True
             prepared.hot_first = True
             return
+        if run_cold and as_of is None:
+            await self._wait_late(backend, prepared)
         # parts whose scan kept no file (rows: at most an aggregate's one row over nothing),
         # their temp tables not made yet
         empty: list[tuple[ColdPart, pa.Table | None]] = []
@@ -637,7 +655,7 @@ class Federator:
             if run_cold:  # a streamed part is copied while it is scanned: cold_ms holds both
                 rows, stats, copied = await self._scan(
                     backend, prepared, part, tuple(prepared.keys.get(index, ())), as_of,
-                    cancel)
+                    cancel, prepared.pinned.get(index))
                 prepared.stats.append(stats)
             loaded = time.perf_counter()
             prepared.cold_ms += (loaded - started) * 1000
@@ -656,6 +674,27 @@ class Federator:
         for part, rows in empty:
             await self._copy(backend, prepared, part, rows)
         prepared.copy_ms += (time.perf_counter() - started) * 1000
+
+    async def _wait_late(self, backend: Injector, prepared: Prepared) -> None:
+        """When the session saw a record of a change below a part's boundary that cold may
+        not hold yet (cdc/late.py; none under fig.route = 'cold': planner), wait until CDC
+        has committed to Iceberg every change committed in hot so far; once."""
+        plan = prepared.rewrite
+        if prepared.late_waited or plan is None or \
+                not any(part.table.late for part in plan.parts):
+            return
+        started = time.perf_counter()
+        await self._await_late(backend)
+        prepared.late_waited = True
+        prepared.cold_ms += (time.perf_counter() - started) * 1000
+
+    async def _await_late(self, backend: Injector) -> None:
+        """fig.sync within the session's statement_timeout, at most 30 s."""
+        timeout_ms = min(int(self.timeout_s * 1000), 30_000) if self.timeout_s else 30_000
+        sql = f"SELECT fig.sync(interval '{max(timeout_ms, 1)} milliseconds')"
+        error = _first_error(await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1))
+        if error is not None:
+            raise BackendError(error)
 
     async def _hot_holds(self, backend: Injector, prepared: Prepared, plan: Rewrite) -> bool:
         """Whether the statement run on hot alone returns plan.hot_first rows, asked within
@@ -697,17 +736,19 @@ class Federator:
 
     async def _scan(self, backend: Injector, prepared: Prepared, part: ColdPart,
                     keys: tuple[tuple[str, pa.Array], ...], as_of: dt.datetime | None,
-                    cancel: threading.Event | None) -> tuple[pa.Table | None, Any, bool]:
+                    cancel: threading.Event | None, tables: dict[str, Any] | None = None
+                    ) -> tuple[pa.Table | None, Any, bool]:
         """The part's rows and scan stats from the cold engine, and whether they are copied
         already: a part whose plan streams is copied into its temp table while the engine
-        still scans, through a ColdRows bounded by [cold] stream_buffer_mb."""
+        still scans, through a ColdRows bounded by [cold] stream_buffer_mb. tables: the
+        part's Iceberg tables as loaded earlier (begin_reduced), else loaded now."""
         stream = ColdRows(asyncio.get_running_loop(),
                           self.cold.config.cold.stream_buffer_mb * 1024 * 1024)
 
         def scan() -> tuple[pa.Table, Any]:
             try:
                 result = self.cold.query(part, as_of, cancel, self.timeout_s, keys,
-                                         stream.put, self.result_cache)
+                                         stream.put, self.result_cache, tables)
             except BaseException as exc:
                 stream.end(exc)
                 raise

@@ -17,6 +17,7 @@ import asyncio
 import decimal
 import math
 import os
+import random
 import re
 import sys
 import threading
@@ -31,7 +32,7 @@ import psycopg
 from psycopg.postgres import types as pg_types
 from psycopg.types.string import TextLoader
 
-from tests.federation.oracle_fixture import OracleData, build_generated_oracle
+from tests.federation.oracle_fixture import TWINS, OracleData, build_generated_oracle
 from tests.federation.oracle_grammar import SHAPES, TIMEZONES, Case, Grammar
 
 ROUTES = ("auto", "cold")
@@ -306,6 +307,27 @@ class Sessions:
                 code = f"lost:{code}"
             return Answer(code=code, message=str(e))
 
+    def late_write(self, index: int, rng: random.Random) -> None:
+        """One late change to both tiered tables and their twins alike: a row copied from
+        the twin with a new id and a time 50 days older (below the 30-day boundary), or such
+        a row deleted again. Autocommit (a DELETE that may reach cold is refused inside a
+        transaction block); the one worker reads only after both tables are written."""
+        conn = self.psycopg("auto", "UTC")
+        statements = []
+        for table, columns in LATE_COLUMNS.items():
+            source = rng.randrange(1, 4000)
+            if index > 1 and rng.random() < 0.3:  # one of the earlier late rows
+                victim = LATE_ID + rng.randrange(index)
+                statements += [f"delete from {name} where id = {victim}"
+                               for name in (table, TWINS[table])]
+                continue
+            rest = ", ".join(columns)
+            statements += [f"insert into {name} (id, ts, {rest}) select {LATE_ID + index}, "
+                           f"ts - interval '50 days', {rest} from {TWINS[table]} "
+                           f"where id = {source}" for name in (table, TWINS[table])]
+        for statement in statements:
+            conn.execute(statement)
+
     def transaction(self, route: str, tz: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK on the psycopg session (clock statements share one now())."""
         conn = self.psycopg(route, tz)
@@ -314,6 +336,16 @@ class Sessions:
         except psycopg.Error:
             if not conn.broken:
                 conn.execute("rollback")
+
+
+# Late writes (Oracle(late=True)): the columns copied besides id and ts, and where the
+# late rows' ids start.
+LATE_COLUMNS = {
+    "events": ("day", "status", "user_id", "country", "amount", "note"),
+    "kinds": ("si", "i", "bi", "num", "r", "d", "t", "vc", "ch", "b", "dt", "tsn", "tm", "j",
+              "js", "u", "by"),
+}
+LATE_ID = 5_000_000
 
 
 def _session_setup(route: str, tz: str) -> list[str]:
@@ -330,8 +362,14 @@ class Oracle:
     def __init__(self, data: OracleData, routes: str = "both",
                  timezones: Sequence[str] = TIMEZONES,
                  protocols: Sequence[str] = PROTOCOLS, verbose: bool = False,
-                 workers: int = 1, shapes: Sequence[str] = ()) -> None:
+                 workers: int = 1, shapes: Sequence[str] = (), late: bool = False) -> None:
         self.data = data
+        # Before every statement, a late change to both tiers' tables and their twins (route
+        # auto and one worker only: the cold route answers from Iceberg alone, and another
+        # worker's write between a statement and its twin's would differ by itself).
+        self.late = late
+        if late and (workers != 1 or routes != "auto"):
+            raise ValueError("late writes need route auto and one worker")
         self.shapes = shapes
         self.verbose = verbose
         self.workers = workers
@@ -343,6 +381,7 @@ class Oracle:
     def run_seed(self, seed: int, count: int) -> None:
         """All statements of one seed, over `workers` threads, each with its own sessions."""
         grammar = Grammar(seed, self.data.now, self.shapes)
+        self.late_rng = random.Random(seed)
         jobs = []
         for index in range(count):
             case = grammar.case()
@@ -374,6 +413,8 @@ class Oracle:
         for index, case, tz, protocol in jobs:
             with self.lock:
                 self.summary.statements += 1
+            if self.late:
+                sessions.late_write(self.summary.statements, self.late_rng)
             for route in self._routes(index):
                 began = time.monotonic()
                 verdict = self.check(sessions, case, route, tz, protocol)
@@ -477,12 +518,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only statements of these shapes")
     parser.add_argument("--show", type=int, default=1, help="0: signatures only")
     parser.add_argument("--verbose", action="store_true", help="each statement to stderr")
+    parser.add_argument("--late", action="store_true",
+                        help="a late change before each statement (with --route auto "
+                             "--workers 1)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     data = build_generated_oracle()
     built = time.monotonic()
     oracle = Oracle(data, args.route, args.timezone, args.protocol, args.verbose,
-                    args.workers, args.shape)
+                    args.workers, args.shape, args.late)
     try:
         for seed in args.seed:
             oracle.run_seed(seed, args.count)

@@ -173,6 +173,18 @@ def test_a_confirmed_request_is_applied_without_a_waiter(fig: FigProcess) -> Non
     assert 21 in iceberg_ids(fig, "status = 404")
 
 
+def test_another_session_reads_a_confirmed_request_at_once(fig: FigProcess) -> None:
+    """Once the hot transaction that confirmed a cold write commits, every statement over
+    the table waits for the request to be applied (its record in fig.late_changes): none
+    sees the hot half of the write without the cold one."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("select fig.sync()")
+        assert conn.execute("select status from ev where id = 33").fetchone() == (200,)
+        with psycopg.connect(fig.hot_dsn, autocommit=True) as direct:
+            stage_request(fig, direct, 33, 500, 0)
+        assert conn.execute("select status from ev where id = 33").fetchone() == (500,)
+
+
 def test_replaying_an_update_that_moved_the_time_writes_one_row(fig: FigProcess) -> None:
     """A crash after the Iceberg commit and before the request is stamped done: applied again,
     the UPDATE finds the row at its new time and writes it once."""

@@ -19,7 +19,6 @@ MUTATIONS = [
     "+ (g - 30000) * interval '13 minutes')::date, "
     "(array[200, 404, 500])[1 + g % 3], g % 50, 'FR', g % 17, 'backfill' "
     "from generate_series(30000, 30300) g",
-    "select fig.sync()",
     # above the boundary: Postgres alone, CDC carries them
     "update {t} set note = 'hot update' where ts > now() - interval '5 days' and status = 404",
     "delete from {t} where ts > now() - interval '3 days' and user_id = 7",

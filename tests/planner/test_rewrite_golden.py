@@ -27,7 +27,12 @@ NOT_YET_COLD = TieredTable("public", "fresh", "at", None, (("at", "timestamp wit
 LINEITEM = TieredTable("public", "lineitem", "l_shipdate",
                        dt.datetime(2025, 1, 1, 13, tzinfo=dt.UTC),
                        (("l_shipdate", "date"), ("l_quantity", "numeric(15,2)")))
-TIERED = TieredSet.of([EVENTS, NOT_YET_COLD, LINEITEM])
+# with its oid known and two late changes seen before planning (cdc/late.py): every hot
+# part checks that the statement sees no other
+BACKFILLED = TieredTable("public", "backfilled", "at", dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+                         (("at", "timestamp with time zone"), ("v", "integer")),
+                         oid=16400, late=(3, 7))
+TIERED = TieredSet.of([EVENTS, NOT_YET_COLD, LINEITEM, BACKFILLED])
 
 
 # Stand-in values (type, JSON text) for expressions the server would evaluate in the

@@ -1,0 +1,148 @@
+"""Changes below the tier boundary after retention (late changes) are seen by the very next
+statement, without fig.sync: generated late writes (backfilled rows, updates moving rows
+across the boundary, updates and deletes of late rows, deletes reaching cold-only rows) go
+through Fig to the tiered `events` and the never-tiered `events_plain` alike, and after each
+one, reads over both must answer alike (cdc/late.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.conftest import FigProcess
+from tests.federation.test_oracle import build_oracle, rows_of
+
+# Reads compared after every write; {cut} is 40 days ago (below the 30-day boundary), fixed
+# once so both tables compare with the same instant.
+READS = [
+    "select count(*), sum(amount), max(ts), min(id) from {t} where ts < '{cut}'",
+    "select id, ts, note from {t} where ts < '{cut}' order by ts desc, id limit 5",
+    "select count(*), count(distinct user_id) from {t}",
+    "select status, count(*), sum(amount) from {t} group by 1 order by 1",
+    "select id, status from {t} where note like 'late%' order by id",
+]
+WRITES = int(os.environ.get("FIG_LATE_WRITES", "40"))
+
+
+@pytest.fixture(scope="module")
+def tiered() -> Iterator[tuple[FigProcess, dt.datetime]]:
+    fig, _ = build_oracle()
+    yield fig, dt.datetime.now(dt.UTC).replace(microsecond=0)
+    fig.stop()
+
+
+def late_write(rng: random.Random, next_id: int, late_ids: list[int], now: dt.datetime
+               ) -> tuple[str, int]:
+    """One generated write (a template over {t}) and the next free id."""
+    def old() -> str:  # below the boundary (30 days), some below the cut (40 days)
+        return str(now - dt.timedelta(days=rng.uniform(31, 110)))
+    kind = rng.choice(["insert", "insert", "move_down", "move_up", "touch", "delete",
+                       "delete_old"] if late_ids else ["insert"])
+    if kind == "insert":
+        rows = rng.choice([1, 1, 3, 50])
+        values = ", ".join(
+            f"({next_id + i}, '{old()}', '{old()}'::timestamptz::date, "
+            f"{rng.choice([200, 404, 500])}, {rng.randrange(60)}, 'DE', {rng.randrange(999)}.5, "
+            f"'late {next_id + i}')" for i in range(rows))
+        late_ids.extend(range(next_id, next_id + rows))
+        return f"insert into {{t}} values {values}", next_id + rows
+    if kind == "move_down":  # a hot row (recent) moved below the boundary
+        row = rng.randrange(22000, 24000)
+        return (f"update {{t}} set ts = '{old()}', note = 'late moved {row}' where id = {row}",
+                next_id)
+    chosen = ", ".join(str(i) for i in rng.sample(late_ids, min(len(late_ids), 3)))
+    if kind == "move_up":  # late rows moved above the boundary
+        return (f"update {{t}} set ts = '{now - dt.timedelta(days=2)}' where id in ({chosen})",
+                next_id)
+    if kind == "touch":
+        return f"update {{t}} set amount = amount + 1, status = 201 where id in ({chosen})", \
+            next_id
+    if kind == "delete":
+        for value in chosen.split(", "):
+            late_ids.remove(int(value))
+        return f"delete from {{t}} where id in ({chosen})", next_id
+    # rows that were cold-only (retention took them from hot): a cold write
+    return f"delete from {{t}} where id = {rng.randrange(1, 9000)}", next_id
+
+
+def test_late_writes_are_read_at_once(tiered: tuple[FigProcess, dt.datetime]) -> None:
+    fig, now = tiered
+    rng = random.Random(int(os.environ.get("FIG_LATE_SEED", "7")))
+    cut = str(now - dt.timedelta(days=40))
+    next_id, late_ids = 100_000, []
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("set timezone = 'America/New_York'")
+        for step in range(WRITES):
+            write, next_id = late_write(rng, next_id, late_ids, now)
+            tags = [conn.execute(write.format(t=t)).statusmessage
+                    for t in ("events", "events_plain")]
+            assert tags[0] == tags[1], write
+            for read in READS:
+                got = rows_of(conn, read.format(t="events", cut=cut))
+                want = rows_of(conn, read.format(t="events_plain", cut=cut))
+                assert got == want, f"step {step}: after {write!r}: {read}"
+
+
+def test_late_records_are_cleared_once_cold_holds_them(
+        tiered: tuple[FigProcess, dt.datetime]) -> None:
+    fig, now = tiered
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("insert into events values (200001, %s, %s, 200, 1, 'FR', 1, 'x')",
+                     (now - dt.timedelta(days=70), (now - dt.timedelta(days=70)).date()))
+        assert conn.execute("select count(*) from fig.late_changes").fetchone() != (0,)
+        deadline = time.monotonic() + 60
+        while conn.execute("select count(*) from fig.late_changes").fetchone() != (0,):
+            assert time.monotonic() < deadline, "the CDC process never cleared the record"
+            time.sleep(0.2)
+        # a hot row above the boundary records nothing
+        conn.execute("insert into events values (200002, now(), current_date, 200, 1, 'FR', "
+                     "1, 'x')")
+        assert conn.execute("select count(*) from fig.late_changes").fetchone() == (0,)
+
+
+def test_a_rolled_back_late_change_records_nothing(
+        tiered: tuple[FigProcess, dt.datetime]) -> None:
+    fig, now = tiered
+    old = now - dt.timedelta(days=80)
+    with psycopg.connect(fig.hot_dsn, autocommit=True) as conn:
+        before = conn.execute("select coalesce(max(id), 0) from fig.late_changes").fetchone()
+        with conn.transaction(force_rollback=True):
+            conn.execute("insert into events values (200003, %s, %s, 200, 1, 'FR', 1, 'x')",
+                         (old, old.date()))
+        with conn.transaction():
+            conn.execute("savepoint s")
+            conn.execute("insert into events values (200004, %s, %s, 200, 1, 'FR', 1, 'x')",
+                         (old, old.date()))
+            conn.execute("rollback to savepoint s")
+        after = conn.execute("select coalesce(max(id), 0) from fig.late_changes").fetchone()
+        assert after == before
+
+
+def test_the_hot_part_refuses_a_late_change_it_did_not_wait_for(
+        tiered: tuple[FigProcess, dt.datetime]) -> None:
+    """fig._late_hold, as every federated statement's hot part calls it: a record the
+    statement sees but Fig did not see (and wait for) before reading cold fails it, 40001."""
+    fig, now = tiered
+    old = now - dt.timedelta(days=90)
+    with psycopg.connect(fig.hot_dsn, autocommit=True) as conn:
+        oid = conn.execute("select 'events'::regclass::oid::int").fetchone()
+        assert oid is not None
+        with conn.transaction(force_rollback=True):
+            conn.execute("insert into events values (200005, %s, %s, 200, 1, 'FR', 1, 'x')",
+                         (old, old.date()))
+            row = conn.execute("select max(id) from fig.late_changes where table_oid = %s",
+                               oid).fetchone()
+            assert row is not None and row[0] is not None
+            assert conn.execute("select fig._late_hold(%s, %s)",
+                                (oid[0], [row[0]])).fetchone() == (True,)
+            conn.execute("savepoint unseen")
+            with pytest.raises(psycopg.errors.SerializationFailure, match="older than its "
+                               "tier boundary changed while Fig read its cold rows"):
+                conn.execute("select fig._late_hold(%s, '{}')", oid)
+            conn.execute("rollback to savepoint unseen")
