@@ -815,9 +815,46 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION fig._late_change()', rel);
 END $fn$;
 
--- In every federated statement's hot part (planner/parts.py hot_filter): no late change of
--- the table is visible to the statement but those Fig saw, and waited for, before it read
--- cold rows.
+-- What a federated statement that saw late records of its tables waits for before it reads
+-- cold rows: CDC past every change committed so far (the slot's position, which moves only
+-- once Iceberg holds the changes: not a snapshot, so it moves inside REPEATABLE READ too),
+-- and the tables' confirmed cold writes applied. Unlike fig.sync, neither another table's
+-- initial copy nor its pause holds the statement up.
+CREATE OR REPLACE FUNCTION fig._late_wait(rels oid[], timeout interval) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    target pg_lsn := pg_current_wal_insert_lsn();
+    deadline timestamptz := clock_timestamp() + timeout;
+    reached pg_lsn;
+    paused text;
+BEGIN
+    LOOP
+        SELECT s.confirmed_flush_lsn INTO reached
+        FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
+        IF reached >= target AND NOT EXISTS (
+                SELECT 1 FROM fig.cold_write_requests
+                WHERE confirmed AND done_at IS NULL AND table_oid = ANY (rels)) THEN
+            RETURN;
+        END IF;
+        SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')
+        INTO paused FROM fig.tiered_tables t LEFT JOIN fig.table_status st USING (table_oid)
+        WHERE t.state = 'paused' AND t.table_oid = ANY (rels);
+        IF paused IS NOT NULL THEN
+            RAISE EXCEPTION 'rows below the tier boundary changed and CDC is paused for %', paused
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'fix the table, then call fig.tier_table again to re-copy it';
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            PERFORM fig._wait_error('waiting for CDC to apply changes below the tier boundary',
+                                    timeout);
+        END IF;
+        PERFORM pg_sleep(0.005);
+    END LOOP;
+END $fn$;
+
+-- On the branch of every federated statement that reads a part's cold rows (planner/parts.py
+-- late_guard): no late change of the table is visible to the statement but those Fig saw,
+-- and waited for, before it read the cold rows.
 CREATE OR REPLACE FUNCTION fig._late_hold(rel oid, seen bigint[]) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 BEGIN

@@ -6,8 +6,8 @@ fig.confirm_cold_write. Federated statements that see one wait for CDC before th
 rows. Records visible together with a WAL insert position belong to transactions that
 committed before it: once CDC has committed up to it, Iceberg holds their changes. A cold
 write's record goes once its request is done. Records of a table that is not streaming
-(paused, copying) stay, so statements over it wait, and fig.sync reports the pause, rather
-than read stale cold rows; records of a table no longer tiered go.
+(paused, copying) stay, so statements over it wait, or fail naming the pause
+(fig._late_wait), rather than read stale cold rows; records of a table no longer tiered go.
 """
 
 from __future__ import annotations

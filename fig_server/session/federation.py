@@ -684,14 +684,15 @@ class Federator:
                 not any(part.table.late for part in plan.parts):
             return
         started = time.perf_counter()
-        await self._await_late(backend)
+        await self._await_late(backend, {p.table.oid for p in plan.parts if p.table.late})
         prepared.late_waited = True
         prepared.cold_ms += (time.perf_counter() - started) * 1000
 
-    async def _await_late(self, backend: Injector) -> None:
-        """fig.sync within the session's statement_timeout, at most 30 s."""
+    async def _await_late(self, backend: Injector, oids: set[int]) -> None:
+        """fig._late_wait within the session's statement_timeout, at most 30 s."""
         timeout_ms = min(int(self.timeout_s * 1000), 30_000) if self.timeout_s else 30_000
-        sql = f"SELECT fig.sync(interval '{max(timeout_ms, 1)} milliseconds')"
+        rels = "{" + ",".join(str(int(oid)) for oid in sorted(oids)) + "}"
+        sql = f"SELECT fig._late_wait('{rels}', interval '{max(timeout_ms, 1)} milliseconds')"
         error = _first_error(await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1))
         if error is not None:
             raise BackendError(error)

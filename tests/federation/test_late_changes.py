@@ -146,3 +146,21 @@ def test_the_hot_part_refuses_a_late_change_it_did_not_wait_for(
                                "tier boundary changed while Fig read its cold rows"):
                 conn.execute("select fig._late_hold(%s, '{}')", oid)
             conn.execute("rollback to savepoint unseen")
+
+
+def test_a_late_change_of_a_paused_table_fails_reads_naming_the_pause(
+        tiered: tuple[FigProcess, dt.datetime]) -> None:
+    """Last in this module (it pauses `events`): a value Iceberg cannot hold pauses the table
+    in the transaction of a late change, so cold will not hold that change: reads over the
+    table fail with 55000 naming the pause instead of missing it."""
+    fig, now = tiered
+    old = now - dt.timedelta(days=75)
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("insert into events values (200006, %s, %s, 200, 1, 'FR', 1, 'x')",
+                         (old, old.date()))
+            conn.execute("insert into events values (200007, 'infinity', current_date, 200, "
+                         "1, 'FR', 1, 'x')")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match="CDC is paused for public.events"):
+            conn.execute("select count(*) from events where ts < now() - interval '40 days'")
