@@ -854,10 +854,18 @@ END $fn$;
 
 -- On the branch of every federated statement that reads a part's cold rows (planner/parts.py
 -- late_guard): no late change of the table is visible to the statement but those Fig saw,
--- and waited for, before it read the cold rows.
+-- and waited for, before it read the cold rows; and the statement's own transaction changed
+-- none of its rows below the boundary (an earlier statement of the same simple Query or
+-- transaction block: cold holds those only once it commits).
 CREATE OR REPLACE FUNCTION fig._late_hold(rel oid, seen bigint[]) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 BEGIN
+    IF current_setting('fig.late_' || rel, true) = 'on' THEN
+        RAISE EXCEPTION 'a statement reading the cold rows of % after its transaction changed '
+                        'rows of it older than the tier boundary is not supported', rel::regclass
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'cold holds them only once the transaction commits: COMMIT first';
+    END IF;
     IF EXISTS (SELECT 1 FROM fig.late_changes WHERE table_oid = rel AND id <> ALL (seen)) THEN
         RAISE EXCEPTION 'rows of % older than its tier boundary changed while Fig read its '
                         'cold rows', rel::regclass

@@ -9,11 +9,13 @@ import psycopg
 # too); read by the catalog refresher and, for a boundary and a search_path consistent with
 # the statement, inside the client's own backend session. `visible`: the unqualified name
 # resolves to it under the session's search_path; `late`: the records of changes below the
-# boundary cold may not hold yet (cdc/late.py).
+# boundary cold may not hold yet (cdc/late.py); `own_late`: the session's open transaction made
+# such a change (the trigger's transaction-local mark).
 TIERED_SQL = """SELECT json_build_object(
   'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column, 'oid', t.table_oid,
   'late', (SELECT json_agg(l.id ORDER BY l.id) FROM fig.late_changes l
            WHERE l.table_oid = t.table_oid),
+  'own_late', current_setting('fig.late_' || t.table_oid, true) IS NOT DISTINCT FROM 'on',
   'boundary', CASE WHEN t.boundary = '-infinity' THEN NULL
     WHEN t.boundary = 'infinity' THEN '9999-12-31T00:00:00+00:00'  -- attached: all cold
     ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,

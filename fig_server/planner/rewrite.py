@@ -184,7 +184,7 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
         if table.boundary is None and route is Route.SPLIT:
             continue  # nothing has left hot yet: hot alone holds every row
         if route is Route.COLD:  # forced: Iceberg as it is, no late change waited for
-            table = dataclasses.replace(table, oid=0, late=())
+            table = dataclasses.replace(table, oid=0, late=(), own_late=False)
         part_route = route
         if route is Route.SPLIT and table.boundary is not None:
             lower, upper = time_range(table_node, table)

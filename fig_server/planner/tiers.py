@@ -28,6 +28,9 @@ class TieredTable:
     # it reads cold rows, and the hot part fails (40001) if it sees any other.
     oid: int = 0
     late: tuple[int, ...] = ()
+    # The session's open transaction changed the table's rows below the boundary: cold will
+    # not hold them before it commits (statements reading cold are refused).
+    own_late: bool = False
 
     def orders_as_bytes(self, column: str) -> bool:
         return column in self.byte_ordered

@@ -87,7 +87,8 @@ def _tiered_set(documents: tuple[str, ...]) -> TieredSet:
                                   tuple((name, kind) for name, kind in doc["columns"]),
                                   bool(doc.get("rls")), bool(doc.get("visible", True)),
                                   frozenset(doc.get("byte_ordered") or ()),
-                                  int(doc.get("oid") or 0), tuple(doc.get("late") or ())))
+                                  int(doc.get("oid") or 0), tuple(doc.get("late") or ()),
+                                  bool(doc.get("own_late"))))
     return TieredSet.of(tables, views)
 
 
@@ -534,6 +535,13 @@ class Federator:
             names = await self._describe(backend, plan_body(sql))
             plan = _rewrite(sql, tiered, route, _frozen(constants), slot, tuple(names),
                             self.in_block, self.utc)
+        own = next((part.table for part in plan.parts if part.table.own_late), None) \
+            if plan is not None else None
+        if own is not None:
+            raise FeatureNotSupported(  # as fig._late_hold says it, for the same reason
+                f"a statement reading the cold rows of {own.qualified} after its transaction "
+                "changed rows of it older than the tier boundary is not supported",
+                hint="cold holds them only once the transaction commits: COMMIT first")
         return Prepared(plan.sql if plan else sql, plan, original=sql,
                         plan_ms=(time.perf_counter() - started) * 1000)
 

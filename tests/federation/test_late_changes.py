@@ -124,28 +124,62 @@ def test_a_rolled_back_late_change_records_nothing(
         assert after == before
 
 
-def test_the_hot_part_refuses_a_late_change_it_did_not_wait_for(
+def test_the_cold_branch_refuses_a_late_change_it_did_not_wait_for(
         tiered: tuple[FigProcess, dt.datetime]) -> None:
-    """fig._late_hold, as every federated statement's hot part calls it: a record the
-    statement sees but Fig did not see (and wait for) before reading cold fails it, 40001."""
-    fig, now = tiered
-    old = now - dt.timedelta(days=90)
+    """fig._late_hold, as the branch reading a part's cold rows calls it: a record the
+    statement sees but Fig did not see (and wait for) before reading cold fails it (40001);
+    so does a late change of the statement's own transaction (0A000). The record is written
+    by hand in a transaction rolled back after, so CDC cannot clear it first."""
+    fig, _ = tiered
     with psycopg.connect(fig.hot_dsn, autocommit=True) as conn:
-        oid = conn.execute("select 'events'::regclass::oid::int").fetchone()
-        assert oid is not None
+        row = conn.execute("select 'events'::regclass::oid::int").fetchone()
+        assert row is not None
+        oid = row[0]
         with conn.transaction(force_rollback=True):
-            conn.execute("insert into events values (200005, %s, %s, 200, 1, 'FR', 1, 'x')",
-                         (old, old.date()))
-            row = conn.execute("select max(id) from fig.late_changes where table_oid = %s",
-                               oid).fetchone()
-            assert row is not None and row[0] is not None
+            record = conn.execute("insert into fig.late_changes (table_oid) values (%s) "
+                                  "returning id", (oid,)).fetchone()
+            assert record is not None
             assert conn.execute("select fig._late_hold(%s, %s)",
-                                (oid[0], [row[0]])).fetchone() == (True,)
+                                (oid, [record[0]])).fetchone() == (True,)
             conn.execute("savepoint unseen")
             with pytest.raises(psycopg.errors.SerializationFailure, match="older than its "
                                "tier boundary changed while Fig read its cold rows"):
-                conn.execute("select fig._late_hold(%s, '{}')", oid)
+                conn.execute("select fig._late_hold(%s, '{}')", (oid,))
             conn.execute("rollback to savepoint unseen")
+            conn.execute("select set_config('fig.late_' || %s, 'on', true)", (oid,))
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="after its "
+                               "transaction changed rows of it older than the tier boundary"):
+                conn.execute("select fig._late_hold(%s, %s)", (oid, [record[0]]))
+
+def test_a_transaction_reading_its_own_late_change_is_refused(
+        tiered: tuple[FigProcess, dt.datetime]) -> None:
+    """Cold holds a late change only once its transaction commits: reading the table's cold
+    rows after it in the same transaction block, or later in the same simple Query, is
+    refused (0A000 naming the table); a change at or above the boundary is not."""
+    fig, now = tiered
+    old = now - dt.timedelta(days=85)
+    late = (f"insert into {{t}} values ({{id}}, '{old}', '{old.date()}', 200, 1, 'FR', 1, "
+            "'own')")
+    count = "select count(*) from {t} where ts < now() - interval '35 days'"
+    refused = "reading the cold rows of public.events after its transaction changed"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        with conn.transaction(force_rollback=True):
+            conn.execute(late.format(t="events", id=200010))
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match=refused):
+                conn.execute(count.format(t="events"))
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match=refused):
+            conn.execute(late.format(t="events", id=200011) + "; " + count.format(t="events"))
+        assert conn.execute("select count(*) from events where id in (200010, 200011)"
+                            ).fetchone() == (0,)
+        with conn.transaction():
+            for t in ("events", "events_plain"):
+                conn.execute(f"insert into {t} values (200012, now(), current_date, 200, 1, "
+                             "'FR', 1, 'recent')")
+            both = ("select count(*), max(ts) from {t} where (ts < now() - interval '35 days' "
+                    "and id < 100000) or note = 'recent'")
+            got, want = (conn.execute(both.format(t=t)).fetchone()
+                         for t in ("events", "events_plain"))
+            assert got == want
 
 
 def test_a_late_change_of_a_paused_table_fails_reads_naming_the_pause(
@@ -162,5 +196,5 @@ def test_a_late_change_of_a_paused_table_fails_reads_naming_the_pause(
             conn.execute("insert into events values (200007, 'infinity', current_date, 200, "
                          "1, 'FR', 1, 'x')")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
-                           match="CDC is paused for public.events"):
+                           match=r"CDC is paused for public\.events"):
             conn.execute("select count(*) from events where ts < now() - interval '40 days'")
