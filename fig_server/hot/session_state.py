@@ -53,7 +53,8 @@ JOIN pg_namespace n ON n.oid = v.relnamespace"""
 # What a federated statement reads in the client's own session once it holds the boundary
 # lock: first its settings (one JSON array: fig.route, fig.as_of, statement_timeout in ms,
 # TimeZone, client_encoding, transaction_read_only, default_transaction_isolation,
-# fig.result_cache), then TIERED_SQL's documents. A PL/pgSQL function so that Postgres plans
+# fig.result_cache, transaction_isolation, the transaction's start), then TIERED_SQL's
+# documents. A PL/pgSQL function so that Postgres plans
 # the catalog query once per session instead of once per statement (0.8 ms of every
 # federated statement's 2 ms prelude was planning it, and another 0.8 ms reading
 # pg_settings); without a search_path of its own, so `visible` is the caller's.
@@ -68,7 +69,8 @@ BEGIN
         current_setting('TimeZone'), current_setting('client_encoding'),
         current_setting('transaction_read_only'),
         current_setting('default_transaction_isolation'),
-        coalesce(current_setting('fig.result_cache', true), ''))::text;
+        coalesce(current_setting('fig.result_cache', true), ''),
+        current_setting('transaction_isolation'), now())::text;
     RETURN QUERY """ + TIERED_SQL + """;
 END $fn$;
 """

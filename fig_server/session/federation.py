@@ -447,6 +447,12 @@ class Federator:
         self.read_only = False
         # The statement runs in Fig's own transaction (begin_reduced).
         self.reducing = False
+        # In a REPEATABLE READ or SERIALIZABLE transaction block (pinned_for: its start, as
+        # prelude read it), the Iceberg tables its first statement over each table read:
+        # its later statements read the same cold rows (CDC applying a late change meanwhile
+        # must not show in them, as it does not in hot).
+        self.pinned_for: str | None = None
+        self.pinned: dict[str, dict[str, Any]] = {}
         # The session's default_transaction_isolation (read by prelude).
         self.isolation = "read committed"
         # The session's fig.result_cache (read by prelude): cold tasks may be answered from
@@ -480,7 +486,10 @@ class Federator:
         self.reducing = False
         rows = data_rows(answers)
         (route, as_of_text, timeout_ms, zone, self.client_encoding, read_only,
-         self.isolation, result_cache) = json.loads(rows[1][0] or "[]")
+         self.isolation, result_cache, isolation, started) = json.loads(rows[1][0] or "[]")
+        repeatable = in_transaction and isolation in ("repeatable read", "serializable")
+        if not repeatable or started != self.pinned_for:
+            self.pinned_for, self.pinned = (started if repeatable else None), {}
         route = (route or "auto").strip().lower()
         self.timeout_s = int(timeout_ms) / 1000 or None
         self.utc = zone.upper() in UTC_ZONES
@@ -654,6 +663,8 @@ class Federator:
             return
         if run_cold and as_of is None:
             await self._wait_late(backend, prepared)
+        if run_cold and self.pinned_for is not None:
+            await self._pin(prepared)
         # parts whose scan kept no file (rows: at most an aggregate's one row over nothing),
         # their temp tables not made yet
         empty: list[tuple[ColdPart, pa.Table | None]] = []
@@ -682,6 +693,18 @@ class Federator:
         for part, rows in empty:
             await self._copy(backend, prepared, part, rows)
         prepared.copy_ms += (time.perf_counter() - started) * 1000
+
+    async def _pin(self, prepared: Prepared) -> None:
+        """Each part's Iceberg tables as the transaction block's first read of them loaded
+        them (self.pinned)."""
+        plan = prepared.rewrite
+        assert plan is not None
+        for index, part in enumerate(plan.parts):
+            tables = self.pinned.get(part.table.qualified)
+            if tables is None:
+                tables = await asyncio.to_thread(self.cold.tables, part)
+                self.pinned[part.table.qualified] = tables
+            prepared.pinned[index] = tables
 
     async def _wait_late(self, backend: Injector, prepared: Prepared) -> None:
         """When the session saw a record of a change below a part's boundary that cold may

@@ -182,6 +182,36 @@ def test_a_transaction_reading_its_own_late_change_is_refused(
             assert got == want
 
 
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+def test_a_repeatable_read_transaction_reads_the_same_cold_rows_throughout(
+        tiered: tuple[FigProcess, dt.datetime], isolation: str) -> None:
+    """A late change another session commits during the transaction, and CDC applies, shows
+    in none of its statements, as in its twin: the transaction's cold rows are those its
+    first statement over the table read."""
+    fig, now = tiered
+    old = now - dt.timedelta(days=95)
+    # (rows the tests before wrote to `events` alone, ids 200000 to 200099, left out)
+    reads = ("select count(*), sum(amount) from {t} where ts < now() - interval '35 days' "
+             "and id not between 200000 and 200099")
+    with psycopg.connect(fig.dsn, autocommit=True) as conn, \
+            psycopg.connect(fig.dsn, autocommit=True) as other:
+        next_id = 200100 + (10 if isolation == "serializable" else 0)
+        with conn.transaction():
+            conn.execute(f"set transaction isolation level {isolation}")
+            first = [conn.execute(reads.format(t=t)).fetchone()
+                     for t in ("events", "events_plain")]
+            for t in ("events", "events_plain"):
+                other.execute(f"insert into {t} values ({next_id}, %s, %s, 200, 1, 'FR', 7, "
+                              "'during')", (old, old.date()))
+            other.execute("select fig.sync()")  # cold holds it now
+            again = [conn.execute(reads.format(t=t)).fetchone()
+                     for t in ("events", "events_plain")]
+        assert first[0] == first[1]
+        assert again == first
+        after = [conn.execute(reads.format(t=t)).fetchone() for t in ("events", "events_plain")]
+        assert after[0] == after[1] != first[0]
+
+
 def test_a_late_change_of_a_paused_table_fails_reads_naming_the_pause(
         tiered: tuple[FigProcess, dt.datetime]) -> None:
     """Last in this module (it pauses `events`): a value Iceberg cannot hold pauses the table
