@@ -857,8 +857,12 @@ END $fn$;
 -- and waited for, before it read the cold rows; and the statement's own transaction changed
 -- none of its rows below the boundary (an earlier statement of the same simple Query or
 -- transaction block: cold holds those only once it commits).
+-- PARALLEL RESTRICTED (as fig._bounds_hold): evaluated by the leader, where the temp table is
+-- read anyway; the default, UNSAFE, would keep Postgres from scanning the hot rows of the
+-- statement in parallel (measured: a GROUP BY over 5M hot rows, 0.69 s -> 1.5 s).
 CREATE OR REPLACE FUNCTION fig._late_hold(rel oid, seen bigint[]) RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog
+AS $fn$
 BEGIN
     IF current_setting('fig.late_' || rel, true) = 'on' THEN
         RAISE EXCEPTION 'a statement reading the cold rows of % after its transaction changed '
@@ -879,7 +883,7 @@ END $fn$;
 # clock before reading cold rows must still be the statement's own.
 _GUARDS = """
 CREATE OR REPLACE FUNCTION fig._bounds_hold(unchanged boolean) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $fn$
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog AS $fn$
 BEGIN
     IF unchanged IS NOT TRUE THEN
         RAISE EXCEPTION 'the date this statement compares with changed while Fig read its '
