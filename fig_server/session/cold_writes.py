@@ -112,7 +112,9 @@ async def run_cold_write(federator: Federator, backend: Injector, statements: li
     await _run(backend, f"SELECT pg_advisory_lock({serial})")
     try:
         await _run(backend, "SELECT fig.sync()")
-        candidates = Prepared("", Rewrite(Route.SPLIT, "", [write.part]))
+        # Route COLD: the temp table is made even when no cold file can hold a candidate
+        # (a SPLIT whose scans keep no file runs on hot alone, and makes none)
+        candidates = Prepared("", Rewrite(Route.COLD, "", [write.part]))
         await federator.load(backend, candidates, True, None, cancel or threading.Event())
         row = data_rows(await _run(backend, stage_sql(write)))[0]
         request, cold_rows = row[0], int(row[1] or 0)

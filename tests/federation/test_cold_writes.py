@@ -173,6 +173,15 @@ def test_a_confirmed_request_is_applied_without_a_waiter(fig: FigProcess) -> Non
     assert 21 in iceberg_ids(fig, "status = 404")
 
 
+def test_a_write_no_cold_file_can_reach_changes_nothing(fig: FigProcess) -> None:
+    """Its candidate scan keeps no file (the key is past every file's range): it still runs,
+    and writes nothing (the generated oracle's late writes found it failing with 42P01)."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        assert conn.execute("delete from ev where id = 99999999").statusmessage == "DELETE 0"
+        assert conn.execute("update ev set note = 'x' where id = 99999999"
+                            ).statusmessage == "UPDATE 0"
+
+
 def test_another_session_reads_a_confirmed_request_at_once(fig: FigProcess) -> None:
     """Once the hot transaction that confirmed a cold write commits, every statement over
     the table waits for the request to be applied (its record in fig.late_changes): none
