@@ -486,10 +486,10 @@ class Federator:
         self.reducing = False
         rows = data_rows(answers)
         (route, as_of_text, timeout_ms, zone, self.client_encoding, read_only,
-         self.isolation, result_cache, isolation, started) = json.loads(rows[1][0] or "[]")
+         self.isolation, result_cache, isolation, xact_start) = json.loads(rows[1][0] or "[]")
         repeatable = in_transaction and isolation in ("repeatable read", "serializable")
-        if not repeatable or started != self.pinned_for:
-            self.pinned_for, self.pinned = (started if repeatable else None), {}
+        if not repeatable or xact_start != self.pinned_for:
+            self.pinned_for, self.pinned = (xact_start if repeatable else None), {}
         route = (route or "auto").strip().lower()
         self.timeout_s = int(timeout_ms) / 1000 or None
         self.utc = zone.upper() in UTC_ZONES
