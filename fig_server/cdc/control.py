@@ -358,10 +358,15 @@ BEGIN
               DETAIL = coalesce('last CDC error: ' || err, 'is the CDC process running?');
 END $fn$;
 
+-- Waits until CDC has passed every change committed so far (the slot's confirmed position,
+-- which moves only once Iceberg holds the changes; not a snapshot read, so it moves inside
+-- REPEATABLE READ too) and the confirmed cold writes are applied. rels NULL: every table,
+-- also waiting for initial copies and failing on any pause (fig.sync); else only these
+-- tables' cold writes and pauses (a statement reading late changes, cdc/late.py).
 -- SECURITY DEFINER: every role may wait for CDC (Fig's cold writes do, in the client's own
 -- session) but only Fig reads its state tables and the replication slots.
-CREATE OR REPLACE FUNCTION fig.sync(timeout interval DEFAULT '30s') RETURNS pg_lsn
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+CREATE OR REPLACE FUNCTION fig._wait_cdc(rels oid[], what text, timeout interval)
+RETURNS pg_lsn LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
     target pg_lsn := pg_current_wal_insert_lsn();
     deadline timestamptz := clock_timestamp() + timeout;
@@ -372,25 +377,32 @@ BEGIN
         SELECT s.confirmed_flush_lsn INTO reached
         FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
         IF reached >= target
-           AND NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying')
+           AND (rels IS NOT NULL
+                OR NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying'))
            AND NOT EXISTS (SELECT 1 FROM fig.cold_write_requests
-                           WHERE confirmed AND done_at IS NULL) THEN
+                           WHERE confirmed AND done_at IS NULL
+                             AND (rels IS NULL OR table_oid = ANY (rels))) THEN
             RETURN reached;
         END IF;
         SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')
         INTO paused FROM fig.tiered_tables t LEFT JOIN fig.table_status st USING (table_oid)
-        WHERE t.state = 'paused';
+        WHERE t.state = 'paused' AND (rels IS NULL OR t.table_oid = ANY (rels));
         IF paused IS NOT NULL THEN
-            RAISE EXCEPTION 'fig.sync: CDC is paused for %', paused
+            RAISE EXCEPTION '%: CDC is paused for %', what, paused
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'fix the table, then call fig.tier_table again to re-copy it';
         END IF;
         IF clock_timestamp() > deadline THEN
-            PERFORM fig._wait_error(format('fig.sync to %s', target), timeout);
+            PERFORM fig._wait_error(format('%s to %s', what, target), timeout);
         END IF;
         PERFORM pg_sleep(0.005);
     END LOOP;
 END $fn$;
+
+CREATE OR REPLACE FUNCTION fig.sync(timeout interval DEFAULT '30s') RETURNS pg_lsn
+LANGUAGE sql AS $fn$
+    SELECT fig._wait_cdc(NULL, 'fig.sync', timeout)
+$fn$;
 
 CREATE OR REPLACE FUNCTION fig.run_retention(timeout interval DEFAULT '1 hour')
 RETURNS timestamptz
@@ -815,42 +827,7 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION fig._late_change()', rel);
 END $fn$;
 
--- What a federated statement that saw late records of its tables waits for before it reads
--- cold rows: CDC past every change committed so far (the slot's position, which moves only
--- once Iceberg holds the changes: not a snapshot, so it moves inside REPEATABLE READ too),
--- and the tables' confirmed cold writes applied. Unlike fig.sync, neither another table's
--- initial copy nor its pause holds the statement up.
-CREATE OR REPLACE FUNCTION fig._late_wait(rels oid[], timeout interval) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
-DECLARE
-    target pg_lsn := pg_current_wal_insert_lsn();
-    deadline timestamptz := clock_timestamp() + timeout;
-    reached pg_lsn;
-    paused text;
-BEGIN
-    LOOP
-        SELECT s.confirmed_flush_lsn INTO reached
-        FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
-        IF reached >= target AND NOT EXISTS (
-                SELECT 1 FROM fig.cold_write_requests
-                WHERE confirmed AND done_at IS NULL AND table_oid = ANY (rels)) THEN
-            RETURN;
-        END IF;
-        SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')
-        INTO paused FROM fig.tiered_tables t LEFT JOIN fig.table_status st USING (table_oid)
-        WHERE t.state = 'paused' AND t.table_oid = ANY (rels);
-        IF paused IS NOT NULL THEN
-            RAISE EXCEPTION 'rows below the tier boundary changed and CDC is paused for %', paused
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'fix the table, then call fig.tier_table again to re-copy it';
-        END IF;
-        IF clock_timestamp() > deadline THEN
-            PERFORM fig._wait_error('waiting for CDC to apply changes below the tier boundary',
-                                    timeout);
-        END IF;
-        PERFORM pg_sleep(0.005);
-    END LOOP;
-END $fn$;
+DROP FUNCTION IF EXISTS fig._late_wait(oid[], interval);
 
 -- On the branch of every federated statement that reads a part's cold rows (planner/parts.py
 -- late_guard): no late change of the table is visible to the statement but those Fig saw,

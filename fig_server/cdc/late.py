@@ -7,7 +7,7 @@ rows. Records visible together with a WAL insert position belong to transactions
 committed before it: once CDC has committed up to it, Iceberg holds their changes. A cold
 write's record goes once its request is done. Records of a table that is not streaming
 (paused, copying) stay, so statements over it wait, or fail naming the pause
-(fig._late_wait), rather than read stale cold rows; records of a table no longer tiered go.
+(fig._wait_cdc), rather than read stale cold rows; records of a table no longer tiered go.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 # client's own session for UPDATE/DELETE below the boundary (SECURITY DEFINER), and what
 # every federated statement reads first (its settings and the tiered tables it may see).
 PUBLIC_FUNCTIONS = ("sync", "request_cold_write", "confirm_cold_write", "wait_cold_write",
-                    "_bounds_hold", "_late_hold", "_late_wait", "_session_state")
+                    "_bounds_hold", "_late_hold", "_wait_cdc", "_session_state")
 
 
 def apply_control_grants(dsn: str, admin_role: str) -> None:

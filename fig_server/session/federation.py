@@ -720,10 +720,13 @@ class Federator:
         prepared.cold_ms += (time.perf_counter() - started) * 1000
 
     async def _await_late(self, backend: Injector, oids: set[int]) -> None:
-        """fig._late_wait within the session's statement_timeout, at most 30 s."""
+        """fig._wait_cdc for these tables, within the session's statement_timeout, at most
+        30 s: CDC past everything committed so far, their cold writes applied; unlike
+        fig.sync, not held up by another table's initial copy nor failed by its pause."""
         timeout_ms = min(int(self.timeout_s * 1000), 30_000) if self.timeout_s else 30_000
         rels = "{" + ",".join(str(int(oid)) for oid in sorted(oids)) + "}"
-        sql = f"SELECT fig._late_wait('{rels}', interval '{max(timeout_ms, 1)} milliseconds')"
+        sql = (f"SELECT fig._wait_cdc('{rels}', 'reading rows changed below the tier "
+               f"boundary', interval '{max(timeout_ms, 1)} milliseconds')")
         error = _first_error(await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1))
         if error is not None:
             raise BackendError(error)

@@ -242,5 +242,9 @@ def test_a_late_change_of_a_paused_table_fails_reads_naming_the_pause(
             conn.execute("insert into events values (200007, 'infinity', current_date, 200, "
                          "1, 'FR', 1, 'x')")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
-                           match=r"CDC is paused for public\.events"):
+                           match=r"^reading rows changed below the tier boundary: CDC is "
+                                 r"paused for public\.events"):
             conn.execute("select count(*) from events where ts < now() - interval '40 days'")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match=r"^fig\.sync: CDC is paused for public\.events"):
+            conn.execute("select fig.sync()")
