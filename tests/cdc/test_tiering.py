@@ -206,6 +206,18 @@ def test_one_retention_run_empties_a_backlog_of_a_date_column(hot_pg: EmbeddedPo
             assert left is not None and left[0] == 0 and left[1] < 1800
             cold = {r["id"] for r in cold_rows(catalog_of(config), "public", "daily", "id")}
             assert cold == set(range(1800))
+            # the late-change triggers compare with the first day retention keeps (as the
+            # planner does, planner/bounds.py boundary_value): the day before it is late
+            row = conn.execute(
+                "SELECT (b AT TIME ZONE 'UTC')::date + CASE WHEN (b AT TIME ZONE 'UTC')::time "
+                "= '00:00' THEN 0 ELSE 1 END FROM (SELECT boundary AS b FROM "
+                "fig.tiered_tables WHERE table_name = 'daily') t").fetchone()
+            assert row is not None
+            with conn.transaction(force_rollback=True):
+                conn.execute("INSERT INTO daily VALUES (5000, %s)", (row[0],))
+                assert conn.execute("SELECT count(*) FROM fig.late_changes").fetchone() == (0,)
+                conn.execute("INSERT INTO daily VALUES (5001, %s::date - 1)", (row[0],))
+                assert conn.execute("SELECT count(*) FROM fig.late_changes").fetchone() == (1,)
     finally:
         runner.stop()
         drop_env(hot_pg, cdc)
