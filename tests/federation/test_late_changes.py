@@ -96,9 +96,8 @@ def test_late_records_are_cleared_once_cold_holds_them(
         conn.execute("insert into events values (200001, %s, %s, 200, 1, 'FR', 1, 'x')",
                      (now - dt.timedelta(days=70), (now - dt.timedelta(days=70)).date()))
         assert conn.execute("select count(*) from fig.late_changes").fetchone() != (0,)
-        deadline = time.monotonic() + 60
+        # until the CDC process clears it (never: the test's timeout fails it)
         while conn.execute("select count(*) from fig.late_changes").fetchone() != (0,):
-            assert time.monotonic() < deadline, "the CDC process never cleared the record"
             time.sleep(0.2)
         # a hot row above the boundary records nothing
         conn.execute("insert into events values (200002, now(), current_date, 200, 1, 'FR', "
