@@ -230,7 +230,10 @@ async def serve(config: FigConfig) -> None:
         if counted is not None:
             endpoint = start_endpoint(config, dsn, counted)
             state["metrics_url"] = endpoint.url if endpoint is not None else None
-        (config.data_dir / "server.json").write_text(json.dumps(state))
+        # written whole, then renamed: readers wait for the file to exist, then read it
+        written = config.data_dir / "server.json.tmp"
+        written.write_text(json.dumps(state))
+        written.replace(config.data_dir / "server.json")
         if tiered.current.tables or (config.demo.enabled and embedded is not None):
             # the workers start in the background; metadata is read in a thread of its own
             warming = asyncio.create_task(asyncio.to_thread(cold.warm, tiered.current.tables),
