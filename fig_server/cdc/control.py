@@ -360,9 +360,11 @@ END $fn$;
 
 -- Waits until CDC has passed every change committed so far (the slot's confirmed position,
 -- which moves only once Iceberg holds the changes; not a snapshot read, so it moves inside
--- REPEATABLE READ too) and the confirmed cold writes are applied. rels NULL: every table,
--- also waiting for initial copies and failing on any pause (fig.sync); else only these
--- tables' cold writes and pauses (a statement reading late changes, cdc/late.py).
+-- REPEATABLE READ too; with rels, also the applied position CDC writes while a paused table
+-- holds the slot back, which every other table has reached) and the confirmed cold writes
+-- are applied. rels NULL: every table's
+-- initial copies, cold writes and pauses (fig.sync); else only these tables' (a statement
+-- reading late changes, cdc/late.py; a cold write, session/cold_writes.py).
 -- SECURITY DEFINER: every role may wait for CDC (Fig's cold writes do, in the client's own
 -- session) but only Fig reads its state tables and the replication slots.
 CREATE OR REPLACE FUNCTION fig._wait_cdc(rels oid[], what text, timeout interval)
@@ -374,16 +376,11 @@ DECLARE
     paused text;
 BEGIN
     LOOP
-        SELECT s.confirmed_flush_lsn INTO reached
+        SELECT greatest(s.confirmed_flush_lsn, CASE WHEN rels IS NOT NULL THEN c.applied_lsn END)
+        INTO reached
         FROM pg_replication_slots s JOIN fig.cdc_state c ON c.slot_name = s.slot_name;
-        IF reached >= target
-           AND (rels IS NOT NULL
-                OR NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying'))
-           AND NOT EXISTS (SELECT 1 FROM fig.cold_write_requests
-                           WHERE confirmed AND done_at IS NULL
-                             AND (rels IS NULL OR table_oid = ANY (rels))) THEN
-            RETURN reached;
-        END IF;
+        -- after reading the position: CDC records a pause before it reports a position
+        -- past the change that paused the table
         SELECT string_agg(format('%s.%s: %s', t.schema_name, t.table_name, st.last_error), '; ')
         INTO paused FROM fig.tiered_tables t LEFT JOIN fig.table_status st USING (table_oid)
         WHERE t.state = 'paused' AND (rels IS NULL OR t.table_oid = ANY (rels));
@@ -391,6 +388,14 @@ BEGIN
             RAISE EXCEPTION '%: CDC is paused for %', what, paused
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'fix the table, then call fig.tier_table again to re-copy it';
+        END IF;
+        IF reached >= target
+           AND NOT EXISTS (SELECT 1 FROM fig.tiered_tables WHERE state = 'copying'
+                           AND (rels IS NULL OR table_oid = ANY (rels)))
+           AND NOT EXISTS (SELECT 1 FROM fig.cold_write_requests
+                           WHERE confirmed AND done_at IS NULL
+                             AND (rels IS NULL OR table_oid = ANY (rels))) THEN
+            RETURN reached;
         END IF;
         IF clock_timestamp() > deadline THEN
             PERFORM fig._wait_error(format('%s to %s', what, target), timeout);

@@ -178,6 +178,13 @@ class CdcProcess:
         carrying its WAL end (an idle walsender otherwise waits wal_sender_timeout / 2)."""
         if self.stream is not None:
             self.stream.send_status(self.reported_lsn(), reply)
+        if self.holds and self.applied_lsn > self.published_lsn:
+            # The slot stays at a paused table's position, so waiters for other tables
+            # (fig._wait_cdc with rels) read how far Iceberg holds every other table here.
+            self.status.applied(self.applied_lsn)
+            self.published_lsn = self.applied_lsn
+
+    published_lsn = 0  # the applied position last written to fig.cdc_state while held
 
     # -- tables ------------------------------------------------------------------------
 

@@ -51,6 +51,10 @@ class StatusWriter:
             "last_commit_ts)", (lsn_to_str(applied_lsn), rows_total, rows_per_s,
                                 last_commit_ts_us))
 
+    def applied(self, applied_lsn: int) -> None:
+        self.conn.execute("UPDATE fig.cdc_state SET applied_lsn = %s::pg_lsn",
+                          (lsn_to_str(applied_lsn),))
+
     def committed(self) -> None:
         self.conn.execute("UPDATE fig.cdc_state SET last_commit_at = now()")
 

@@ -3,7 +3,8 @@
 Steps, all on the client's own backend session (outside any transaction block), holding a
 session advisory lock per table so that cold writes to one table run one at a time (a
 second one must not read cold rows the first has not rewritten yet):
-1. fig.sync(), so Iceberg holds every committed change and "only in cold" is exact;
+1. fig._wait_cdc for the table, so Iceberg holds every committed change of it and "only in
+   cold" is exact (not fig.sync: another table's initial copy or pause is not this one's);
 2. the candidate cold rows (time < boundary, pushable filters) go into a temp table;
 3. Postgres computes the rows to write (WHERE, USING/FROM, subqueries and the SET list are
    its own) into a staging table with the target's NOT NULL and CHECK constraints, and
@@ -111,7 +112,8 @@ async def run_cold_write(federator: Federator, backend: Injector, statements: li
     serial = f"{COLD_WRITE_SERIAL}, ({rel}::regclass::oid::bigint % 2147483647)::int"
     await _run(backend, f"SELECT pg_advisory_lock({serial})")
     try:
-        await _run(backend, "SELECT fig.sync()")
+        await _run(backend, f"SELECT fig._wait_cdc(ARRAY[{rel}::regclass::oid], "
+                            f"{literal('UPDATE/DELETE of ' + name)}, interval '30 seconds')")
         # Route COLD: the temp table is made even when no cold file can hold a candidate
         # (a SPLIT whose scans keep no file runs on hot alone, and makes none)
         candidates = Prepared("", Rewrite(Route.COLD, "", [write.part]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -217,3 +218,41 @@ def test_replaying_an_update_that_moved_the_time_writes_one_row(fig: FigProcess)
                          warehouse=f"file://{fig.data_dir / 'iceberg' / 'warehouse'}")
     rows = catalog.load_table(("public", "ev")).scan(row_filter="id = 24").to_arrow()
     assert rows.num_rows == 1 and rows.column("status").to_pylist() == [500]
+
+
+def test_a_cold_write_waits_for_its_own_table_only(fig: FigProcess) -> None:
+    """Last in this module (it pauses a second table): a cold write, and a read of late
+    changes, wait for CDC to hold their own table's changes, so another table's pause (which
+    holds the replication slot back) neither fails nor holds them up, while a pause of its
+    own table fails a cold write naming the pause (fig.sync fails on any pause)."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("create table side (id bigint primary key, ts timestamptz not null)")
+        conn.execute("insert into side values (1, now() - interval '50 days')")
+        conn.execute("select fig.tier_table('side', 'ts', interval '30 days')")
+        conn.execute("select fig.sync(interval '120 seconds')")
+        conn.execute("select fig.run_retention()")
+        conn.execute("insert into side values (2, 'infinity')")  # Iceberg cannot hold it
+        while conn.execute("select state from fig.tiered_tables "
+                           "where table_name = 'side'").fetchone() != ("paused",):
+            time.sleep(0.05)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match=r"^fig\.sync: CDC is paused for public\.side"):
+            conn.execute("select fig.sync()")
+        old = conn.execute("select min(id) from ev where ts < now() - interval '45 days'"
+                           ).fetchone()
+        assert old is not None and old[0] is not None
+        cur = conn.execute(f"update ev set note = 'after the pause' where id = {int(old[0])}")
+        assert cur.statusmessage == "UPDATE 1"
+        assert conn.execute("select note from ev where id = %s", (old[0],)).fetchone() == \
+            ("after the pause",)
+        # a late insert into ev: reading it waits for CDC to hold it, not for side
+        old_count = conn.execute("select count(*) from ev where ts < now() - interval "
+                                 "'40 days'").fetchone()
+        assert old_count is not None
+        conn.execute("insert into ev values (900001, now() - interval '50 days', 200, 'late')")
+        assert conn.execute("select count(*) from ev where ts < now() - interval '40 days'"
+                            ).fetchone() == (old_count[0] + 1,)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match=r"^UPDATE/DELETE of public\.side: CDC is paused for "
+                                 r"public\.side"):
+            conn.execute("delete from side where ts < now() - interval '40 days'")
