@@ -42,16 +42,18 @@ class LateChanges:
             conn.execute("DELETE FROM fig.late_changes WHERE id = ANY(%s) "
                          "AND table_oid = ANY(%s)", (self.probe[1], streaming))
             self.probe = None
-        conn.execute(
-            "DELETE FROM fig.late_changes l WHERE NOT EXISTS (SELECT 1 FROM fig.tiered_tables t "
-            "WHERE t.table_oid = l.table_oid) OR EXISTS (SELECT 1 FROM fig.cold_write_requests "
-            "r WHERE r.id = l.request_id AND r.done_at IS NOT NULL)")
-        if self.probe is None:
-            row = conn.execute(
-                "SELECT pg_current_wal_insert_lsn()::text, array_agg(id) FROM fig.late_changes "
-                "WHERE request_id IS NULL AND table_oid = ANY(%s)", (streaming,)).fetchone()
-            if row is not None and row[1]:
-                self.probe = (str_to_lsn(row[0]), list(row[1]))
+        # one statement per call when nothing is pending (it runs every PERIODIC_S): records
+        # that need no CDC go, and a new probe is read in the same snapshot
+        row = conn.execute(
+            "WITH gone AS (DELETE FROM fig.late_changes l WHERE NOT EXISTS (SELECT 1 FROM "
+            "fig.tiered_tables t WHERE t.table_oid = l.table_oid) OR EXISTS (SELECT 1 FROM "
+            "fig.cold_write_requests r WHERE r.id = l.request_id AND r.done_at IS NOT NULL) "
+            "RETURNING l.id) "
+            "SELECT pg_current_wal_insert_lsn()::text, array_agg(id) FROM fig.late_changes "
+            "WHERE %s AND request_id IS NULL AND table_oid = ANY(%s) "
+            "AND id NOT IN (SELECT id FROM gone)", (self.probe is None, streaming)).fetchone()
+        if self.probe is None and row is not None and row[1]:
+            self.probe = (str_to_lsn(row[0]), list(row[1]))
 
     def track(self, conn: psycopg.Connection, relid: int, only_missing: bool = False) -> None:
         """Make (or replace) the table's triggers for its boundary as conn sees it."""
