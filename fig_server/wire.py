@@ -149,6 +149,46 @@ def replace_parse_sql(payload: bytes, sql: str) -> bytes:
     return payload[:name_end + 1] + cstring(sql) + payload[sql_end + 1:]
 
 
+def parse_parameter_types(payload: bytes) -> list[int]:
+    """The parameter type OIDs a Parse ('P') payload declares (0: Postgres infers it)."""
+    name_end = payload.index(b"\0")
+    sql_end = payload.index(b"\0", name_end + 1)
+    count = INT16.unpack_from(payload, sql_end + 1)[0]
+    return list(struct.unpack_from(f"!{count}I", payload, sql_end + 3))
+
+
+def parse_message(name: str, sql: str, parameter_types: list[int]) -> bytes:
+    """A Parse ('P') message declaring these parameter types."""
+    return message(b"P", cstring(name) + cstring(sql) + INT16.pack(len(parameter_types))
+                   + struct.pack(f"!{len(parameter_types)}I", *parameter_types))
+
+
+def bind_portal(payload: bytes) -> str:
+    """The portal a Bind ('B') payload makes."""
+    return payload[:payload.index(b"\0")].decode(errors="replace")
+
+
+def bind_values(payload: bytes) -> bytes:
+    """A Bind ('B') payload's parameter format codes and values, as the bytes that follow
+    the two names (up to the result format codes): what another Bind may carry as is."""
+    portal_end = payload.index(b"\0")
+    start = payload.index(b"\0", portal_end + 1) + 1
+    pos = start
+    formats = INT16.unpack_from(payload, pos)[0]
+    pos += 2 + 2 * formats
+    count = INT16.unpack_from(payload, pos)[0]
+    pos += 2
+    for _ in range(count):
+        length = struct.unpack_from("!i", payload, pos)[0]
+        pos += 4 + max(length, 0)
+    return payload[start:pos]
+
+
+def execute_portal(payload: bytes) -> str:
+    """The portal an Execute ('E') payload runs."""
+    return payload[:payload.index(b"\0")].decode(errors="replace")
+
+
 def row_description_text(*names: str) -> bytes:
     """RowDescription of text columns (type oid 25), as Fig's own results use."""
     body = INT16.pack(len(names)) + b"".join(

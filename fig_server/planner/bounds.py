@@ -10,6 +10,10 @@ An untyped string literal compared with a column takes the column's type (Postgr
 expression keeps its own type: `status = 200 + 0.5` stays a comparison with numeric 200.5.
 Only values whose text round-trips exactly are substituted; others stay as written (the
 conjunct is then not pushed, Postgres evaluates it).
+
+A parameter (`user_id = $1`, how drivers send values) is such an expression too: the session
+evaluates it with the values of the statement's Bind (Need.parameters), when there is one
+Bind to plan for; otherwise it stays as written.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 STABLE = (
     exp.Literal, exp.Cast, exp.Interval, exp.CurrentTimestamp, exp.CurrentDate, exp.Add,
     exp.Sub, exp.Mul, exp.Div, exp.Paren, exp.Neg, exp.Var, exp.DataType, exp.DataTypeParam,
-    exp.Identifier, exp.TimestampTrunc, exp.DateTrunc, exp.Boolean,
+    exp.Identifier, exp.TimestampTrunc, exp.DateTrunc, exp.Boolean, exp.Parameter,
 )
 STABLE_NAMES = {"now", "make_date", "make_timestamp", "make_timestamptz", "make_interval",
                 "to_timestamp", "to_date", "date_trunc", "transaction_timestamp"}
@@ -53,6 +57,7 @@ class Need:
 
     text: str
     as_type: str | None
+    parameters: bool = False  # reads $n: evaluated only with a Bind's values
 
     @property
     def key(self) -> str:
@@ -166,7 +171,7 @@ def need_for(node: exp.Expression, kind: str) -> Need:
     text = node.sql(dialect="postgres")
     if isinstance(node, exp.Literal) and node.is_string:
         return Need(text, kind)
-    return Need(text, None)
+    return Need(text, None, any(isinstance(n, exp.Parameter) for n in node.walk()))
 
 
 def needs(where: exp.Expression | None, ref: exp.Table, table: TieredTable) -> list[Need]:

@@ -26,7 +26,7 @@ from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
 from fig_server.session.audit import StatementAudit, StatementRecord, route_of
 from fig_server.session.cold_writes import run_cold_write
-from fig_server.session.federation import BackendError, Federator, Prepared, data_rows
+from fig_server.session.federation import BackendError, Bound, Federator, Prepared, data_rows
 from fig_server.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -611,17 +611,18 @@ class ClientConnection:
 
     async def _refresh_statement(self, federator: Federator, name: str, tiered: TieredSet,
                                  route: str, as_of: dt.datetime | None,
-                                 alone: bool = False) -> None:
+                                 alone: bool = False, bound: Bound | None = None) -> None:
         """Reload a prepared statement's cold rows before it runs again; when the boundary
-        moved since it was parsed, parse it again under the same name (Close + Parse).
-        alone: the only statement the batch runs (_reduce)."""
+        moved since it was parsed, or it is planned for this Bind's values (bound), parse it
+        again under the same name (Close + Parse). alone: the only statement the batch runs
+        (_reduce)."""
         sql, parsed = self.tiered_statements[name]
-        prepared = await federator.plan(self, sql, tiered, route, f"s:{name}")
+        prepared = await federator.plan(self, sql, tiered, route, f"s:{name}", bound=bound)
         if self._entry is not None:
             self._entry.prepared += (prepared,)
         await self._reduce(federator, prepared, alone)
         await federator.load(self, prepared, True, as_of, self.session.cold_cancel)
-        payload = wire.replace_parse_sql(parsed, prepared.sql)
+        payload = _parse_payload(parsed, prepared)
         if payload == parsed:
             return
         self.tiered_statements[name] = (sql, payload)
@@ -665,7 +666,9 @@ class ClientConnection:
                     # rows until they run: the slot (temp tables) is per Parse, not per name.
                     parses += 1
                     slot = f"s:{name}" if name else f"s::{parses}"
-                    prepared = await federator.plan(self, sql, tiered, route, slot)
+                    bound = _bound(batch, name, wire.parse_parameter_types(payload))
+                    prepared = await federator.plan(self, sql, tiered, route, slot,
+                                                    bound=bound)
                     if self._entry is not None:
                         self._entry.prepared += (prepared,)
                     parsed.add(name)
@@ -673,7 +676,7 @@ class ClientConnection:
                         await self._reduce(federator, prepared, single and name == binds[0])
                         await federator.load(self, prepared, run_cold, as_of,
                                              self.session.cold_cancel)
-                        payload = wire.replace_parse_sql(payload, prepared.sql)
+                        payload = _parse_payload(payload, prepared)
                         raw = wire.message(b"P", payload)
                     # Planned again at each Bind, even when hot alone answers it now (nothing
                     # of the table has left hot yet): retention may move rows to cold before
@@ -683,8 +686,10 @@ class ClientConnection:
                     name = wire.bind_statement(payload)
                     if name in self.tiered_statements and name not in parsed:
                         parsed.add(name)
+                        bound = _bound(batch, name, wire.parse_parameter_types(
+                            self.tiered_statements[name][1]))
                         await self._refresh_statement(federator, name, tiered, route, as_of,
-                                                      single)
+                                                      single, bound)
                 out.append(raw)
             if self._entry is not None:
                 self._entry.route = route_of(self._entry.prepared)
@@ -775,3 +780,36 @@ class ClientConnection:
                 self.writer.write(bytes(data[start:end]))
             else:
                 self._divert.put_nowait((kind, bytes(data[start + 5:end])))
+
+
+def _bound(batch: list[bytes], name: str, types: list[int]) -> Bound | None:
+    """The Bind a prepared statement may be planned for (Federator.plan's bound): the
+    batch's only Bind of it, after any Parse of it there, its portal executed by the next
+    message but Describes. The cold rows loaded for its values are then read by that portal
+    alone: the next Bind of the statement plans it again, and a portal's rows are those its
+    snapshot, taken at its Bind, sees. Else None: planned for any values."""
+    found = None
+    for index, raw in enumerate(batch):
+        if raw[0] == 80 and wire.parse_text(raw[5:])[0] == name and found is not None:
+            return None
+        if raw[0] == 66 and wire.bind_statement(raw[5:]) == name:
+            if found is not None:
+                return None
+            found = index
+    if found is None:
+        return None
+    payload = batch[found][5:]
+    following = next((raw for raw in batch[found + 1:] if raw[0] != 68), None)  # 'D'
+    if following is None or following[0] != 69 or \
+            wire.execute_portal(following[5:]) != wire.bind_portal(payload):
+        return None
+    return Bound(types, wire.bind_values(payload))
+
+
+def _parse_payload(payload: bytes, prepared: Prepared) -> bytes:
+    """The client's Parse payload with the rewritten SQL; declaring the parameter types
+    Postgres resolved when the statement was planned for a Bind's values."""
+    if prepared.parameter_types is None:
+        return wire.replace_parse_sql(payload, prepared.sql)
+    name = wire.parse_text(payload)[0]
+    return wire.parse_message(name, prepared.sql, prepared.parameter_types)[5:]

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -403,6 +404,19 @@ class Prepared:
     # took its snapshot (begin_reduced), and whether Fig already waited for late changes
     pinned: dict[int, dict[str, Any]] = field(default_factory=dict)
     late_waited: bool = False
+    # Set when the statement was planned with its Bind's values (Bound): the parameter
+    # types Postgres resolved for it, which its Parse then declares (a value the rewrite
+    # wrote into the statement leaves no $n behind to resolve)
+    parameter_types: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The one Bind a prepared statement is planned for: the parameter types its Parse
+    declares and the Bind's parameter formats and values (wire.bind_values)."""
+
+    types: list[int]
+    values: bytes
 
 
 # Words of a statement that may write (DML in a CTE, SELECT INTO, locking clauses): such a
@@ -521,9 +535,12 @@ class Federator:
             await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1)
 
     async def plan(self, backend: Injector, sql: str, tiered: TieredSet, route: str,
-                   slot: str, writes: bool = False) -> Prepared:
+                   slot: str, writes: bool = False, bound: Bound | None = None) -> Prepared:
         """writes: the caller runs UPDATE/DELETE that reach cold (simple Query); elsewhere
-        such statements are refused, never relayed to hot alone."""
+        such statements are refused, never relayed to hot alone. bound: the one Bind the
+        statement runs with before it is planned again: comparisons with its parameters
+        are evaluated with the Bind's values and pushed like literals (the caller plans the
+        statement again at its next Bind)."""
         started = time.perf_counter()
         if not self.utf8 and not sql.isascii():
             raise FeatureNotSupported(
@@ -531,8 +548,16 @@ class Federator:
                 f"{self.client_encoding}", hint="SET client_encoding = 'UTF8'")
         plan = _rewrite(sql, tiered, route, None, slot, None, False, self.utc)
         constants = None
+        parameter_types = None
         if plan is not None and plan.needs:
-            constants = await self._evaluate(backend, plan.needs)
+            if bound is not None and any(need.parameters for need in plan.needs):
+                parameter_types = await self._parameter_types(backend, sql, bound.types)
+            if parameter_types is not None and bound is not None:
+                constants = await self._evaluate(backend, plan.needs,
+                                                 (parameter_types, bound.values))
+            else:
+                constants = await self._evaluate(
+                    backend, [need for need in plan.needs if not need.parameters])
             plan = _rewrite(sql, tiered, route, _frozen(constants), slot, None, self.in_block,
                             self.utc)
         if plan is not None and plan.write is not None and not writes:
@@ -552,7 +577,25 @@ class Federator:
                 "changed rows of it older than the tier boundary is not supported",
                 hint="cold holds them only once the transaction commits: COMMIT first")
         return Prepared(plan.sql if plan else sql, plan, original=sql,
-                        plan_ms=(time.perf_counter() - started) * 1000)
+                        plan_ms=(time.perf_counter() - started) * 1000,
+                        parameter_types=parameter_types)
+
+    async def _parameter_types(self, backend: Injector, sql: str, declared: list[int]
+                               ) -> list[int] | None:
+        """The parameter types Postgres resolves for the statement as the client sent it
+        (ParameterDescription; never run), or None when it cannot say."""
+        name = wire.cstring("fig_parameters")
+        answers = await backend.inject(
+            wire.parse_message("fig_parameters", sql, declared)
+            + wire.message(b"D", b"S" + name) + wire.message(b"C", b"S" + name)
+            + wire.message(b"S"), 1)
+        if _first_error(answers) is not None:
+            return None
+        found = next((p for k, p in answers if k == ord("t")), None)
+        if found is None:
+            return None
+        count = wire.INT16.unpack_from(found)[0]
+        return list(struct.unpack_from(f"!{count}I", found, 2))
 
     async def _describe(self, backend: Injector, sql: str) -> list[str]:
         """The result column names of a statement, as Postgres describes it (never run)."""
@@ -566,13 +609,25 @@ class Federator:
             raise BackendError(error)
         return next((wire.row_description_names(p) for k, p in answers if k == ord("T")), [])
 
-    async def _evaluate(self, backend: Injector, needs: list[Need]
+    async def _evaluate(self, backend: Injector, needs: list[Need],
+                        bound: tuple[list[int], bytes] | None = None
                         ) -> dict[str, tuple[str, str]]:
         """Column-free expressions of the statement, computed once by this session's
-        Postgres: need key -> (type, value as JSON text) (planner/bounds.py)."""
+        Postgres: need key -> (type, value as JSON text) (planner/bounds.py). bound: the
+        statement's resolved parameter types and its Bind's values, for needs reading $n."""
+        if not needs:
+            return {}
         columns = [item for need in needs for item in need.select_items()]
-        answers = await backend.inject(
-            wire.message(b"Q", wire.cstring(f"SELECT {', '.join(columns)}")), 1)
+        select = f"SELECT {', '.join(columns)}"
+        if bound is None:
+            message = wire.message(b"Q", wire.cstring(select))
+        else:
+            types, values = bound
+            message = (wire.parse_message("", select, types)
+                       + wire.message(b"B", b"\0\0" + values + wire.INT16.pack(0))
+                       + wire.message(b"E", b"\0" + struct.pack("!i", 0))
+                       + wire.message(b"S"))
+        answers = await backend.inject(message, 1)
         error = _first_error(answers)
         if error is not None:
             raise BackendError(error)

@@ -53,19 +53,27 @@ EVALUATED = {
     "CURRENT_DATE - 100": ("date", '"2024-11-21"'),
     "200 + 0.5": ("numeric", "200.5"),
 }
+# Parameters as the session evaluates them with a Bind's values (route `... bound`); without
+# one they stay for Postgres.
+BOUND = {
+    "$1": ("bigint", "55"),
+    "$2": ("timestamp with time zone", '"2024-06-01T00:00:00+00:00"'),
+}
 
 
 def render(sql: str, route: str) -> str:
-    """route: auto, hot or cold, followed by ` utc` for a session whose TimeZone is UTC."""
-    route, _, zone = route.partition(" ")
-    utc = zone == "utc"
+    """route: auto, hot or cold, followed by ` utc` for a session whose TimeZone is UTC
+    and ` bound` for a statement planned with its Bind's values."""
+    route, _, options = route.partition(" ")
+    utc, bound = "utc" in options.split(), "bound" in options.split()
     try:
         plan = rewrite(sql, TIERED, route, utc=utc)
-        needs = plan.needs if plan is not None else []
-        if needs:
+        needs = [need for need in (plan.needs if plan is not None else [])
+                 if bound or not need.parameters]
+        if plan is not None and plan.needs:
             constants = {}
             for need in needs:
-                kind, value = EVALUATED[need.text]
+                kind, value = (BOUND if need.parameters else EVALUATED)[need.text]
                 constants[need.key] = (need.as_type or kind, value)
             plan = rewrite(sql, TIERED, route, constants, utc=utc)
     except FeatureNotSupported as error:

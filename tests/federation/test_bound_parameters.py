@@ -1,0 +1,141 @@
+"""Parameters (how drivers send values) are pushed into the cold part with the values of the
+statement's Bind, when one Bind runs it: the answers stay the twin's, however the driver
+binds, prepares, pipelines or re-binds, and the cold scan keeps only what the values reach."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.conftest import FigProcess
+from tests.federation.test_oracle import build_oracle
+
+# (statement over {t}, parameter value sets); %s placeholders, psycopg style
+STATEMENTS = [
+    ("select count(*), sum(amount) from {t} where user_id = %s", [(7,), (49,), (0,), (None,)]),
+    ("select id, status, note from {t} where user_id = %s and status = %s order by id "
+     "limit 20", [(3, 500), (11, 404), (3, 200)]),
+    ("select status, count(*) from {t} where ts >= %s and ts < %s group by 1 order by 1",
+     "windows"),
+    ("select country, count(*) from {t} where country = any(%s) and day < %s "
+     "group by 1 order by 1", "countries"),
+    ("select count(*) from {t} where note like %s", [("n1%",), ("ñé%",)]),
+]
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Iterator[tuple[FigProcess, dt.datetime]]:
+    fig, _ = build_oracle()
+    yield fig, dt.datetime.now(dt.UTC)
+    fig.stop()
+
+
+def value_sets(spec: Any, now: dt.datetime) -> list[tuple[Any, ...]]:
+    if spec == "windows":
+        return [(now - dt.timedelta(days=d + 3), now - dt.timedelta(days=d))
+                for d in (100, 60, 31, 29, 5)]
+    if spec == "countries":
+        return [(["DE", "FR"], (now - dt.timedelta(days=50)).date()),
+                (["BR"], (now - dt.timedelta(days=2)).date())]
+    return list(spec)
+
+
+def both(conn: psycopg.Connection, sql: str, values: tuple[Any, ...],
+         **kwargs: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    return (conn.execute(sql.format(t="events"), values, **kwargs).fetchall(),
+            conn.execute(sql.format(t="events_plain"), values, **kwargs).fetchall())
+
+
+@pytest.mark.parametrize("route", ["auto", "cold"])
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_bound_values_answer_like_the_twin(oracle: tuple[FigProcess, dt.datetime], route: str,
+                                           autocommit: bool) -> None:
+    """Unnamed statements (psycopg's default), prepared ones re-bound with other values
+    (prepare=True), binary parameters (%b), in and out of a transaction block."""
+    fig, now = oracle
+    with psycopg.connect(fig.dsn, autocommit=autocommit) as conn:
+        conn.execute(f"set fig.route = '{route}'")
+        for sql, spec in STATEMENTS:
+            for values in value_sets(spec, now):
+                got, want = both(conn, sql, values)
+                assert got == want, (sql, values)
+                got, want = both(conn, sql, values, prepare=True)
+                assert got == want, (sql, values, "prepared")
+                binary = sql.replace("%s", "%b")
+                got, want = both(conn, binary, values)
+                assert got == want, (sql, values, "binary")
+            if not autocommit:
+                conn.commit()
+
+
+@pytest.mark.parametrize("route", ["auto", "cold"])
+def test_many_binds_in_one_batch_answer_like_the_twin(oracle: tuple[FigProcess, dt.datetime],
+                                                      route: str) -> None:
+    """A pipeline binds one statement several times before one Sync: the cold rows are then
+    loaded for any values (one load serves every Bind)."""
+    fig, now = oracle
+    sql = "select count(*), min(id), max(id) from {t} where user_id = %s and ts < %s"
+    values = [(u, now - dt.timedelta(days=d)) for u, d in ((1, 40), (2, 90), (3, 10), (1, 31))]
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute(f"set fig.route = '{route}'")
+        for table in ("events", "events_plain"):
+            with conn.pipeline():
+                cursors = [conn.execute(sql.format(t=table), v) for v in values]
+            rows = [c.fetchall() for c in cursors]
+            if table == "events":
+                got = rows
+            else:
+                assert got == rows
+
+
+def test_asyncpg_prepared_statement_re_bound(oracle: tuple[FigProcess, dt.datetime]) -> None:
+    """asyncpg prepares once and binds each call: every Bind plans the statement again."""
+    fig, now = oracle
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        conn = await asyncpg.connect(host=fig.host, port=fig.port, user="postgres",
+                                     database="postgres")
+        try:
+            answers: dict[str, list[Any]] = {}
+            for table in ("events", "events_plain"):
+                statement = await conn.prepare(
+                    f"select count(*), sum(amount) from {table} where user_id = $1 "
+                    "and ts < $2")
+                answers[table] = [tuple(await statement.fetchrow(u, now - dt.timedelta(days=d)))
+                                  for u, d in ((5, 40), (6, 40), (5, 5), (7, 100))]
+            return answers["events"], answers["events_plain"]
+        finally:
+            await conn.close()
+
+    got, want = asyncio.run(run())
+    assert got == want
+    assert any(count and total != Decimal(0) for count, total in got)
+
+
+def test_a_bound_time_window_prunes_cold_files(oracle: tuple[FigProcess, dt.datetime]) -> None:
+    """The Bind's values reach the cold scan: a three-day window reads a few day files, not
+    all of them (before: every file, its rows copied into the session)."""
+    fig, now = oracle
+    marker = "bound_window_marker"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        conn.execute("set fig.route = 'cold'")
+        conn.execute(f"select count(*) /* {marker} */ from events where ts >= %s and ts < %s",
+                     (now - dt.timedelta(days=63), now - dt.timedelta(days=60)))
+        deadline = time.monotonic() + 10
+        rows: list[tuple[Any, ...]] = []
+        while not rows and time.monotonic() < deadline:
+            rows = conn.execute("select files_kept, files_total from fig.query_log where "
+                                "statement like %s and statement not like '%%query_log%%'",
+                                (f"%{marker}%",)).fetchall()
+            time.sleep(0.2)
+    assert rows, "the statement was not logged"
+    kept, total = rows[-1]
+    assert total > 20 and kept <= 5, rows
