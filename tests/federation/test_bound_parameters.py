@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
 
+from tests.clients.test_jdbc import jdbc_jar
 from tests.conftest import FigProcess
 from tests.federation.test_oracle import build_oracle
 
@@ -139,3 +142,65 @@ def test_a_bound_time_window_prunes_cold_files(oracle: tuple[FigProcess, dt.date
     assert rows, "the statement was not logged"
     kept, total = rows[-1]
     assert total > 20 and kept <= 5, rows
+
+
+JDBC_PROGRAM = r"""
+import java.sql.*;
+import java.util.Properties;
+
+public class FigBoundProbe {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.setProperty("user", "postgres");
+        props.setProperty("prepareThreshold", args[1]);
+        String table = args[2];
+        StringBuilder out = new StringBuilder();
+        try (Connection conn = DriverManager.getConnection(args[0], props)) {
+            String sql = "select id, status, amount from " + table
+                + " where user_id = ? and ts < now() - ? * interval '1 day' order by id";
+            for (boolean block : new boolean[] {false, true}) {
+                conn.setAutoCommit(!block);
+                try (PreparedStatement ps = conn.prepareStatement(sql)) {
+                    if (block) ps.setFetchSize(4);  // a portal read a few rows at a time
+                    for (int round = 0; round < 8; round++) {
+                        ps.setLong(1, round % 5);
+                        ps.setInt(2, new int[] {100, 40, 31, 29, 5}[round % 5]);
+                        ResultSet rs = ps.executeQuery();
+                        int n = 0;
+                        long ids = 0;
+                        while (rs.next()) { n++; ids += rs.getLong(1); }
+                        out.append(block).append(' ').append(round).append(' ').append(n)
+                           .append(' ').append(ids).append('\n');
+                    }
+                }
+                if (block) conn.commit();
+            }
+        }
+        System.out.print(out);
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("threshold", ["0", "1", "5"])
+def test_jdbc_prepared_statements_answer_like_the_twin(
+        oracle: tuple[FigProcess, dt.datetime], tmp_path: Path, threshold: str) -> None:
+    """pgjdbc binds unnamed statements, then (prepareThreshold) named ones it re-binds; with a
+    fetch size inside a transaction it reads the portal a few rows per Execute."""
+    fig, _ = oracle
+    (tmp_path / "FigBoundProbe.java").write_text(JDBC_PROGRAM)
+    subprocess.run(["javac", "-cp", jdbc_jar(), "FigBoundProbe.java"], cwd=tmp_path,
+                   check=True, timeout=120)
+
+    def run(table: str) -> str:
+        result = subprocess.run(
+            ["java", "-cp", f"{jdbc_jar()}:.", "FigBoundProbe",
+             f"jdbc:postgresql://{fig.host}:{fig.port}/postgres", threshold, table],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    got, want = run("events"), run("events_plain")
+    assert got == want
+    assert len(got.splitlines()) == 16, got
+    assert sum(int(line.split()[2]) for line in got.splitlines()) > 100, got
