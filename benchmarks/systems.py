@@ -183,10 +183,11 @@ class PostgresSystem(System):
         self.conn.execute("SET TimeZone = 'UTC'")
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
-        return self.conn.execute(query.sql).fetchall()
+        return self.conn.execute(query.sql, query.params or None).fetchall()
 
     def reading(self, query: Query) -> Reading:
-        row = self.conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.sql).fetchone()
+        row = self.conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+                                + query.inline_sql).fetchone()
         plan = (row[0] if row else [{}])[0].get("Plan", {})
         blocks = (plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
                   + plan.get("Temp Read Blocks", 0))
@@ -231,7 +232,7 @@ class FigColdInProcess(System):
         return None
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
-        result = self.engine.query(query.sql, tables=self.tables)
+        result = self.engine.query(query.inline_sql, tables=self.tables)
         self.last_stats = result.stats
         return _arrow_rows(result.table)
 
@@ -317,10 +318,10 @@ class FigPgwire(System):
         return None if line is None else int(line.split()[1]) / 1024
 
     def run(self, query: Query) -> list[tuple[Any, ...]]:
-        return self.conn.execute(query.sql).fetchall()
+        return self.conn.execute(query.sql, query.params or None).fetchall()
 
     def reading(self, query: Query) -> Reading:
-        rows = self.conn.execute("EXPLAIN ANALYZE " + query.sql).fetchall()
+        rows = self.conn.execute("EXPLAIN ANALYZE " + query.inline_sql).fetchall()
         text = "\n".join(str(row[0]) for row in rows)
         pruning = explain_pruning(text)
         return Reading(pruning.get("bytes_read"), "EXPLAIN ANALYZE Bytes read", pruning)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 # How rows are compared across systems (run._check_agreement).
 ORDERED = "ordered"  # ORDER BY is a total order: rows must agree one by one, in order
@@ -39,11 +40,19 @@ class Query:
     peer_sql: str = ""  # the same question for DuckDB and DataFusion over files, if different
     compare: str = MULTISET
     star: bool = False
+    # Values a driver binds for the %s placeholders of sql (Fig and Postgres, over psycopg's
+    # extended protocol); peer_sql then holds them inline, for the file readers and EXPLAIN
+    params: tuple[Any, ...] = ()
 
     @property
     def file_sql(self) -> str:
         """What DuckDB and DataFusion run over the Parquet files."""
         return self.peer_sql or self.sql
+
+    @property
+    def inline_sql(self) -> str:
+        """The statement with its values written inline (EXPLAIN, the in-process engine)."""
+        return self.peer_sql if self.params else self.sql
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,28 @@ def _mb_time(moment: str) -> str:
 
 def cold_queries(p: Params) -> list[Query]:
     """Every shape over the tiered events table: the classic six, then tools' spellings."""
-    return [*classic_queries(p), *spelling_queries(), *tool_queries(p), *time_queries(p)]
+    return [*classic_queries(p), *spelling_queries(), *tool_queries(p), *time_queries(p),
+            *driver_queries(p)]
+
+
+def driver_queries(p: Params) -> list[Query]:
+    """Values bound as parameters, as drivers and BI tools over JDBC send them."""
+    start = dt.datetime.combine(p.example_day, dt.time(), dt.UTC)
+    end = start + dt.timedelta(days=3)
+    window = "ts >= {} AND ts < {}"
+    per_day = ("SELECT date_trunc('day', ts) AS d, count(*) AS n, sum(amount) AS total "
+               "FROM events WHERE {} GROUP BY 1 ORDER BY 1")
+    return [
+        Query("needle-param", "one user's requests and amount, the user bound as a parameter",
+              "SELECT count(*) AS n, sum(amount) AS total FROM events WHERE user_id = %s",
+              peer_sql="SELECT count(*) AS n, sum(amount) AS total FROM events "
+                       f"WHERE user_id = {p.needle_user}", params=(p.needle_user,)),
+        Query("window-param", "three days per day, the window bound as parameters",
+              per_day.format(window.format("%s", "%s")),
+              peer_sql=per_day.format(window.format(_tz(start.isoformat()),
+                                                    _tz(end.isoformat()))),
+              params=(start, end), compare=ORDERED),
+    ]
 
 
 def classic_queries(p: Params) -> list[Query]:
