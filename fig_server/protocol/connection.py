@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from time import perf_counter
 
 from fig_server import wire
@@ -25,7 +26,7 @@ from fig_server.planner.rewrite import refuse_after_session_change, split_statem
 from fig_server.planner.tiers import TieredSet
 from fig_server.protocol.auth import Authenticator
 from fig_server.session.audit import StatementAudit, StatementRecord, route_of
-from fig_server.session.cold_writes import run_cold_write
+from fig_server.session.cold_writes import bound_values, inline_parameters, run_cold_write
 from fig_server.session.federation import BackendError, Bound, Federator, Prepared, data_rows
 from fig_server.session.session import Session
 
@@ -50,6 +51,24 @@ AUDITED_CLIENT = frozenset(b"QPBESF")
 AUDITED_BACKEND = frozenset(b"CES")
 # Messages that may begin a statement over tiered tables: Query, Parse, Bind.
 FEDERATED = frozenset(b"QPB")
+# A batch running one bound statement: Parse (or an earlier one), Bind, Describe, Execute, Sync
+BOUND_WRITE_BATCH = re.compile(rb"P?BD?ES")
+WRITE_VERB = re.compile(r"\s*(?:update|delete|with)\b", re.IGNORECASE)
+# What Postgres answers Parse, Bind and a portal's Describe with for an UPDATE/DELETE
+# without RETURNING: ParseComplete, BindComplete, NoData
+ANSWERED = {80: b"1", 66: b"2", 68: b"n"}
+
+
+@dataclass(frozen=True)
+class BoundWrite:
+    """An UPDATE/DELETE bound once (_bound_write): its statement name, SQL, the Parse when
+    in the batch, the declared parameter types and the Bind's values (wire.bind_values)."""
+
+    name: str
+    sql: str
+    parse: bytes | None
+    types: list[int]
+    values: bytes
 
 
 # Statements after which the server-wide list of tiered tables and views is read again.
@@ -647,6 +666,11 @@ class ClientConnection:
             started = perf_counter()
             tiered, route, as_of = await federator.prelude(
                 self, self.session.transaction_status == b"T")
+            self._note([], (perf_counter() - started) * 1000)
+            write = self._bound_write(batch)
+            if write is not None and await self._run_bound_write(
+                    federator, batch, write, tiered, route, as_of):
+                return True
             run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
             # One statement bound and executed once, parsed here or before: it may run in
             # Fig's own transaction (_reduce)
@@ -657,7 +681,6 @@ class ClientConnection:
             parsed: set[str] = set()
             parses = 0
             out = []
-            self._note([], (perf_counter() - started) * 1000)
             for raw in batch:
                 kind, payload = raw[0], raw[5:]
                 if kind == 80:
@@ -667,12 +690,18 @@ class ClientConnection:
                     parses += 1
                     slot = f"s:{name}" if name else f"s::{parses}"
                     bound = _bound(batch, name, wire.parse_parameter_types(payload))
+                    # An UPDATE/DELETE parsed without a Bind of it here: each later Bind of it
+                    # runs it as a cold write (_bound_write) or is refused (_refresh_statement)
+                    alone = bool(WRITE_VERB.match(sql)) and not any(
+                        r[0] == 66 and wire.bind_statement(r[5:]) == name for r in batch)
                     prepared = await federator.plan(self, sql, tiered, route, slot,
-                                                    bound=bound)
+                                                    writes=alone, bound=bound)
                     if self._entry is not None:
                         self._entry.prepared += (prepared,)
                     parsed.add(name)
-                    if prepared.rewrite is not None:
+                    if prepared.rewrite is not None and prepared.rewrite.write is not None:
+                        pass  # Postgres holds it as sent, never runs it
+                    elif prepared.rewrite is not None:
                         await self._reduce(federator, prepared, single and name == binds[0])
                         await federator.load(self, prepared, run_cold, as_of,
                                              self.session.cold_cancel)
@@ -707,6 +736,69 @@ class ClientConnection:
             await self._federate(work)
         finally:
             self._in_flush = False
+
+    def _bound_write(self, batch: list[bytes]) -> BoundWrite | None:
+        """An UPDATE or DELETE run once with its Bind's values, outside a transaction block
+        (Parse, Bind, Describe of its portal, Execute, Sync; the Parse may have come in an
+        earlier batch): what _run_bound_write runs as a cold write. Else None."""
+        kinds = bytes(raw[0] for raw in batch)
+        if self.session.transaction_status != b"I" or not BOUND_WRITE_BATCH.fullmatch(kinds):
+            return None
+        parse = batch[0][5:] if kinds[:1] == b"P" else None
+        bind = next(raw[5:] for raw in batch if raw[0] == 66)
+        name, portal = wire.bind_statement(bind), wire.bind_portal(bind)
+        if parse is not None:
+            parsed, sql = wire.parse_text(parse)
+            if parsed != name:
+                return None
+            types = wire.parse_parameter_types(parse)
+        elif name in self.tiered_statements:
+            sql, payload = self.tiered_statements[name]
+            types = wire.parse_parameter_types(payload)
+        else:
+            return None
+        describe = next((raw[5:] for raw in batch if raw[0] == 68), None)
+        execute = next(raw[5:] for raw in batch if raw[0] == 69)
+        if not WRITE_VERB.match(sql) or wire.execute_portal(execute) != portal or (
+                describe is not None and describe != b"P" + wire.cstring(portal)):
+            return None
+        return BoundWrite(name, sql, parse, types, wire.bind_values(bind))
+
+    async def _run_bound_write(self, federator: Federator, batch: list[bytes],
+                               write: BoundWrite, tiered: TieredSet, route: str,
+                               as_of: dt.datetime | None) -> bool:
+        """Run a bound UPDATE/DELETE that reaches cold rows as the simple query it stands for
+        (its values written in: cold_writes.inline_parameters) and answer each message of
+        the batch as Postgres would; False when it reaches no cold row (the batch then runs
+        as usual, bound)."""
+        types = await federator.parameter_types(self, write.sql, write.types)
+        if types is None:
+            return False
+        sql = inline_parameters(write.sql, await bound_values(self, types, write.values))
+        prepared = await federator.plan(self, sql, tiered, route, "q0", writes=True)
+        if prepared.rewrite is None or prepared.rewrite.write is None:
+            return False
+        if self._entry is not None:
+            self._entry.prepared += (prepared,)
+            self._entry.route = route_of(self._entry.prepared)
+        answers = await run_cold_write(federator, self, [prepared], False, as_of,
+                                       self.session.cold_cancel)
+        if write.parse is not None and write.name:
+            # Postgres holds the named statement (its Describe, Close), never running it:
+            # each Bind of it is a cold write of its own (tiered_statements routes it here)
+            parsed = await self.inject(wire.message(b"P", write.parse) + wire.message(b"S"), 1)
+            error = next((p for k, p in parsed if k == ord("E")), None)
+            if error is not None:
+                raise BackendError(wire.parse_fields(error))
+            self.tiered_statements[write.name] = (write.sql, write.parse)
+        out = []
+        for raw in batch:
+            if raw[0] in ANSWERED:
+                out.append(wire.message(ANSWERED[raw[0]], b""))
+            elif raw[0] == 69:  # 'E' Execute: the cold write's tag (and notices)
+                out += [wire.message(bytes([k]), p) for k, p in answers if k != 90]
+        self.writer.write(b"".join(out) + wire.ready_for_query(self.session.transaction_status))
+        return True
 
     async def _pump_backend(self) -> None:
         session = self.session

@@ -15,12 +15,20 @@ second one must not read cold rows the first has not rewritten yet):
    without a waiter, after a crash). The command tag counts hot rows plus cold-only rows.
 
 Between 4 and 5 other sessions may see the hot rows changed and the cold ones not yet.
+
+Over the extended protocol (a driver's `DELETE ... WHERE id = $1`) the statement runs the same
+way with its Bind's values written into it (inline_parameters): each as its text in its
+resolved type, which reads back as the same value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
+
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.tokens import TokenType
 
 from fig_server import wire
 from fig_server.errors import FeatureNotSupported
@@ -83,6 +91,54 @@ def _with_count(answers: list[tuple[int, bytes]], extra: int) -> list[tuple[int,
         out.append((kind, payload))
     out.append((ord("Z"), b"I"))
     return out
+
+
+async def bound_values(backend: Injector, types: list[int], values: bytes
+                       ) -> list[tuple[str | None, str]]:
+    """Each parameter's value as text and its type's name, as this session's Postgres reads
+    the Bind's values (formats, types) for the statement: (text or None, type)."""
+    if not types:
+        return []
+    items = ", ".join(f"${n}::text, pg_typeof(${n})::text" for n in range(1, len(types) + 1))
+    answers = await backend.inject(
+        wire.parse_message("", f"SELECT {items}", types)
+        + wire.message(b"B", b"\0\0" + values + wire.INT16.pack(0))
+        + wire.message(b"E", b"\0" + wire.INT32.pack(0)) + wire.message(b"S"), 1)
+    error = _first_error(answers)
+    if error is not None:
+        raise BackendError(error)
+    row = data_rows(answers)[0]
+    found: list[tuple[str | None, str]] = []
+    for i in range(len(types)):
+        kind = str(row[2 * i + 1])
+        if kind in ("bit", "bit[]"):  # written bare, bit is bit(1): no unbounded spelling
+            raise FeatureNotSupported("a bit parameter of an UPDATE/DELETE that may reach "
+                                      "rows below the tier boundary")
+        # bare `character` is character(1); bpchar is the same type without a length
+        found.append((row[2 * i], UNBOUNDED.get(kind, kind)))
+    return found
+
+
+UNBOUNDED = {"character": "bpchar", "character[]": "bpchar[]"}
+
+
+def inline_parameters(sql: str, values: list[tuple[str | None, str]]) -> str:
+    """The statement with each $n replaced by CAST('text' AS type) (NULL: CAST(NULL AS
+    type)); only parameter tokens are, not `$1` in strings, comments or dollar quotes."""
+    tokens = Postgres().tokenize(sql)
+    out, last = [], 0
+    for token, following in itertools.pairwise(tokens):
+        if token.token_type != TokenType.PARAMETER or following.token_type != TokenType.NUMBER \
+                or following.start != token.end + 1 or not following.text.isdigit():
+            continue
+        index = int(following.text) - 1
+        if not 0 <= index < len(values):
+            continue  # Postgres reports the missing parameter when the statement runs
+        text, kind = values[index]
+        value = "NULL" if text is None else literal(text)
+        out += [sql[last:token.start], f"CAST({value} AS {kind})"]
+        last = following.end + 1
+    return "".join(out) + sql[last:]
 
 
 def refusal(table: str, why: str, hint: str) -> FeatureNotSupported:

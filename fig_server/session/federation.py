@@ -551,7 +551,7 @@ class Federator:
         parameter_types = None
         if plan is not None and plan.needs:
             if bound is not None and any(need.parameters for need in plan.needs):
-                parameter_types = await self._parameter_types(backend, sql, bound.types)
+                parameter_types = await self.parameter_types(backend, sql, bound.types)
             if parameter_types is not None and bound is not None:
                 constants = await self._evaluate(backend, plan.needs,
                                                  (parameter_types, bound.values))
@@ -580,7 +580,7 @@ class Federator:
                         plan_ms=(time.perf_counter() - started) * 1000,
                         parameter_types=parameter_types)
 
-    async def _parameter_types(self, backend: Injector, sql: str, declared: list[int]
+    async def parameter_types(self, backend: Injector, sql: str, declared: list[int]
                                ) -> list[int] | None:
         """The parameter types Postgres resolves for the statement as the client sent it
         (ParameterDescription; never run), or None when it cannot say."""

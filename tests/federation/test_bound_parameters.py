@@ -204,3 +204,66 @@ def test_jdbc_prepared_statements_answer_like_the_twin(
     assert got == want
     assert len(got.splitlines()) == 16, got
     assert sum(int(line.split()[2]) for line in got.splitlines()) > 100, got
+
+
+JDBC_WRITES = r"""
+import java.sql.*;
+import java.util.Properties;
+
+public class FigBoundWrites {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.setProperty("user", "postgres");
+        props.setProperty("prepareThreshold", args[1]);
+        String table = args[2];
+        StringBuilder out = new StringBuilder();
+        try (Connection conn = DriverManager.getConnection(args[0], props)) {
+            try (PreparedStatement ps = conn.prepareStatement(
+                    "update " + table + " set note = ? where id = ?")) {
+                for (int round = 0; round < 7; round++) {
+                    ps.setString(1, "jdbc " + round);
+                    ps.setLong(2, 1000 + round * 97);
+                    out.append("update ").append(ps.executeUpdate()).append('\n');
+                }
+            }
+            try (PreparedStatement ps = conn.prepareStatement(
+                    "delete from " + table + " where user_id = ? and ts < now() - ? * "
+                    + "interval '1 day'")) {
+                for (int round = 0; round < 6; round++) {
+                    ps.setLong(1, 40 + round);
+                    ps.setInt(2, 60 + round);
+                    out.append("delete ").append(ps.executeUpdate()).append('\n');
+                }
+            }
+        }
+        System.out.print(out);
+    }
+}
+"""
+
+
+def test_jdbc_bound_writes_reach_cold(oracle: tuple[FigProcess, dt.datetime],
+                                      tmp_path: Path) -> None:
+    """Last in this module (it changes rows of both tables alike): pgjdbc's UPDATE and DELETE
+    with parameters, unnamed and then named (prepareThreshold 3), reach cold rows and leave
+    the tiered table equal to its twin."""
+    fig, _ = oracle
+    (tmp_path / "FigBoundWrites.java").write_text(JDBC_WRITES)
+    subprocess.run(["javac", "-cp", jdbc_jar(), "FigBoundWrites.java"], cwd=tmp_path,
+                   check=True, timeout=120)
+
+    def run(table: str) -> str:
+        result = subprocess.run(
+            ["java", "-cp", f"{jdbc_jar()}:.", "FigBoundWrites",
+             f"jdbc:postgresql://{fig.host}:{fig.port}/postgres", "3", table],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    got, want = run("events"), run("events_plain")
+    assert got == want
+    assert "delete 0" not in got and "update 1" in got, got
+    summary = "select count(*), sum(id), count(note), max(note) from {t}"
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        assert conn.execute(summary.format(t="events")).fetchone() == \
+            conn.execute(summary.format(t="events_plain")).fetchone()

@@ -94,14 +94,16 @@ def test_cold_write_refusals(fig: FigProcess) -> None:
             conn.execute("update ev set ts = now() where id = 3")
         with pytest.raises(psycopg.errors.FeatureNotSupported):
             conn.execute("delete from ev where id = 3 returning *")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):  # bound many times, one Sync
+            conn.cursor().executemany("delete from ev where id = %s", [(3,), (6,)])
         with pytest.raises(psycopg.errors.FeatureNotSupported):
-            conn.execute("delete from ev where id = %s", (3,))  # extended protocol
+            conn.execute("delete from ev where id = %s returning id", (3,))
         conn.execute("begin")
         with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
             conn.execute("delete from ev where id = 3")
         assert info.value.diag.message_hint and "transaction" in info.value.diag.message_hint
         conn.execute("rollback")
-        assert conn.execute("select count(*) from ev where id = 3").fetchone() == (1,)
+        assert conn.execute("select count(*) from ev where id in (3, 6)").fetchone() == (2,)
         # Time bounds that keep a write above the boundary stay Postgres's alone, in a block too.
         conn.execute("begin")
         conn.execute("update ev set note = 'fresh' where ts > now() - interval '1 day'")
@@ -218,6 +220,37 @@ def test_replaying_an_update_that_moved_the_time_writes_one_row(fig: FigProcess)
                          warehouse=f"file://{fig.data_dir / 'iceberg' / 'warehouse'}")
     rows = catalog.load_table(("public", "ev")).scan(row_filter="id = 24").to_arrow()
     assert rows.num_rows == 1 and rows.column("status").to_pylist() == [500]
+
+
+def test_bound_updates_and_deletes_reach_cold(fig: FigProcess) -> None:
+    """A driver's UPDATE/DELETE with parameters (psycopg's text and binary values, a named
+    statement re-bound) runs as a cold write with its values; in a block it is refused."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        ids = [row[0] for row in conn.execute(
+            "select id from ev where ts < now() - interval '45 days' order by id desc limit 3")]
+        cur = conn.execute("update ev set note = %s where id = %s", ("bound", ids[0]))
+        assert cur.statusmessage == "UPDATE 1"
+        cur = conn.execute("delete from ev where id = any(%s)", (ids[1:],))
+        assert cur.statusmessage == "DELETE 2"
+        assert conn.execute("select count(*) from ev where id = any(%s)", (ids[1:],)
+                            ).fetchone() == (0,)
+        for status in range(201, 208):  # psycopg prepares it from the sixth run on
+            cur = conn.execute("update ev set status = %b where id = %b", (status, ids[0]),
+                               prepare=True)
+            assert cur.statusmessage == "UPDATE 1"
+        tricky = "it's; $1 -- not a comment"
+        assert conn.execute("update ev set note = %s where id = %s and status = %s",
+                            (tricky, ids[0], 207)).statusmessage == "UPDATE 1"
+        assert conn.execute("select status, note from ev where id = %s", (ids[0],)
+                            ).fetchone() == (207, tricky)
+        assert conn.execute("update ev set note = %s where id = %s", (None, -1)
+                            ).statusmessage == "UPDATE 0"
+        conn.execute("select fig.sync()")
+    assert iceberg_ids(fig, f"id = {ids[0]} and status = 207") == {ids[0]}
+    assert not iceberg_ids(fig, f"id in ({ids[1]}, {ids[2]})")
+    with psycopg.connect(fig.dsn) as block:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="transaction block"):
+            block.execute("delete from ev where id = %s", (ids[0],))
 
 
 def test_a_cold_write_waits_for_its_own_table_only(fig: FigProcess) -> None:
