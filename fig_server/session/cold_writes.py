@@ -101,7 +101,8 @@ async def bound_values(backend: Injector, types: list[int], values: bytes
         return []
     items = ", ".join(f"${n}::text, pg_typeof(${n})::text" for n in range(1, len(types) + 1))
     answers = await backend.inject(
-        wire.parse_message("", f"SELECT {items}", types)
+        wire.parse_message("", f"SELECT {items}, current_setting('extra_float_digits')::int > 0",
+                           types)
         + wire.message(b"B", b"\0\0" + values + wire.INT16.pack(0))
         + wire.message(b"E", b"\0" + wire.INT32.pack(0)) + wire.message(b"S"), 1)
     error = _first_error(answers)
@@ -114,12 +115,18 @@ async def bound_values(backend: Injector, types: list[int], values: bytes
         if kind in ("bit", "bit[]"):  # written bare, bit is bit(1): no unbounded spelling
             raise FeatureNotSupported("a bit parameter of an UPDATE/DELETE that may reach "
                                       "rows below the tier boundary")
+        if kind in FLOATS and row[-1] != "t":  # the text is exact only with these digits
+            raise FeatureNotSupported(
+                "a float parameter of an UPDATE/DELETE that may reach rows below the tier "
+                "boundary while extra_float_digits is 0 or less",
+                hint="RESET extra_float_digits")
         # bare `character` is character(1); bpchar is the same type without a length
         found.append((row[2 * i], UNBOUNDED.get(kind, kind)))
     return found
 
 
 UNBOUNDED = {"character": "bpchar", "character[]": "bpchar[]"}
+FLOATS = ("real", "double precision", "real[]", "double precision[]")
 
 
 def inline_parameters(sql: str, values: list[tuple[str | None, str]]) -> str:

@@ -245,6 +245,13 @@ def test_bound_updates_and_deletes_reach_cold(fig: FigProcess) -> None:
                             ).fetchone() == (207, tricky)
         assert conn.execute("update ev set note = %s where id = %s", (None, -1)
                             ).statusmessage == "UPDATE 0"
+        conn.execute("set extra_float_digits = 0")  # float text would not read back exactly
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="extra_float_digits"):
+            conn.execute("update ev set note = 'f' where id = %s and status = %s",
+                         (ids[0], 207.0))
+        conn.execute("reset extra_float_digits")
+        assert conn.execute("update ev set note = %s where id = %s and status = %s",
+                            (tricky, ids[0], 207.0)).statusmessage == "UPDATE 1"
         conn.execute("select fig.sync()")
     assert iceberg_ids(fig, f"id = {ids[0]} and status = 207") == {ids[0]}
     assert not iceberg_ids(fig, f"id in ({ids[1]}, {ids[2]})")
