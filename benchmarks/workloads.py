@@ -111,8 +111,9 @@ def cold_queries(p: Params) -> list[Query]:
 
 
 def driver_queries(p: Params) -> list[Query]:
-    """Values bound as parameters, as drivers and BI tools over JDBC send them."""
-    start = dt.datetime.combine(p.example_day, dt.time(), dt.UTC)
+    """Values bound as parameters, as drivers and BI tools over JDBC send them: a user, and
+    a three-day window 20 days below the tier boundary."""
+    start = dt.datetime.combine((p.boundary - dt.timedelta(days=20)).date(), dt.time(), dt.UTC)
     end = start + dt.timedelta(days=3)
     window = "ts >= {} AND ts < {}"
     per_day = ("SELECT date_trunc('day', ts) AS d, count(*) AS n, sum(amount) AS total "
@@ -122,7 +123,7 @@ def driver_queries(p: Params) -> list[Query]:
               "SELECT count(*) AS n, sum(amount) AS total FROM events WHERE user_id = %s",
               peer_sql="SELECT count(*) AS n, sum(amount) AS total FROM events "
                        f"WHERE user_id = {p.needle_user}", params=(p.needle_user,)),
-        Query("window-param", "three days per day, the window bound as parameters",
+        Query("window-param", "three old days per day, the window bound as parameters",
               per_day.format(window.format("%s", "%s")),
               peer_sql=per_day.format(window.format(_tz(start.isoformat()),
                                                     _tz(end.isoformat()))),

@@ -771,6 +771,9 @@ class ClientConnection:
         (its values written in: cold_writes.inline_parameters) and answer each message of
         the batch as Postgres would; False when it reaches no cold row (the batch then runs
         as usual, bound)."""
+        unbound = await federator.plan(self, write.sql, tiered, route, "q0", writes=True)
+        if unbound.rewrite is None or unbound.rewrite.write is None:
+            return False  # no value can make it reach cold rows: no round trip for them
         types = await federator.parameter_types(self, write.sql, write.types)
         if types is None:
             return False

@@ -310,23 +310,26 @@ class Sessions:
     def late_write(self, index: int, rng: random.Random) -> None:
         """One late change to both tiered tables and their twins alike: a row copied from
         the twin with a new id and a time 50 days older (below the 30-day boundary), or such
-        a row deleted again. Autocommit (a DELETE that may reach cold is refused inside a
+        a row deleted again (half of the deletes with the id bound as a parameter: a driver's
+        cold write). Autocommit (a DELETE that may reach cold is refused inside a
         transaction block); the one worker reads only after both tables are written."""
         conn = self.psycopg("auto", "UTC")
-        statements = []
+        statements: list[tuple[str, tuple[int, ...] | None]] = []
         for table, columns in LATE_COLUMNS.items():
             source = rng.randrange(1, 4000)
             if index > 1 and rng.random() < 0.3:  # one of the earlier late rows
                 victim = LATE_ID + rng.randrange(index)
-                statements += [f"delete from {name} where id = {victim}"
+                bound = rng.random() < 0.5
+                statements += [(f"delete from {name} where id = %s", (victim,)) if bound
+                               else (f"delete from {name} where id = {victim}", None)
                                for name in (table, TWINS[table])]
                 continue
             rest = ", ".join(columns)
-            statements += [f"insert into {name} (id, ts, {rest}) select {LATE_ID + index}, "
-                           f"ts - interval '50 days', {rest} from {TWINS[table]} "
-                           f"where id = {source}" for name in (table, TWINS[table])]
-        for statement in statements:
-            conn.execute(statement)
+            statements += [(f"insert into {name} (id, ts, {rest}) select {LATE_ID + index}, "
+                            f"ts - interval '50 days', {rest} from {TWINS[table]} "
+                            f"where id = {source}", None) for name in (table, TWINS[table])]
+        for statement, params in statements:
+            conn.execute(statement, params)
 
     def transaction(self, route: str, tz: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK on the psycopg session (clock statements share one now())."""

@@ -255,9 +255,9 @@ def test_bound_updates_and_deletes_reach_cold(fig: FigProcess) -> None:
         conn.execute("select fig.sync()")
     assert iceberg_ids(fig, f"id = {ids[0]} and status = 207") == {ids[0]}
     assert not iceberg_ids(fig, f"id in ({ids[1]}, {ids[2]})")
-    with psycopg.connect(fig.dsn) as block:
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="transaction block"):
-            block.execute("delete from ev where id = %s", (ids[0],))
+    with psycopg.connect(fig.dsn) as block, pytest.raises(
+            psycopg.errors.FeatureNotSupported, match="transaction block"):
+        block.execute("delete from ev where id = %s", (ids[0],))
 
 
 def test_a_cold_write_waits_for_its_own_table_only(fig: FigProcess) -> None:
