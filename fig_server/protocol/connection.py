@@ -671,7 +671,9 @@ class ClientConnection:
             if write is not None and await self._run_bound_write(
                     federator, batch, write, tiered, route, as_of):
                 return True
-            run_cold = any(raw[0] == 69 for raw in batch)  # an Execute in the batch
+            # A Bind in the batch: its portal reads the cold rows as they are at the Bind (its
+            # snapshot), whether an Execute here or in a later batch runs it
+            run_cold = any(raw[0] in (66, 69) for raw in batch)
             # One statement bound and executed once, parsed here or before: it may run in
             # Fig's own transaction (_reduce)
             binds = [wire.bind_statement(raw[5:]) for raw in batch if raw[0] == 66]

@@ -17,9 +17,11 @@ import asyncpg
 import psycopg
 import pytest
 
+from fig_server import wire
 from tests.clients.test_jdbc import jdbc_jar
 from tests.conftest import FigProcess
 from tests.federation.test_oracle import build_oracle
+from tests.protocol.test_bad_input import RawClient
 
 # (statement over {t}, parameter value sets); %s placeholders, psycopg style
 STATEMENTS = [
@@ -206,6 +208,34 @@ def test_jdbc_prepared_statements_answer_like_the_twin(
     assert sum(int(line.split()[2]) for line in got.splitlines()) > 100, got
 
 
+def test_a_portal_executed_in_a_later_batch_reads_cold_rows(
+        oracle: tuple[FigProcess, dt.datetime]) -> None:
+    """In a transaction block a client may Bind a portal, Sync, and Execute it later (a
+    portal API such as tokio-postgres's): the portal's snapshot is taken at the Bind, so
+    the cold rows must be loaded then (before: none were, and it read hot rows alone)."""
+    fig, _ = oracle
+
+    def parse(sql: str) -> bytes:
+        return wire.message(b"P", b"\0" + wire.cstring(sql) + wire.INT16.pack(0))
+
+    bind = wire.message(b"B", wire.cstring("p1") + b"\0" + wire.INT16.pack(0) * 3)
+    execute = wire.message(b"E", wire.cstring("p1") + wire.INT32.pack(0))
+    sync = wire.message(b"S", b"")
+    counts = {}
+    for table in ("events", "events_plain"):
+        client = RawClient(fig.port, fig.host)
+        try:
+            client.start()
+            client.query("BEGIN")
+            client.send(parse(f"select id from {table} where user_id = 7") + bind + sync)
+            assert [m[0] for m in client.read_until()] == [b"1", b"2", b"Z"]
+            client.send(execute + sync)
+            counts[table] = sum(1 for m in client.read_until() if m[0] == b"D")
+        finally:
+            client.close()
+    assert counts["events"] == counts["events_plain"] > 300, counts
+
+
 JDBC_WRITES = r"""
 import java.sql.*;
 import java.util.Properties;
@@ -267,3 +297,4 @@ def test_jdbc_bound_writes_reach_cold(oracle: tuple[FigProcess, dt.datetime],
     with psycopg.connect(fig.dsn, autocommit=True) as conn:
         assert conn.execute(summary.format(t="events")).fetchone() == \
             conn.execute(summary.format(t="events_plain")).fetchone()
+
