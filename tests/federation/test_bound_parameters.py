@@ -158,51 +158,83 @@ public class FigBoundProbe {
         String table = args[2];
         StringBuilder out = new StringBuilder();
         try (Connection conn = DriverManager.getConnection(args[0], props)) {
-            String sql = "select id, status, amount from " + table
-                + " where user_id = ? and ts < now() - ? * interval '1 day' order by id";
-            for (boolean block : new boolean[] {false, true}) {
-                conn.setAutoCommit(!block);
-                try (PreparedStatement ps = conn.prepareStatement(sql)) {
-                    if (block) ps.setFetchSize(4);  // a portal read a few rows at a time
-                    for (int round = 0; round < 8; round++) {
-                        ps.setLong(1, round % 5);
-                        ps.setInt(2, new int[] {100, 40, 31, 29, 5}[round % 5]);
-                        ResultSet rs = ps.executeQuery();
-                        int n = 0;
-                        long ids = 0;
-                        while (rs.next()) { n++; ids += rs.getLong(1); }
-                        out.append(block).append(' ').append(round).append(' ').append(n)
-                           .append(' ').append(ids).append('\n');
-                    }
-                }
-                if (block) conn.commit();
-            }
+            if (args[3].equals("reads")) reads(conn, table, out); else writes(conn, table, out);
         }
         System.out.print(out);
+    }
+
+    static void reads(Connection conn, String table, StringBuilder out) throws SQLException {
+        String sql = "select id, status, amount from " + table
+            + " where user_id = ? and ts < now() - ? * interval '1 day' order by id";
+        for (boolean block : new boolean[] {false, true}) {
+            conn.setAutoCommit(!block);
+            try (PreparedStatement ps = conn.prepareStatement(sql)) {
+                if (block) ps.setFetchSize(4);  // a portal read a few rows at a time
+                for (int round = 0; round < 8; round++) {
+                    ps.setLong(1, round % 5);
+                    ps.setInt(2, new int[] {100, 40, 31, 29, 5}[round % 5]);
+                    ResultSet rs = ps.executeQuery();
+                    int n = 0;
+                    long ids = 0;
+                    while (rs.next()) { n++; ids += rs.getLong(1); }
+                    out.append(block).append(' ').append(round).append(' ').append(n)
+                       .append(' ').append(ids).append('\n');
+                }
+            }
+            if (block) conn.commit();
+        }
+    }
+
+    static void writes(Connection conn, String table, StringBuilder out) throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(
+                "update " + table + " set note = ? where id = ?")) {
+            for (int round = 0; round < 7; round++) {
+                ps.setString(1, "jdbc " + round);
+                ps.setLong(2, 1000 + round * 97);
+                out.append("update ").append(ps.executeUpdate()).append('\n');
+            }
+        }
+        try (PreparedStatement ps = conn.prepareStatement(
+                "delete from " + table + " where user_id = ? and ts < now() - ? * "
+                + "interval '1 day'")) {
+            for (int round = 0; round < 6; round++) {
+                ps.setLong(1, 40 + round);
+                ps.setInt(2, 60 + round);
+                out.append("delete ").append(ps.executeUpdate()).append('\n');
+            }
+        }
     }
 }
 """
 
 
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("jdbc-bound")
+    (work / "FigBoundProbe.java").write_text(JDBC_PROGRAM)
+    subprocess.run(["javac", "-cp", jdbc_jar(), "FigBoundProbe.java"], cwd=work, check=True,
+                   timeout=120)
+    return work
+
+
+def run_probe(fig: FigProcess, work: Path, threshold: str, table: str, mode: str) -> str:
+    """The probe's output for one table (pgjdbc's prepareThreshold; mode reads or writes)."""
+    result = subprocess.run(
+        ["java", "-cp", f"{jdbc_jar()}:.", "FigBoundProbe",
+         f"jdbc:postgresql://{fig.host}:{fig.port}/postgres", threshold, table, mode],
+        cwd=work, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.mark.parametrize("threshold", ["0", "1", "5"])
 def test_jdbc_prepared_statements_answer_like_the_twin(
-        oracle: tuple[FigProcess, dt.datetime], tmp_path: Path, threshold: str) -> None:
+        oracle: tuple[FigProcess, dt.datetime], probe: Path, threshold: str) -> None:
     """pgjdbc binds unnamed statements, then (prepareThreshold) named ones it re-binds; with a
     fetch size inside a transaction it reads the portal a few rows per Execute."""
     fig, _ = oracle
-    (tmp_path / "FigBoundProbe.java").write_text(JDBC_PROGRAM)
-    subprocess.run(["javac", "-cp", jdbc_jar(), "FigBoundProbe.java"], cwd=tmp_path,
-                   check=True, timeout=120)
-
-    def run(table: str) -> str:
-        result = subprocess.run(
-            ["java", "-cp", f"{jdbc_jar()}:.", "FigBoundProbe",
-             f"jdbc:postgresql://{fig.host}:{fig.port}/postgres", threshold, table],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    got, want = run("events"), run("events_plain")
+    got, want = (run_probe(fig, probe, threshold, table, "reads")
+                 for table in ("events", "events_plain"))
     assert got == want
     assert len(got.splitlines()) == 16, got
     assert sum(int(line.split()[2]) for line in got.splitlines()) > 100, got
@@ -236,61 +268,14 @@ def test_a_portal_executed_in_a_later_batch_reads_cold_rows(
     assert counts["events"] == counts["events_plain"] > 300, counts
 
 
-JDBC_WRITES = r"""
-import java.sql.*;
-import java.util.Properties;
-
-public class FigBoundWrites {
-    public static void main(String[] args) throws Exception {
-        Properties props = new Properties();
-        props.setProperty("user", "postgres");
-        props.setProperty("prepareThreshold", args[1]);
-        String table = args[2];
-        StringBuilder out = new StringBuilder();
-        try (Connection conn = DriverManager.getConnection(args[0], props)) {
-            try (PreparedStatement ps = conn.prepareStatement(
-                    "update " + table + " set note = ? where id = ?")) {
-                for (int round = 0; round < 7; round++) {
-                    ps.setString(1, "jdbc " + round);
-                    ps.setLong(2, 1000 + round * 97);
-                    out.append("update ").append(ps.executeUpdate()).append('\n');
-                }
-            }
-            try (PreparedStatement ps = conn.prepareStatement(
-                    "delete from " + table + " where user_id = ? and ts < now() - ? * "
-                    + "interval '1 day'")) {
-                for (int round = 0; round < 6; round++) {
-                    ps.setLong(1, 40 + round);
-                    ps.setInt(2, 60 + round);
-                    out.append("delete ").append(ps.executeUpdate()).append('\n');
-                }
-            }
-        }
-        System.out.print(out);
-    }
-}
-"""
-
-
 def test_jdbc_bound_writes_reach_cold(oracle: tuple[FigProcess, dt.datetime],
-                                      tmp_path: Path) -> None:
+                                      probe: Path) -> None:
     """Last in this module (it changes rows of both tables alike): pgjdbc's UPDATE and DELETE
     with parameters, unnamed and then named (prepareThreshold 3), reach cold rows and leave
     the tiered table equal to its twin."""
     fig, _ = oracle
-    (tmp_path / "FigBoundWrites.java").write_text(JDBC_WRITES)
-    subprocess.run(["javac", "-cp", jdbc_jar(), "FigBoundWrites.java"], cwd=tmp_path,
-                   check=True, timeout=120)
-
-    def run(table: str) -> str:
-        result = subprocess.run(
-            ["java", "-cp", f"{jdbc_jar()}:.", "FigBoundWrites",
-             f"jdbc:postgresql://{fig.host}:{fig.port}/postgres", "3", table],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    got, want = run("events"), run("events_plain")
+    got, want = (run_probe(fig, probe, "3", table, "writes")
+                 for table in ("events", "events_plain"))
     assert got == want
     assert "delete 0" not in got and "update 1" in got, got
     summary = "select count(*), sum(id), count(note), max(note) from {t}"
