@@ -53,6 +53,7 @@ class _Branch:
     kind: str | None  # None: NULL
     scale: int | None  # numeric display scale, when the value is a number with one
     number: str | None = None  # a number literal's text
+    column: bool = False  # a column of the table (may be NULL); else a literal
 
     def typed(self, kind: str) -> str:
         """The branch's SQL in a CASE of this type: a decimal literal beside doubles is a
@@ -109,12 +110,19 @@ def _case(case: exp.Case, ref: exp.Table, table: TieredTable) -> Argument | None
     if kind == "numeric" and len(scales) > 1:
         row_scales = " ".join(f"WHEN {c} THEN {_scale(b)}"
                               for c, b in zip(conditions, branches, strict=True))
-        scale = f"CASE WHEN ({sql}) IS NULL THEN NULL {row_scales} ELSE {_scale(default)} END"
+        scale = f"CASE {row_scales} ELSE {_scale(default)} END"
     return Argument(sql, kind, None, scale)
 
 
 def _scale(branch: _Branch) -> str:
-    return "NULL" if branch.kind is None else str(branch.scale or 0)
+    """The display scale of the branch's value, NULL where the value is NULL: only a column
+    branch can be (not the whole CASE evaluated again: Metabase's count-where over the
+    benchmark's 5M cold rows took 258 ms with it, against 168 for the statement alone)."""
+    if branch.kind is None:
+        return "NULL"
+    if branch.column:
+        return f"CASE WHEN {branch.sql} IS NULL THEN NULL ELSE {branch.scale or 0} END"
+    return str(branch.scale or 0)
 
 
 def _common_kind(kinds: list[str]) -> str | None:
@@ -143,7 +151,7 @@ def _branch(node: exp.Expression, ref: exp.Table, table: TieredTable) -> _Branch
         kind = table.column_type(node.name)
         numeric = NUMERIC.match(kind)
         scale = int(numeric.group(2)) if numeric else 0 if kind in RANKS[:3] else None
-        return _Branch(quote(node.name), kind, scale)
+        return _Branch(quote(node.name), kind, scale, column=True)
     text = number_literal(node)
     if text is None:
         return None
