@@ -56,10 +56,13 @@ class _Branch:
     column: bool = False  # a column of the table (may be NULL); else a literal
 
     def typed(self, kind: str) -> str:
-        """The branch's SQL in a CASE of this type: a decimal literal beside doubles is a
-        double (DataFusion would make the doubles decimals, and fail on NaN)."""
+        """The branch's SQL in a CASE of this type: a decimal literal or a numeric column
+        beside doubles is a double, as Postgres makes it (DataFusion would make the doubles
+        decimals, and fail on NaN)."""
         if kind == "double precision" and self.number is not None and self.kind == "numeric":
             return f"CAST({self.number} AS DOUBLE PRECISION)"
+        if kind == "double precision" and self.column and (self.kind or "").startswith("numeric"):
+            return f"CAST({self.sql} AS DOUBLE PRECISION)"
         return self.sql
 
 
