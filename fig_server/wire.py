@@ -163,6 +163,14 @@ def parse_message(name: str, sql: str, parameter_types: list[int]) -> bytes:
                    + struct.pack(f"!{len(parameter_types)}I", *parameter_types))
 
 
+def run_once(sql: str, parameter_types: list[int], values: bytes) -> bytes:
+    """Parse, Bind (values: the parameter formats and values a client's Bind carried,
+    bind_values; text results), Execute and Sync of one statement, unnamed."""
+    return (parse_message("", sql, parameter_types)
+            + message(b"B", b"\0\0" + values + INT16.pack(0))
+            + message(b"E", b"\0" + INT32.pack(0)) + message(b"S"))
+
+
 def bind_portal(payload: bytes) -> str:
     """The portal a Bind ('B') payload makes."""
     return payload[:payload.index(b"\0")].decode(errors="replace")

@@ -100,11 +100,8 @@ async def bound_values(backend: Injector, types: list[int], values: bytes
     if not types:
         return []
     items = ", ".join(f"${n}::text, pg_typeof(${n})::text" for n in range(1, len(types) + 1))
-    answers = await backend.inject(
-        wire.parse_message("", f"SELECT {items}, current_setting('extra_float_digits')::int > 0",
-                           types)
-        + wire.message(b"B", b"\0\0" + values + wire.INT16.pack(0))
-        + wire.message(b"E", b"\0" + wire.INT32.pack(0)) + wire.message(b"S"), 1)
+    answers = await backend.inject(wire.run_once(
+        f"SELECT {items}, current_setting('extra_float_digits')::int > 0", types, values), 1)
     error = _first_error(answers)
     if error is not None:
         raise BackendError(error)

@@ -622,11 +622,7 @@ class Federator:
         if bound is None:
             message = wire.message(b"Q", wire.cstring(select))
         else:
-            types, values = bound
-            message = (wire.parse_message("", select, types)
-                       + wire.message(b"B", b"\0\0" + values + wire.INT16.pack(0))
-                       + wire.message(b"E", b"\0" + struct.pack("!i", 0))
-                       + wire.message(b"S"))
+            message = wire.run_once(select, *bound)
         answers = await backend.inject(message, 1)
         error = _first_error(answers)
         if error is not None:
