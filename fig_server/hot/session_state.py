@@ -6,12 +6,54 @@ from __future__ import annotations
 import psycopg
 
 # One JSON document per tiered table, then one per view that reads one (through other views
-# too); read by the catalog refresher and, for a boundary and a search_path consistent with
-# the statement, inside the client's own backend session. `visible`: the unqualified name
-# resolves to it under the session's search_path; `late`: the records of changes below the
-# boundary cold may not hold yet (cdc/late.py); `own_late`: the session's open transaction made
-# such a change (the trigger's transaction-local mark).
-TIERED_SQL = """SELECT json_build_object(
+# or a function below), then one per user function whose body names one of them or such a
+# function (Postgres runs a function's statements itself, where only hot rows are: the planner
+# refuses statements that call one, planner/classify.py). Read by the catalog refresher and,
+# for a boundary and a search_path consistent with the statement, inside the client's own
+# backend session. `visible`: the unqualified name resolves to it under the session's
+# search_path; `late`: the records of changes below the boundary cold may not hold yet
+# (cdc/late.py); `own_late`: the session's open transaction made such a change (the
+# trigger's transaction-local mark).
+TIERED_SQL = """WITH RECURSIVE views(oid) AS (
+    SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.refobjid IN (SELECT table_oid FROM fig.tiered_tables)
+      AND r.ev_class <> d.refobjid
+    UNION
+    SELECT r.ev_class FROM views JOIN pg_depend d ON d.refobjid = views.oid
+      AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+    JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> views.oid),
+  named(name) AS (
+    SELECT table_name FROM fig.tiered_tables
+    UNION SELECT c.relname FROM views JOIN pg_class c ON c.oid = views.oid),
+  bodies(oid, name, body) AS (
+    SELECT p.oid, p.proname, CASE WHEN p.prosqlbody IS NULL THEN p.prosrc
+      ELSE pg_get_functiondef(p.oid) END
+    FROM pg_proc p
+    WHERE p.oid >= 16384 AND p.prolang NOT IN (12, 13)  -- user functions, not C or internal
+      AND p.pronamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname = 'fig')
+      AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass
+                      AND e.objid = p.oid AND e.deptype = 'e')),  -- nor an extension's
+  readers(oid, name, reads) AS (
+    SELECT b.oid, b.name, coalesce((SELECT n.name FROM named n
+                                    WHERE lower(n.name) = lower(m[1]) LIMIT 1), m[1])
+    FROM bodies b, regexp_match(b.body, '\\m(' ||
+      (SELECT string_agg(regexp_replace(name, '(\\W)', '\\\\\\1', 'g'), '|') FROM named)
+      || ')\\M', 'i') m
+    WHERE m IS NOT NULL
+    UNION
+    SELECT b.oid, b.name, readers.reads FROM readers JOIN bodies b
+      ON b.oid <> readers.oid AND b.body ~* ('\\m' ||
+        regexp_replace(readers.name, '(\\W)', '\\\\\\1', 'g') || '\\M')),
+  calling(oid) AS (  -- views calling such a function, and views over those
+    SELECT r.ev_class FROM readers JOIN pg_depend d ON d.refobjid = readers.oid
+      AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass
+    JOIN pg_rewrite r ON r.oid = d.objid
+    UNION
+    SELECT r.ev_class FROM calling JOIN pg_depend d ON d.refobjid = calling.oid
+      AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+    JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> calling.oid)
+SELECT json_build_object(
   'schema', t.schema_name, 'name', t.table_name, 'time', t.time_column, 'oid', t.table_oid,
   'late', (SELECT json_agg(l.id ORDER BY l.id) FROM fig.late_changes l
            WHERE l.table_oid = t.table_oid),
@@ -37,18 +79,15 @@ UNION ALL
 SELECT json_build_object('view', v.relkind, 'schema', n.nspname, 'name', v.relname,
   'visible', to_regclass(quote_ident(v.relname)) IS NOT DISTINCT FROM v.oid,
   'definition', pg_get_viewdef(v.oid))::text
-FROM (WITH RECURSIVE readers(oid) AS (
-        SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-          AND d.refobjid IN (SELECT table_oid FROM fig.tiered_tables)
-          AND r.ev_class <> d.refobjid
-        UNION
-        SELECT r.ev_class FROM readers JOIN pg_depend d ON d.refobjid = readers.oid
-          AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-        JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> readers.oid)
-      SELECT DISTINCT oid FROM readers) found
+FROM (SELECT oid FROM views UNION SELECT oid FROM calling) found
 JOIN pg_class v ON v.oid = found.oid AND v.relkind IN ('v', 'm')
-JOIN pg_namespace n ON n.oid = v.relnamespace"""
+JOIN pg_namespace n ON n.oid = v.relnamespace
+UNION ALL
+SELECT json_build_object('function', p.prokind, 'schema', n.nspname, 'name', p.proname,
+  'reads', found.reads)::text
+FROM (SELECT DISTINCT ON (oid) oid, reads FROM readers ORDER BY oid, reads) found
+JOIN pg_proc p ON p.oid = found.oid
+JOIN pg_namespace n ON n.oid = p.pronamespace"""
 
 # What a federated statement reads in the client's own session once it holds the boundary
 # lock: first its settings (one JSON array: fig.route, fig.as_of, statement_timeout in ms,

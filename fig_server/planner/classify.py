@@ -18,7 +18,7 @@ from typing import TypeVar
 from sqlglot import exp
 
 from fig_server.errors import FeatureNotSupported
-from fig_server.planner.tiers import TieredSet, TieredTable, TieredView
+from fig_server.planner.tiers import TieredFunction, TieredSet, TieredTable, TieredView
 
 
 class Kind(Enum):
@@ -37,6 +37,8 @@ DECLARE = re.compile(
 COPY_TABLE_TO = re.compile(
     rf"^\s*copy\s+({NAME}(?:\s*\.\s*{NAME})?)\s*(\([^()]*\))?\s+to\b", re.IGNORECASE)
 PREPARE = re.compile(rf"^\s*prepare\s+{NAME}", re.IGNORECASE)
+DO = re.compile(r"^\s*do\b", re.IGNORECASE)
+CALL = re.compile(rf"^\s*call\s+(?:({NAME})\s*\.\s*)?({NAME})\s*\(", re.IGNORECASE)
 REFRESH = re.compile(rf"^\s*refresh\s+materialized\s+view\s+(?:concurrently\s+)?"
                      rf"({NAME}(?:\s*\.\s*{NAME})?)", re.IGNORECASE)
 
@@ -191,6 +193,59 @@ def copy_as_query(sql: str, tiered: TieredSet) -> str | None:
     return f"COPY (SELECT {columns} FROM {name}) TO{sql[match.end():]}"
 
 
+def function_refusal(sql: str, tree: exp.Expression, tiered: TieredSet) -> None:
+    """Refuses a statement that runs a function reading a tiered table: Postgres runs the
+    function's own statements, which see hot rows only. Definitions (CREATE VIEW, CREATE
+    FUNCTION), GRANT and the like run nothing; reading the view later is refused the same
+    way. A DO block naming a tiered table (or a view or function over one) is refused too:
+    its statements, reads and writes alike, would reach hot rows only."""
+    if isinstance(tree, exp.Command) and DO.match(sql) and tiered.matcher is not None:
+        named = tiered.matcher.search(sql)
+        if named is not None:
+            raise FeatureNotSupported(
+                f"a DO block naming {named.group(0)}, a tiered table (or a view or function "
+                "over one): Postgres runs its statements over hot rows only",
+                hint="send its statements to Fig one by one, or SET fig.route = 'hot' to "
+                     "work on hot rows only")
+    if not tiered.functions:
+        return
+    if isinstance(tree, exp.Create):
+        if str(tree.args.get("kind") or "").upper() != "TABLE":
+            return
+    elif not isinstance(tree, (exp.Query, exp.DML, exp.Values, exp.Command)):
+        return
+    called = CALL.match(sql) if isinstance(tree, exp.Command) else None
+    if called is not None:
+        schema, name = (_fold_text(part) if part else "" for part in called.groups())
+        procedure = tiered.lookup_function(schema, name)
+        if procedure is not None:
+            raise _function_refused(procedure)
+    for call in tree.find_all(exp.Func):
+        name = _call_name(call)
+        schema = fold(call.parent.this) if isinstance(call.parent, exp.Dot) else ""
+        if isinstance(call.parent, exp.Table) and call.parent.this is call:
+            schema = fold(call.parent.args.get("db"))
+        function = tiered.lookup_function(schema, name)
+        if function is not None:
+            raise _function_refused(function)
+
+
+def _call_name(call: exp.Func) -> str:
+    if isinstance(call, exp.Anonymous):
+        name = call.this
+        return fold(name) if isinstance(name, exp.Identifier) else str(name).lower()
+    return call.sql_name().lower()
+
+
+def _function_refused(function: TieredFunction) -> FeatureNotSupported:
+    what = "procedure" if function.kind == "p" else "function"
+    return FeatureNotSupported(
+        f"the {what} {function.schema}.{function.name} reads {function.reads}, a tiered table "
+        "(or a view or function over one): Postgres runs its statements over hot rows only",
+        hint="write its query into the statement itself, or SET fig.route = 'hot' to read "
+             "hot rows only")
+
+
 def command_refusal(sql: str, tiered: TieredSet) -> FeatureNotSupported | None:
     """SQL-level commands sqlglot keeps as text that would read a tiered table unplanned."""
     if PREPARE.match(sql) and tiered.may_touch(sql):
@@ -199,8 +254,7 @@ def command_refusal(sql: str, tiered: TieredSet) -> FeatureNotSupported | None:
             hint="use the extended query protocol (a driver's prepared statements) instead")
     refresh = REFRESH.match(sql)
     if refresh is not None:
-        parts = [p.strip() for p in refresh.group(1).split(".")]
-        names = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts]
+        names = [_fold_text(p.strip()) for p in refresh.group(1).split(".")]
         view = tiered.lookup_view(*(names if len(names) == 2 else ["", names[0]]))
         if view is not None:
             return FeatureNotSupported(
@@ -208,3 +262,8 @@ def command_refusal(sql: str, tiered: TieredSet) -> FeatureNotSupported | None:
                 "table", hint="CREATE TABLE ... AS SELECT keeps the same rows and reads "
                 "every tier")
     return None
+
+
+def _fold_text(name: str) -> str:
+    """A name as written in SQL text, as Postgres stores it."""
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()

@@ -36,6 +36,7 @@ from fig_server.planner.classify import (
     classify,
     command_refusal,
     copy_as_query,
+    function_refusal,
     tiered_references,
     view_references,
 )
@@ -133,6 +134,8 @@ def rewrite(sql: str, tiered: TieredSet, forced: str = "auto",
     body, tree = _expand_views(body, tree, tiered)
     # unquoted names as Postgres stores them: FROM EVENTS, WHERE STATUS = 500
     tree = normalize_identifiers(tree, dialect="postgres")
+    if forced != "hot":
+        function_refusal(body, tree, tiered)
     statement = classify(tree, tiered_references(tree, tiered))
     if statement.kind is Kind.RELAY or forced == "hot":
         return None

@@ -60,6 +60,18 @@ class TieredView:
 
 
 @dataclass(frozen=True)
+class TieredFunction:
+    """A user function (or procedure: kind 'p') whose body names a tiered table, a view over
+    one or another such function: Postgres runs its statements itself, over hot rows only.
+    reads: the first such name its body holds."""
+
+    schema: str
+    name: str
+    reads: str
+    kind: str = "f"
+
+
+@dataclass(frozen=True)
 class TieredSet:
     """An immutable snapshot of every tiered table and the views over them, with one
     precompiled name matcher."""
@@ -68,17 +80,21 @@ class TieredSet:
     matcher: re.Pattern[str] | None = field(default=None, compare=False)
     byte_matcher: re.Pattern[bytes] | None = field(default=None, compare=False)
     views: tuple[TieredView, ...] = ()
+    functions: tuple[TieredFunction, ...] = ()
 
     @classmethod
-    def of(cls, tables: list[TieredTable], views: list[TieredView] | None = None) -> TieredSet:
+    def of(cls, tables: list[TieredTable], views: list[TieredView] | None = None,
+           functions: list[TieredFunction] | None = None) -> TieredSet:
         views = views or []
+        functions = functions or []
         if not tables:
             return cls()
-        names = sorted({t.name for t in tables} | {v.name for v in views}, key=len,
-                       reverse=True)
+        names = sorted({t.name for t in tables} | {v.name for v in views}
+                       | {f.name for f in functions}, key=len, reverse=True)
         pattern = r"(?<![\w$])(?:" + "|".join(re.escape(n) for n in names) + r")(?![\w$])"
         return cls(tuple(tables), re.compile(pattern, re.IGNORECASE),
-                   re.compile(pattern.encode(), re.IGNORECASE), tuple(views))
+                   re.compile(pattern.encode(), re.IGNORECASE), tuple(views),
+                   tuple(functions))
 
     def may_touch(self, sql: str) -> bool:
         """Cheap pre-check for every statement: does its text name a tiered table at all?"""
@@ -96,6 +112,12 @@ class TieredSet:
 
     def lookup_view(self, schema: str, name: str) -> TieredView | None:
         return _resolve(self.views, schema, name)
+
+    def lookup_function(self, schema: str, name: str) -> TieredFunction | None:
+        """The function a call may run (an unqualified name: any schema's function of that
+        name, since overloads and the search_path are Postgres's to resolve)."""
+        return next((f for f in self.functions
+                     if f.name == name and (not schema or f.schema == schema)), None)
 
 
 def _resolve(items: tuple[Any, ...], schema: str, name: str) -> Any:

@@ -144,6 +144,57 @@ def test_refused_kinds_name_the_construct(fig: FigProcess, statement: str) -> No
         assert got == want  # both tiers left as they were
 
 
+FUNCTIONS = [
+    "create function fn_count() returns bigint language sql stable "
+    "as 'select count(*) from events'",
+    "create function fn_pl(s int) returns bigint language plpgsql stable as $$ "
+    "begin return (select count(*) from public.EVENTS where status = s); end $$",
+    "create function fn_atomic() returns bigint language sql stable "
+    "begin atomic select count(*) from events where status = 500; end",
+    "create function fn_outer() returns bigint language sql stable "
+    "as 'select fn_count() + 1'",  # reads events through another function
+    "create function fn_rows() returns setof events language sql stable "
+    "as 'select * from events'",  # inlined by Postgres's planner: still hot rows only
+    "create function fn_view() returns bigint language sql stable "
+    "as 'select count(*) from v_over_events'",  # through a view
+    "create procedure pr_copy() language sql as "
+    "'insert into fn_sink select count(*) from events'",
+    "create view v_calling as select fn_count() as n",  # a view calling one
+]
+
+
+@pytest.mark.parametrize("call", [
+    "select fn_count()", "select public.fn_pl(500)", "select fn_atomic()",
+    "select fn_outer()", "select count(*) from fn_rows()",
+    "select id from events_plain where id < fn_count() order by id limit 1",
+    "select fn_view()", "call pr_copy()", "select * from v_calling",
+    "create table fn_ctas as select fn_count()",
+    "do $$ begin insert into fn_sink select count(*) from events; end $$",
+])
+def test_functions_reading_a_tiered_table_are_refused(fig: FigProcess, call: str) -> None:
+    """A function's own statements run inside Postgres, over hot rows only: a statement that
+    would run one is refused, naming it, instead of answering from hot rows alone."""
+    with psycopg.connect(fig.dsn, autocommit=True) as conn:
+        if not conn.execute("select 1 from pg_proc where proname = 'fn_count'").fetchall():
+            conn.execute("create view v_over_events as select * from events")
+            conn.execute("create table fn_sink (n bigint)")
+            for statement in FUNCTIONS:
+                conn.execute(statement)
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+            conn.execute(call)
+        assert any(named in str(refused.value) for named in (
+            "reads events", "reads v_over_events", "naming events")), refused.value
+        assert not conn.execute("select * from fn_sink").fetchall()
+        # Functions over never-tiered tables run; fig.route = 'hot' asks for hot rows only.
+        conn.execute("create or replace function fn_plain() returns bigint language sql "
+                     "stable as 'select count(*) from events_plain'")
+        assert conn.execute("select fn_plain()").fetchall() == [(24000,)]
+        conn.execute("do $$ begin perform count(*) from events_plain; end $$")
+        conn.execute("set fig.route = 'hot'")
+        hot = conn.execute("select count(*) from events").fetchall()
+        assert conn.execute("select fn_count()").fetchall() == hot
+
+
 def test_pipelined_unnamed_statements_keep_their_own_cold_rows(fig: FigProcess) -> None:
     """psycopg's pipeline mode: several Parse/Bind/Execute before one Sync."""
     answers = {}
