@@ -185,6 +185,8 @@ def test_functions_reading_a_tiered_table_are_refused(fig: FigProcess, call: str
         assert any(named in str(refused.value) for named in (
             "reads events", "reads v_over_events", "naming events")), refused.value
         assert not conn.execute("select * from fn_sink").fetchall()
+        with pytest.raises(psycopg.errors.FeatureNotSupported):  # the extended protocol
+            conn.execute("select fn_count() + %s", (1,), prepare=call.endswith("()"))
         # Functions over never-tiered tables run; fig.route = 'hot' asks for hot rows only.
         conn.execute("create or replace function fn_plain() returns bigint language sql "
                      "stable as 'select count(*) from events_plain'")
