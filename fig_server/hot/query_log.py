@@ -23,6 +23,9 @@ COLUMNS = (
     ("prelude_ms", "double precision"), ("plan_ms", "double precision"),
     ("cold_ms", "double precision"), ("copy_ms", "double precision"),
     ("final_ms", "double precision"),
+    # last, so that CREATE OR REPLACE VIEW adds it to an existing log: Fig's own transaction
+    # begun and the semi-join key sets read (planner/semi_join.py)
+    ("keys_ms", "double precision"),
 )
 
 # Rows are stored as the audit file's JSON documents (json, not jsonb: only validated on the

@@ -148,9 +148,11 @@ DIMENSION_KEYS = {"integer": "'int2'::regtype, 'int4'::regtype, 'int8'::regtype"
 
 def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr], table: TieredTable,
               column: str, kind: str) -> str:
-    """One row: the keys as a JSON array, and whether they may be used: the dimension's key
-    column is of a type in DIMENSION_KEYS, and for text keys both columns' collations are
-    deterministic (equal then means the same bytes)."""
+    """One row: the keys, and whether they may be used: the dimension's key column is of a
+    type in DIMENSION_KEYS, and for text keys both columns' collations are deterministic
+    (equal then means the same bytes). Integer keys as one comma-separated text (200,000 keys:
+    Postgres's string_agg and Arrow's parse take 20 ms where json_agg and json.loads took 190),
+    text keys as a JSON array (a text may hold any separator)."""
     where = " AND ".join(f"({f.sql(dialect='postgres')})" for f in filters)
     value = f"{quote(dim.alias_or_name)}.{quote(key.name)}"
     relation = dim.copy()
@@ -160,6 +162,7 @@ def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr], table: T
     typed = f"bool_or({own} AND a.atttypid IN ({DIMENSION_KEYS[kind]}))"
     if kind == "integer":
         usable = f"(SELECT {typed} FROM pg_attribute a WHERE {own})"
+        keys = f"string_agg(CAST({value} AS text), ',')"
     else:
         value = f"CAST({value} AS text)"
         name = literal(f"{quote(table.schema)}.{quote(table.name)}")
@@ -167,5 +170,6 @@ def _keys_sql(dim: exp.Table, key: exp.Column, filters: list[exp.Expr], table: T
         usable = (f"(SELECT count(*) = 2 AND bool_and(co.collisdeterministic) AND {typed} "
                   f"FROM pg_attribute a JOIN pg_collation co ON co.oid = a.attcollation "
                   f"WHERE ({own}) OR ({fact}))")
-    return (f"SELECT json_agg({value})::text, coalesce({usable}, false) FROM "
+        keys = f"json_agg({value})::text"
+    return (f"SELECT {keys}, coalesce({usable}, false) FROM "
             f"{dim.sql(dialect='postgres')} WHERE {where}")

@@ -91,7 +91,8 @@ LINE = ('{"ts":"%s",%s,"statement":%s,"route":"%s","tables":%s,"command":%s,"row
         '"files_kept":%d,"files_total":%d,"row_groups_kept":%d,"row_groups_total":%d,'
         '"duration_ms":%.3f,"outcome":"%s","sqlstate":%s,"cost_usd":%s,"calls":%d%s}')
 # The phases of a statement over tiered tables (fig.query_log's *_ms columns; NULL elsewhere).
-PHASES = ',"prelude_ms":%.3f,"plan_ms":%.3f,"cold_ms":%.3f,"copy_ms":%.3f,"final_ms":%.3f'
+PHASES = (',"prelude_ms":%.3f,"plan_ms":%.3f,"cold_ms":%.3f,"copy_ms":%.3f,"final_ms":%.3f'
+          ',"keys_ms":%.3f')
 NO_SCAN = (0,) * 8
 
 
@@ -131,7 +132,8 @@ class LineFormatter:
             phases = PHASES % (
                 record.prelude_ms, *(sum(getattr(p, name) for p in record.prepared)
                                      for name in ("plan_ms", "cold_ms", "copy_ms")),
-                (record.ended - record.forwarded) * 1000 if record.forwarded else 0.0)
+                (record.ended - record.forwarded) * 1000 if record.forwarded else 0.0,
+                sum(p.keys_ms for p in record.prepared))
         if record.matcher is not None:
             tables = json.dumps(sorted({n.lower() for n in record.matcher.findall(text)}))
         return LINE % (

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fig_server import metrics, wire
 from fig_server.config import FigConfig
@@ -394,6 +395,7 @@ class Prepared:
     plan_ms: float = 0.0
     cold_ms: float = 0.0
     copy_ms: float = 0.0
+    keys_ms: float = 0.0  # BEGIN and the semi-join key sets (begin_reduced)
     copy_formats: set[str] = field(default_factory=set)
     # The statement as the client sent it, and whether it runs so, on hot alone (load):
     # because no cold file can hold a row of it, or because hot holds its LIMIT's rows
@@ -666,6 +668,13 @@ class Federator:
         cold rows' copy and the statement itself run in. The caller ends the transaction
         (ROLLBACK on any error). A key set the key read says may not be used (the
         dimension key's type, a collation) is not."""
+        started = time.perf_counter()
+        try:
+            await self._begin_reduced(backend, prepared)
+        finally:
+            prepared.keys_ms += (time.perf_counter() - started) * 1000
+
+    async def _begin_reduced(self, backend: Injector, prepared: Prepared) -> None:
         plan = prepared.rewrite
         assert plan is not None
         wanted = [(index, reducer) for index, part in enumerate(plan.parts)
@@ -1000,13 +1009,15 @@ def _frozen(constants: dict[str, tuple[str, str]] | None
 
 
 def _integer_keys(text: str | None) -> pa.Array | None:
-    """A JSON array of integer keys (NULL: none; the key read checked the column is
-    int2/int4/int8) as an int64 array; None when a value is not an integer. NULL keys join
-    nothing."""
-    values = [value for value in (json.loads(text) if text else []) if value is not None]
-    if not all(type(value) is int for value in values):
+    """Comma-separated integer keys (string_agg leaves NULL keys out, which join nothing;
+    NULL: none; the key read checked the column is int2/int4/int8) as an int64 array; None
+    when a value is not an integer."""
+    if not text:
+        return pa.array([], pa.int64())
+    try:
+        return pc.split_pattern(pa.array([text]), ",").flatten().cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    return pa.array(values, pa.int64())
 
 
 def _text_keys(text: str | None) -> pa.Array | None:

@@ -167,7 +167,7 @@ def test_relayed_statement_has_no_phases(fig: FigProcess) -> None:
     assert all(row[name] is None for name in PHASES)
 
 
-PHASES = ("prelude_ms", "plan_ms", "cold_ms", "copy_ms", "final_ms")
+PHASES = ("prelude_ms", "plan_ms", "cold_ms", "copy_ms", "final_ms", "keys_ms")
 
 
 def test_cost_per_user_view(fig: FigProcess) -> None:
