@@ -8,7 +8,8 @@ import psycopg
 # One JSON document per tiered table, then one per view that reads one (through other views
 # or a function below), then one per user function whose body names one of them or such a
 # function (Postgres runs a function's statements itself, where only hot rows are: the planner
-# refuses statements that call one, planner/classify.py). Read by the catalog refresher and,
+# refuses statements that call one, planner/classify.py), then one per trigger running such a
+# function (writes to its table are refused). Read by the catalog refresher and,
 # for a boundary and a search_path consistent with the statement, inside the client's own
 # backend session. `visible`: the unqualified name resolves to it under the session's
 # search_path; `late`: the records of changes below the boundary cold may not hold yet
@@ -87,7 +88,18 @@ SELECT json_build_object('function', p.prokind, 'schema', n.nspname, 'name', p.p
   'reads', found.reads)::text
 FROM (SELECT DISTINCT ON (oid) oid, reads FROM readers ORDER BY oid, reads) found
 JOIN pg_proc p ON p.oid = found.oid
-JOIN pg_namespace n ON n.oid = p.pronamespace"""
+JOIN pg_namespace n ON n.oid = p.pronamespace
+UNION ALL
+SELECT json_build_object('trigger', t.tgname, 'schema', n.nspname, 'name', c.relname,
+  'visible', to_regclass(quote_ident(c.relname)) IS NOT DISTINCT FROM c.oid,
+  'function', p.proname, 'reads', found.reads, 'on', array_remove(ARRAY[
+    CASE WHEN t.tgtype & 4 <> 0 THEN 'INSERT' END, CASE WHEN t.tgtype & 8 <> 0 THEN 'DELETE' END,
+    CASE WHEN t.tgtype & 16 <> 0 THEN 'UPDATE' END], NULL))::text
+FROM (SELECT DISTINCT ON (oid) oid, reads FROM readers ORDER BY oid, reads) found
+JOIN pg_trigger t ON t.tgfoid = found.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_proc p ON p.oid = found.oid"""
 
 # What a federated statement reads in the client's own session once it holds the boundary
 # lock: first its settings (one JSON array: fig.route, fig.as_of, statement_timeout in ms,

@@ -228,6 +228,29 @@ def function_refusal(sql: str, tree: exp.Expression, tiered: TieredSet) -> None:
         function = tiered.lookup_function(schema, name)
         if function is not None:
             raise _function_refused(function)
+    for write in tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Copy):
+        _check_triggers(write, tiered)
+
+
+WRITE_EVENTS = {exp.Insert: {"INSERT"}, exp.Copy: {"INSERT"}, exp.Update: {"UPDATE"},
+                exp.Delete: {"DELETE"}, exp.Merge: {"INSERT", "UPDATE", "DELETE"}}
+
+
+def _check_triggers(write: exp.Expression, tiered: TieredSet) -> None:
+    """Refuses a write whose table has a trigger, firing on it, that runs a function reading
+    a tiered table."""
+    if isinstance(write, exp.Copy) and not write.args.get("kind"):
+        return  # COPY ... TO writes no table
+    target = write.this.this if isinstance(write.this, exp.Schema) else write.this
+    if not isinstance(target, exp.Table):
+        return
+    trigger = tiered.lookup_trigger(*_names(target))
+    if trigger is not None and trigger.on & WRITE_EVENTS[type(write)]:
+        raise FeatureNotSupported(
+            f"the trigger {trigger.trigger} on {trigger.schema}.{trigger.name} runs the function "
+            f"{trigger.function}, which reads {trigger.reads}, a tiered table (or a view or "
+            "function over one): Postgres runs it over hot rows only",
+            hint="SET fig.route = 'hot' to write with the trigger reading hot rows only")
 
 
 def _call_name(call: exp.Func) -> str:

@@ -72,6 +72,20 @@ class TieredFunction:
 
 
 @dataclass(frozen=True)
+class TieredTrigger:
+    """A trigger on a table (schema, name) that runs a TieredFunction: Postgres runs it over
+    hot rows only, so statements that write the table are refused."""
+
+    trigger: str
+    schema: str
+    name: str
+    function: str
+    reads: str
+    visible: bool = True
+    on: frozenset[str] = frozenset({"INSERT", "UPDATE", "DELETE"})  # the writes it fires on
+
+
+@dataclass(frozen=True)
 class TieredSet:
     """An immutable snapshot of every tiered table and the views over them, with one
     precompiled name matcher."""
@@ -81,20 +95,24 @@ class TieredSet:
     byte_matcher: re.Pattern[bytes] | None = field(default=None, compare=False)
     views: tuple[TieredView, ...] = ()
     functions: tuple[TieredFunction, ...] = ()
+    triggers: tuple[TieredTrigger, ...] = ()
 
     @classmethod
     def of(cls, tables: list[TieredTable], views: list[TieredView] | None = None,
-           functions: list[TieredFunction] | None = None) -> TieredSet:
+           functions: list[TieredFunction] | None = None,
+           triggers: list[TieredTrigger] | None = None) -> TieredSet:
         views = views or []
         functions = functions or []
+        triggers = triggers or []
         if not tables:
             return cls()
         names = sorted({t.name for t in tables} | {v.name for v in views}
-                       | {f.name for f in functions}, key=len, reverse=True)
+                       | {f.name for f in functions} | {t.name for t in triggers},
+                       key=len, reverse=True)
         pattern = r"(?<![\w$])(?:" + "|".join(re.escape(n) for n in names) + r")(?![\w$])"
         return cls(tuple(tables), re.compile(pattern, re.IGNORECASE),
                    re.compile(pattern.encode(), re.IGNORECASE), tuple(views),
-                   tuple(functions))
+                   tuple(functions), tuple(triggers))
 
     def may_touch(self, sql: str) -> bool:
         """Cheap pre-check for every statement: does its text name a tiered table at all?"""
@@ -112,6 +130,10 @@ class TieredSet:
 
     def lookup_view(self, schema: str, name: str) -> TieredView | None:
         return _resolve(self.views, schema, name)
+
+    def lookup_trigger(self, schema: str, name: str) -> TieredTrigger | None:
+        """A trigger running a function that reads a tiered table, on the table named."""
+        return _resolve(self.triggers, schema, name)
 
     def lookup_function(self, schema: str, name: str) -> TieredFunction | None:
         """The function a call may run (an unqualified name: any schema's function of that

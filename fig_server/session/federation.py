@@ -42,7 +42,13 @@ from fig_server.hot.session_state import TIERED_SQL
 from fig_server.planner.bounds import Need
 from fig_server.planner.parts import Route, literal
 from fig_server.planner.rewrite import ColdPart, Rewrite, plan_body, rewrite
-from fig_server.planner.tiers import TieredFunction, TieredSet, TieredTable, TieredView
+from fig_server.planner.tiers import (
+    TieredFunction,
+    TieredSet,
+    TieredTable,
+    TieredTrigger,
+    TieredView,
+)
 from fig_server.session.audit import command_rows
 from fig_server.session.cold_rows import ColdRows
 from fig_server.storage import pgbinary
@@ -77,9 +83,14 @@ def tiered_set_from_json(documents: Sequence[str]) -> TieredSet:
 
 @functools.lru_cache(maxsize=64)
 def _tiered_set(documents: tuple[str, ...]) -> TieredSet:
-    tables, views, functions = [], [], []
+    tables, views, functions, triggers = [], [], [], []
     for text in documents:
         doc = json.loads(text)
+        if "trigger" in doc:
+            triggers.append(TieredTrigger(doc["trigger"], doc["schema"], doc["name"],
+                                          doc["function"], doc["reads"], bool(doc["visible"]),
+                                          frozenset(doc["on"])))
+            continue
         if "function" in doc:
             functions.append(TieredFunction(doc["schema"], doc["name"], doc["reads"],
                                             doc["function"]))
@@ -95,7 +106,7 @@ def _tiered_set(documents: tuple[str, ...]) -> TieredSet:
                                   frozenset(doc.get("byte_ordered") or ()),
                                   int(doc.get("oid") or 0), tuple(doc.get("late") or ()),
                                   bool(doc.get("own_late"))))
-    return TieredSet.of(tables, views, functions)
+    return TieredSet.of(tables, views, functions, triggers)
 
 
 class TieredCatalog:
