@@ -774,6 +774,15 @@ CREATE TABLE IF NOT EXISTS fig.late_changes (
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS late_changes_table ON fig.late_changes (table_oid);
+-- The writer's transaction, and the records CDC applied, kept while a running transaction's
+-- snapshot may not see them: a REPEATABLE READ transaction's first read of a table's cold
+-- rows fails (fig._late_before_snapshot) when Iceberg may hold a change its snapshot does not.
+ALTER TABLE fig.late_changes ADD COLUMN IF NOT EXISTS xid xid8 DEFAULT pg_current_xact_id();
+CREATE TABLE IF NOT EXISTS fig.late_applied (
+    table_oid oid NOT NULL,
+    xid xid8,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 
 -- Once per table and transaction (a transaction-local setting remembers it; a rolled back
 -- savepoint forgets both the setting and the record).
@@ -833,6 +842,24 @@ BEGIN
 END $fn$;
 
 DROP FUNCTION IF EXISTS fig._late_wait(oid[], interval);
+
+-- In a REPEATABLE READ or SERIALIZABLE transaction, right after Fig loaded a table's Iceberg
+-- metadata for the transaction's first read of its cold rows: xids are the writers of every
+-- late change of the table CDC has not applied, or applied recently (read in a fresh snapshot,
+-- after that load). One the transaction's snapshot does not see may be in the cold rows, which
+-- must be as of that snapshot: the read fails as a serialization failure would.
+CREATE OR REPLACE FUNCTION fig._late_before_snapshot(rel oid, xids xid8[]) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(xids) x
+               WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())) THEN
+        RAISE EXCEPTION 'rows of % older than its tier boundary changed after this '
+                        'transaction took its snapshot, and its cold rows may hold the change',
+                        rel::regclass
+            USING ERRCODE = 'serialization_failure', HINT = 'Run the transaction again.';
+    END IF;
+    RETURN true;
+END $fn$;
 
 -- On the branch of every federated statement that reads a part's cold rows (planner/parts.py
 -- late_guard): no late change of the table is visible to the statement but those Fig saw,

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 TRIGGERS = ("fig_late_insert", "fig_late_update", "fig_late_delete", "fig_late_truncate")
 
 
+# Applied records move to fig.late_applied (from a CTE named gone) ...
+APPLIED = ("INSERT INTO fig.late_applied (table_oid, xid) "
+           "SELECT table_oid, xid FROM gone WHERE xid IS NOT NULL")
+# ... until no running transaction's snapshot (its xmin) is older than their writer
+FORGOTTEN = ("forgotten AS (DELETE FROM fig.late_applied a WHERE NOT EXISTS (SELECT 1 FROM "
+             "pg_stat_activity s WHERE age(s.backend_xmin) >= age(xid(a.xid)))) ")
+
+
 class LateChanges:
     """Clears fig.late_changes as CDC commits; owns the tables' late-change triggers."""
 
@@ -39,16 +47,19 @@ class LateChanges:
         conn, process = self.process.conn, self.process
         streaming = list(process.appliers)
         if self.probe is not None and process.applied_lsn >= self.probe[0]:
-            conn.execute("DELETE FROM fig.late_changes WHERE id = ANY(%s) "
-                         "AND table_oid = ANY(%s)", (self.probe[1], streaming))
+            conn.execute("WITH gone AS (DELETE FROM fig.late_changes WHERE id = ANY(%s) "
+                         "AND table_oid = ANY(%s) RETURNING table_oid, xid) " + APPLIED,
+                         (self.probe[1], streaming))
             self.probe = None
         # one statement per call when nothing is pending (it runs every PERIODIC_S): records
-        # that need no CDC go, and a new probe is read in the same snapshot
+        # that need no CDC go, applied ones no running snapshot can miss are forgotten, and a
+        # new probe is read in the same snapshot
         row = conn.execute(
             "WITH gone AS (DELETE FROM fig.late_changes l WHERE NOT EXISTS (SELECT 1 FROM "
             "fig.tiered_tables t WHERE t.table_oid = l.table_oid) OR EXISTS (SELECT 1 FROM "
             "fig.cold_write_requests r WHERE r.id = l.request_id AND r.done_at IS NOT NULL) "
-            "RETURNING l.id) "
+            "RETURNING l.id, l.table_oid, l.xid), "
+            "applied AS (" + APPLIED + "), " + FORGOTTEN +
             "SELECT pg_current_wal_insert_lsn()::text, array_agg(id) FROM fig.late_changes "
             "WHERE %s AND request_id IS NULL AND table_oid = ANY(%s) "
             "AND id NOT IN (SELECT id FROM gone)", (self.probe is None, streaming)).fetchone()

@@ -149,6 +149,19 @@ class TieredCatalog:
             log.warning("could not read fig.tiered_tables: %s", exc)
             await self._close()
 
+    async def late_writers(self, oid: int) -> list[str]:
+        """The writers (xid8) of the table's late changes CDC has not applied or applied
+        recently (cdc/late.py), as a fresh snapshot sees them."""
+        async with self._refreshing:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, application_name="fig catalog")
+            cur = await self._conn.execute(
+                "SELECT xid::text FROM fig.late_changes WHERE table_oid = %(oid)s "
+                "AND xid IS NOT NULL UNION SELECT xid::text FROM fig.late_applied "
+                "WHERE table_oid = %(oid)s", {"oid": oid})
+            return [row[0] for row in await cur.fetchall()]
+
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -738,8 +751,8 @@ class Federator:
             return
         if run_cold and as_of is None:
             await self._wait_late(backend, prepared)
-        if run_cold and self.pinned_for is not None:
-            await self._pin(prepared)
+        if run_cold and (self.pinned_for is not None or (self.reducing and not prepared.pinned)):
+            await self._pin(backend, prepared)
         # parts whose scan kept no file (rows: at most an aggregate's one row over nothing),
         # their temp tables not made yet
         empty: list[tuple[ColdPart, pa.Table | None]] = []
@@ -769,17 +782,33 @@ class Federator:
             await self._copy(backend, prepared, part, rows)
         prepared.copy_ms += (time.perf_counter() - started) * 1000
 
-    async def _pin(self, prepared: Prepared) -> None:
+    async def _pin(self, backend: Injector, prepared: Prepared) -> None:
         """Each part's Iceberg tables as the transaction block's first read of them loaded
-        them (self.pinned)."""
+        them (self.pinned); also in Fig's own transaction (begin_reduced) when it loaded
+        none before its snapshot (a hot-first statement hot could not answer)."""
         plan = prepared.rewrite
         assert plan is not None
         for index, part in enumerate(plan.parts):
             tables = self.pinned.get(part.table.qualified)
             if tables is None:
                 tables = await asyncio.to_thread(self.cold.tables, part)
+                if part.table.oid:
+                    await self._as_of_snapshot(backend, part.table.oid)
                 self.pinned[part.table.qualified] = tables
             prepared.pinned[index] = tables
+
+    async def _as_of_snapshot(self, backend: Injector, oid: int) -> None:
+        """The transaction's snapshot is older than the Iceberg metadata just loaded for its
+        first read of the table: fail (40001) when a late change the snapshot does not see
+        may be in it (fig._late_before_snapshot)."""
+        writers = await self.tiered.late_writers(oid)
+        if not writers:
+            return
+        sql = (f"SELECT fig._late_before_snapshot({oid}, "
+               f"{literal('{' + ','.join(writers) + '}')}::xid8[])")
+        error = _first_error(await backend.inject(wire.message(b"Q", wire.cstring(sql)), 1))
+        if error is not None:
+            raise BackendError(error)
 
     async def _wait_late(self, backend: Injector, prepared: Prepared) -> None:
         """When the session saw a record of a change below a part's boundary that cold may

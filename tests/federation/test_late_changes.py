@@ -99,6 +99,9 @@ def test_late_records_are_cleared_once_cold_holds_them(
         # until the CDC process clears it (never: the test's timeout fails it)
         while conn.execute("select count(*) from fig.late_changes").fetchone() != (0,):
             time.sleep(0.2)
+        # kept as applied while a running snapshot might miss it: none here (never: timeout)
+        while conn.execute("select count(*) from fig.late_applied").fetchone() != (0,):
+            time.sleep(0.2)
         # a hot row above the boundary records nothing
         conn.execute("insert into events values (200002, now(), current_date, 200, 1, 'FR', "
                      "1, 'x')")
@@ -209,6 +212,38 @@ def test_a_repeatable_read_transaction_reads_the_same_cold_rows_throughout(
         assert again == first
         after = [conn.execute(reads.format(t=t)).fetchone() for t in ("events", "events_plain")]
         assert after[0] == after[1] != first[0]
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+def test_a_first_cold_read_that_would_show_a_change_its_snapshot_misses_fails(
+        tiered: tuple[FigProcess, dt.datetime], isolation: str) -> None:
+    """The transaction's snapshot is taken (a statement over another table), then another
+    session commits a late change, which CDC applies: the transaction's first read of the
+    table's cold rows would show the change its snapshot does not see, so it fails as a
+    serialization failure (40001) instead of answering unlike its twin."""
+    fig, now = tiered
+    old = now - dt.timedelta(days=96)
+    reads = ("select count(*), sum(amount) from {t} where ts < now() - interval '35 days' "
+             "and id not between 200000 and 200099")
+    with psycopg.connect(fig.dsn, autocommit=True) as conn, \
+            psycopg.connect(fig.dsn, autocommit=True) as other:
+        next_id = 200120 + (10 if isolation == "serializable" else 0)
+        conn.execute(f"begin isolation level {isolation}")
+        before = conn.execute(reads.format(t="events_plain")).fetchone()
+        for t in ("events", "events_plain"):
+            other.execute(f"insert into {t} values ({next_id}, %s, %s, 200, 1, 'FR', 7, "
+                          "'after the snapshot')", (old, old.date()))
+        other.execute("select fig.sync()")  # cold holds it now
+        with pytest.raises(psycopg.errors.SerializationFailure, match="after this transaction"):
+            conn.execute(reads.format(t="events"))
+        conn.execute("rollback")
+        after = [conn.execute(reads.format(t=t)).fetchone() for t in ("events", "events_plain")]
+        assert after[0] == after[1] != before
+        # a transaction whose snapshot sees the change reads it, as its twin does
+        conn.execute(f"begin isolation level {isolation}")
+        inside = [conn.execute(reads.format(t=t)).fetchone() for t in ("events", "events_plain")]
+        conn.execute("commit")
+        assert inside == after
 
 
 def test_the_guard_leaves_the_hot_rows_to_parallel_workers(
