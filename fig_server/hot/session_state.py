@@ -63,6 +63,11 @@ SELECT json_build_object(
     WHEN t.boundary = 'infinity' THEN '9999-12-31T00:00:00+00:00'  -- attached: all cold
     ELSE to_char(t.boundary AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
   'rls', c.relrowsecurity,
+  'time_indexed', EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_am am ON am.oid = ic.relam JOIN pg_attribute ta ON ta.attrelid = t.table_oid
+      AND ta.attname = t.time_column
+    WHERE i.indrelid = t.table_oid AND i.indkey[0] = ta.attnum AND i.indpred IS NULL
+      AND i.indisvalid AND am.amname = 'btree'),
   'visible', to_regclass(quote_ident(t.table_name)) IS NOT DISTINCT FROM t.table_oid,
   'columns', json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
                       ORDER BY a.attnum),

@@ -18,7 +18,7 @@ from fig_server.planner.parts import (
     ColdPart,
     Route,
     cold_filters,
-    hot_filter,
+    hot_rows,
     late_guard,
     parse,
     quote,
@@ -127,9 +127,9 @@ def partial_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, r
 
 def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filters: list[str],
                         slot: str, keys: list[Key], partials: list[Partial],
-                        hot_rows: bool = False, tail: str = "") -> ColdPart:
+                        each_row: bool = False, tail: str = "") -> ColdPart:
     """Put the partials of both tiers in the reference's place: the cold part's rows (a
-    temp table) UNION ALL the hot rows' partials, grouped by the keys; with hot_rows, each
+    temp table) UNION ALL the hot rows' partials, grouped by the keys; with each_row, each
     hot row's own partials, ungrouped (Postgres then plans the hot rows' joins itself).
     tail: the cold part's top groups (planner/top_groups.py)."""
     key_names = [quote(key.name) for key in keys]
@@ -143,12 +143,13 @@ def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filte
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
     temp = temp_name(table, shape_sql, slot)
     partial_names = ", ".join(key_names + [f"fig_a{i}" for i in range(len(partials))])
-    hot_where = where_sql([hot_filter(table), *filters]) if route is Route.SPLIT else " WHERE false"
-    hot_sql = f"SELECT {select_list} FROM {source}{hot_where}{group_by}"
-    if hot_rows and route is Route.SPLIT:
+    hot_sql = f"SELECT {select_list} FROM {source} WHERE false{group_by}"
+    if route is Route.SPLIT:
+        hot_sql = hot_rows(table, f"SELECT {select_list} FROM {source}", filters, group_by)
+    if each_row and route is Route.SPLIT:
         row_list = ", ".join([key.select_item for key in keys] +
                              [f"{p.row} AS fig_a{i}" for i, p in enumerate(partials)])
-        hot_sql = f"SELECT {row_list} FROM {source}{hot_where}"
+        hot_sql = hot_rows(table, f"SELECT {row_list} FROM {source}", filters)
     late = late_guard(table)
     parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp}{f' WHERE {late}' if late else ''}"
                  f" UNION ALL {hot_sql}")

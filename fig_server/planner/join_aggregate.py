@@ -84,7 +84,7 @@ def join_aggregate(select: exp.Select, node: exp.Table, table: TieredTable, rout
     # where its own plan filters and joins them (Postgres holding every row: 1.3 s).
     holder = node.parent
     part = replace_by_partials(node, table, route, filters, slot, keys, partials,
-                               hot_rows=True)
+                               each_row=True)
     if route is Route.SPLIT and holder is not None and isinstance(holder.this, exp.Subquery):
         part.distributed = distribute(select, holder.this)
     return part

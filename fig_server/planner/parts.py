@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,31 @@ def cold_filters(table: TieredTable, route: Route, filters: list[str]) -> list[s
 def hot_filter(table: TieredTable) -> str:
     time = quote(table.time_column)
     return f"({time} >= {bounds.boundary_literal(table)} OR {time} IS NULL)"
+
+
+def hot_rows(table: TieredTable, select: str, filters: list[str], tail: str = "") -> str:
+    """The hot rows' SQL: `select` (its FROM the table) with hot_filter and the filters,
+    then tail (GROUP BY, ORDER BY, LIMIT).
+
+    Right after retention hot holds no row below the boundary, and hot_filter then drops
+    nothing, but its OR keeps Postgres from answering with an index that does not hold the
+    time column (`GROUP BY user_id` over 5M hot rows: 2.9 s, 0.9-1.3 s from an index-only
+    scan). When the time column leads an index, two arms: one without hot_filter, run only
+    when no hot row is below the boundary (a one-time filter: one index probe, in the
+    statement's snapshot), the other with it otherwise. Postgres runs one of them.
+
+    The SQL is the right operand of a UNION ALL after the cold rows: the two arms in one
+    pair of parentheses (distribute.py splits that UNION ALL in two: cold rows, hot rows)."""
+    where = where_sql([hot_filter(table), *filters])
+    if not table.time_indexed:
+        single = f"{select}{where}{tail}"
+        return f"({single})" if re.search(r"\b(ORDER BY|LIMIT)\b", tail) else single
+    source = f"{quote(table.schema)}.{quote(table.name)}"
+    below = (f"(SELECT EXISTS (SELECT 1 FROM {source} WHERE {quote(table.time_column)} < "
+             f"{bounds.boundary_literal(table)}))")
+    clean = where_sql([f"NOT {below}", *filters])
+    kept = where_sql([below, hot_filter(table), *filters])
+    return f"(({select}{clean}{tail}) UNION ALL ({select}{kept}{tail}))"
 
 
 def late_guard(table: TieredTable) -> str:

@@ -31,6 +31,9 @@ class TieredTable:
     # The session's open transaction changed the table's rows below the boundary: cold will
     # not hold them before it commits (statements reading cold are refused).
     own_late: bool = False
+    # A valid btree index, not partial, leads with the time column: whether hot holds any row
+    # below the boundary is one index probe (planner/parts.py hot_rows).
+    time_indexed: bool = False
 
     def orders_as_bytes(self, column: str) -> bool:
         return column in self.byte_ordered

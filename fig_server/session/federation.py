@@ -105,7 +105,7 @@ def _tiered_set(documents: tuple[str, ...]) -> TieredSet:
                                   bool(doc.get("rls")), bool(doc.get("visible", True)),
                                   frozenset(doc.get("byte_ordered") or ()),
                                   int(doc.get("oid") or 0), tuple(doc.get("late") or ()),
-                                  bool(doc.get("own_late"))))
+                                  bool(doc.get("own_late")), bool(doc.get("time_indexed"))))
     return TieredSet.of(tables, views, functions, triggers)
 
 

@@ -32,7 +32,12 @@ LINEITEM = TieredTable("public", "lineitem", "l_shipdate",
 BACKFILLED = TieredTable("public", "backfilled", "at", dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
                          (("at", "timestamp with time zone"), ("v", "integer")),
                          oid=16400, late=(3, 7))
-TIERED = TieredSet.of([EVENTS, NOT_YET_COLD, LINEITEM, BACKFILLED])
+# its time column leads an index: hot parts in two arms, one without the boundary filter,
+# run when hot holds no row below the boundary (parts.hot_rows)
+VISITS = TieredTable("public", "visits", "at", dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+                     (("at", "timestamp with time zone"), ("user_id", "bigint"),
+                      ("page", "text")), time_indexed=True)
+TIERED = TieredSet.of([EVENTS, NOT_YET_COLD, LINEITEM, BACKFILLED, VISITS])
 
 
 # Stand-in values (type, JSON text) for expressions the server would evaluate in the
