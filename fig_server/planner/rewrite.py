@@ -351,10 +351,11 @@ def _rewrite_reference(tree: exp.Expression, node: exp.Table, table: TieredTable
         parts_sql = f"{cold_branch} UNION ALL {shape_sql} WHERE ({hot}) AND {guard}"
     else:
         cold_branch += f" WHERE {late}" if late else ""
-        hot_branch = hot_rows(table, shape_sql, filters, tail) if hot_top_n \
-            else hot_rows(table, shape_sql, [])
         if route is not Route.SPLIT:
             hot_branch = f"{shape_sql} WHERE false"
+        else:
+            hot_branch = hot_rows(table, shape_sql, filters, tail) if hot_top_n \
+                else hot_rows(table, shape_sql, [])
         parts_sql = f"{cold_branch} UNION ALL {hot_branch}"
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     replacement = f"({parts_sql}) AS {alias.sql(dialect='postgres')}"
