@@ -46,8 +46,10 @@ TIERED_SQL = """WITH RECURSIVE views(oid) AS (
     SELECT b.oid, b.name, readers.reads FROM readers JOIN bodies b
       ON b.oid <> readers.oid AND b.body ~* ('\\m' ||
         regexp_replace(readers.name, '(\\W)', '\\\\\\1', 'g') || '\\M')),
+  tainted(oid, reads) AS (  -- each such function once, with the first name it reads
+    SELECT DISTINCT ON (oid) oid, reads FROM readers ORDER BY oid, reads),
   calling(oid) AS (  -- views calling such a function, and views over those
-    SELECT r.ev_class FROM readers JOIN pg_depend d ON d.refobjid = readers.oid
+    SELECT r.ev_class FROM tainted JOIN pg_depend d ON d.refobjid = tainted.oid
       AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass
     JOIN pg_rewrite r ON r.oid = d.objid
     UNION
@@ -91,7 +93,7 @@ JOIN pg_namespace n ON n.oid = v.relnamespace
 UNION ALL
 SELECT json_build_object('function', p.prokind, 'schema', n.nspname, 'name', p.proname,
   'reads', found.reads)::text
-FROM (SELECT DISTINCT ON (oid) oid, reads FROM readers ORDER BY oid, reads) found
+FROM tainted found
 JOIN pg_proc p ON p.oid = found.oid
 JOIN pg_namespace n ON n.oid = p.pronamespace
 UNION ALL
@@ -100,7 +102,7 @@ SELECT json_build_object('trigger', t.tgname, 'schema', n.nspname, 'name', c.rel
   'function', p.proname, 'reads', found.reads, 'on', array_remove(ARRAY[
     CASE WHEN t.tgtype & 4 <> 0 THEN 'INSERT' END, CASE WHEN t.tgtype & 8 <> 0 THEN 'DELETE' END,
     CASE WHEN t.tgtype & 16 <> 0 THEN 'UPDATE' END], NULL))::text
-FROM (SELECT DISTINCT ON (oid) oid, reads FROM readers ORDER BY oid, reads) found
+FROM tainted found
 JOIN pg_trigger t ON t.tgfoid = found.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
 JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace

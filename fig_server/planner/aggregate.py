@@ -143,13 +143,14 @@ def replace_by_partials(node: exp.Table, table: TieredTable, route: Route, filte
     shape_sql = f"SELECT {select_list} FROM {source}{group_by}"
     temp = temp_name(table, shape_sql, slot)
     partial_names = ", ".join(key_names + [f"fig_a{i}" for i in range(len(partials))])
-    hot_sql = f"SELECT {select_list} FROM {source} WHERE false{group_by}"
-    if route is Route.SPLIT:
-        hot_sql = hot_rows(table, f"SELECT {select_list} FROM {source}", filters, group_by)
-    if each_row and route is Route.SPLIT:
+    if route is not Route.SPLIT:
+        hot_sql = f"SELECT {select_list} FROM {source} WHERE false{group_by}"
+    elif each_row:
         row_list = ", ".join([key.select_item for key in keys] +
                              [f"{p.row} AS fig_a{i}" for i, p in enumerate(partials)])
         hot_sql = hot_rows(table, f"SELECT {row_list} FROM {source}", filters)
+    else:
+        hot_sql = hot_rows(table, f"SELECT {select_list} FROM {source}", filters, group_by)
     late = late_guard(table)
     parts_sql = (f"SELECT {partial_names} FROM pg_temp.{temp}{f' WHERE {late}' if late else ''}"
                  f" UNION ALL {hot_sql}")

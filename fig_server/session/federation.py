@@ -129,12 +129,16 @@ class TieredCatalog:
         async with self._refreshing:
             await self._refresh()
 
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        """The kept connection, opened again when closed (call under _refreshing)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, application_name="fig catalog")
+        return self._conn
+
     async def _refresh(self) -> None:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, application_name="fig catalog")
-            cur = await self._conn.execute(TIERED_SQL)
+            cur = await (await self._connection()).execute(TIERED_SQL)
             current = tiered_set_from_json([row[0] for row in await cur.fetchall()])
             if current != self.current:
                 log.info("tiered tables: %s", ", ".join(
@@ -153,10 +157,7 @@ class TieredCatalog:
         """The writers (xid8) of the table's late changes CDC has not applied or applied
         recently (cdc/late.py), as a fresh snapshot sees them."""
         async with self._refreshing:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, application_name="fig catalog")
-            cur = await self._conn.execute(
+            cur = await (await self._connection()).execute(
                 "SELECT xid::text FROM fig.late_changes WHERE table_oid = %(oid)s "
                 "AND xid IS NOT NULL UNION SELECT xid::text FROM fig.late_applied "
                 "WHERE table_oid = %(oid)s", {"oid": oid})
